@@ -1,0 +1,41 @@
+# Two commands for a fresh machine: `make demo` and `make test` (README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ME := $(VENV)/bin/medsam-edge
+# Machines without an NVIDIA GPU get torch's small CPU build (on these machines
+# `torch==2.13.0` comes from local disk in seconds; an unpinned torch pulls a CUDA build
+# of several GB). Where nvidia-smi exists nothing is pinned, so GPU users keep CUDA.
+# Override with `make TORCH_PIN=torch==X.Y.Z` or `make TORCH_PIN=`.
+TORCH_PIN ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,torch==2.13.0)
+MODELS ?= models
+DEMO_OUT ?= out/demo
+# A chamber of the heart in pydicom's bundled echocardiography cine (320x240, 30 frames).
+DEMO_SOURCE ?= pydicom:examples_ybr_color.dcm
+DEMO_BOX ?= 160,60,210,125
+
+.PHONY: setup test test-fast demo clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	printf '%s\n' $(TORCH_PIN) > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[export,test]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+# Skips the full-size ViT-B tests (about a minute and a half on 2 cores).
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow"
+
+$(MODELS)/lite_medsam/manifest.json: | setup
+	$(ME) export --model lite_medsam --out $(MODELS)/lite_medsam --overwrite
+
+demo: setup $(MODELS)/lite_medsam/manifest.json
+	$(ME) run $(MODELS)/lite_medsam $(DEMO_SOURCE) --box $(DEMO_BOX) --track --masks npz --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(MODELS) out .pytest_cache

@@ -1,0 +1,165 @@
+"""How far a reduced-precision encoder/decoder is from the FP32 reference, on real frames.
+
+A Scorer runs the reference once per frame and box and keeps its embeddings and masks;
+each candidate (an FP16 or INT8 file, or a trial during a sensitivity search) is then
+scored against them: embedding cosine and relative error per frame, mask Dice and IoU
+per box, and Dice against ground truth where a box has it. Both sides see the same
+preprocessed tensor and the same postprocess, so only the arithmetic differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from medsam_edge.contract import BOXES, EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS
+from medsam_edge.metrics import cosine, dice, iou, rel_err
+from medsam_edge.runtime.geometry import boxes_to_model
+from medsam_edge.runtime.postprocess import masks_from_logits
+
+from .boxes import Prompt, tighten
+from .frames import FrameSet
+
+
+class OrtPart:
+    """One ONNX file on onnxruntime's CPU provider; an encoder or a decoder by its inputs."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def encode(self, tensor: np.ndarray) -> np.ndarray:
+        return self.session.run([EMBEDDING], {IMAGE: tensor})[0]
+
+    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        logits, _ = self.session.run([LOW_RES_LOGITS, IOU], {EMBEDDING: embedding, BOXES: boxes})
+        return logits
+
+
+@dataclass
+class Scores:
+    """Per-frame and per-box figures of one candidate."""
+
+    cosine: list[float] = field(default_factory=list)
+    rel_err: list[float] = field(default_factory=list)
+    dice: list[float] = field(default_factory=list)
+    iou: list[float] = field(default_factory=list)
+    truth_dice: list[float] = field(default_factory=list)
+    truth_iou: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "frames": len(self.cosine),
+            "boxes": len(self.dice),
+            "dice": stats(self.dice),
+            "iou": stats(self.iou),
+            "embedding_cosine": stats(self.cosine),
+            "embedding_rel_err": {"mean": _mean(self.rel_err), "max": _max(self.rel_err)},
+            "truth": {"boxes": len(self.truth_dice), "dice": stats(self.truth_dice), "iou": stats(self.truth_iou)},
+        }
+
+
+def stats(values: Sequence[float]) -> dict:
+    """mean, 5th percentile and worst: the figures the targets are stated in."""
+    if not len(values):
+        return {"mean": None, "p5": None, "worst": None}
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "p5": float(np.percentile(v, 5)), "worst": float(v.min())}
+
+
+@dataclass
+class _Ref:
+    index: int
+    embedding: np.ndarray
+    boxes: np.ndarray  # model frame
+    masks: np.ndarray  # (K, H, W)
+    truths: list
+
+
+class Scorer:
+    """Reference outputs for `indices` of `frames`, with the boxes in `prompts`.
+
+    reference: anything with encode(tensor) and decode(embedding, boxes) -> logits
+    (the FP32 ONNX pair, or the PyTorch reference predictor).
+    """
+
+    def __init__(self, frames: FrameSet, indices: Sequence[int], prompts: dict[int, list[Prompt]],
+                 reference, on_frame: Callable[[int], None] | None = None) -> None:
+        self.frames = frames
+        self.refs: list[_Ref] = []
+        for i in indices:
+            m = frames.meta[i]
+            emb = np.asarray(reference.encode(frames.tensor(i)), np.float32)
+            boxes = np.stack([p.box for p in prompts[i]])
+            derived = [p.origin == "derived" for p in prompts[i]]
+            if any(derived):
+                # Tighten centre boxes onto what the reference segments there.
+                masks = self._masks(i, reference.decode(emb, self._model_boxes(i, boxes)))
+                boxes = np.stack([tighten(b, mk) if d else b for b, mk, d in zip(boxes, masks, derived)])
+            mb = self._model_boxes(i, boxes)
+            masks = self._masks(i, reference.decode(emb, mb))
+            self.refs.append(_Ref(i, emb, mb, masks, [p.truth for p in prompts[i]]))
+            if on_frame:
+                on_frame(1)
+
+    def _model_boxes(self, i: int, boxes: np.ndarray) -> np.ndarray:
+        m = self.frames.meta[i]
+        return boxes_to_model(boxes, tuple(m["original_hw"]), tuple(m["resized_hw"]))
+
+    def _masks(self, i: int, logits) -> np.ndarray:
+        m = self.frames.meta[i]
+        return masks_from_logits(np.asarray(logits, np.float32), tuple(m["original_hw"]),
+                                 tuple(m["resized_hw"]), self.frames.pre)
+
+    def score(self, encoder=None, decoder=None, masks: bool = True,
+              on_frame: Callable[[int], None] | None = None) -> Scores:
+        """Candidate parts (None: the reference's own output / the FP32 decoder)."""
+        s = Scores()
+        for r in self.refs:
+            emb = r.embedding if encoder is None else encoder.encode(self.frames.tensor(r.index))
+            s.cosine.append(cosine(emb, r.embedding))
+            s.rel_err.append(rel_err(emb, r.embedding))
+            if masks:
+                if decoder is None:
+                    raise ValueError("masks need a decoder to run")
+                got = self._masks(r.index, decoder.decode(np.asarray(emb, np.float32), r.boxes))
+                for g, want, truth in zip(got, r.masks, r.truths):
+                    s.dice.append(dice(g, want))
+                    s.iou.append(iou(g, want))
+                    if truth is not None:
+                        s.truth_dice.append(dice(g, truth))
+                        s.truth_iou.append(iou(g, truth))
+            if on_frame:
+                on_frame(1)
+        return s
+
+    def reference_truth(self) -> Scores:
+        """The reference's own masks against ground truth (the ceiling for every precision)."""
+        s = Scores()
+        for r in self.refs:
+            s.cosine.append(1.0)
+            s.rel_err.append(0.0)
+            for want, truth in zip(r.masks, r.truths):
+                s.dice.append(1.0)
+                s.iou.append(1.0)
+                if truth is not None:
+                    s.truth_dice.append(dice(want, truth))
+                    s.truth_iou.append(iou(want, truth))
+        return s
+
+
+def _mean(v) -> float | None:
+    return float(np.mean(v)) if len(v) else None
+
+
+def _max(v) -> float | None:
+    return float(np.max(v)) if len(v) else None

@@ -1,0 +1,52 @@
+"""`medsam-edge build`: TensorRT engines for this GPU from a model directory's ONNX files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medsam_edge.contract import BOXES_MAX
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build",
+        help="build TensorRT engines (strongly typed, TensorRT 10/11) for this GPU",
+        description=(
+            "Build encoder.<precision>.plan and decoder.<precision>.plan from the model directory's ONNX "
+            "files into engines/<gpu>_sm<cc>_trt<version>/, with a manifest and a timing cache. Precision "
+            "comes from the ONNX: fp16 and int8 need `medsam-edge calibrate` first."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="directory written by `medsam-edge export`")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, int8 (default fp32)")
+    p.add_argument("--workspace", type=float, default=4.0, metavar="GIB", help="builder workspace limit (default 4)")
+    p.add_argument(
+        "--max-boxes", type=int, default=BOXES_MAX, help=f"most boxes per decoder call (default {BOXES_MAX})"
+    )
+    p.add_argument("--no-timing-cache", action="store_true", help="neither read nor write the timing cache")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medsam_edge.engines import engine_manifest as em
+    from medsam_edge.engines.tensorrt_backend import usable
+    from medsam_edge.engines.trt_build import build_engines
+    from medsam_edge.errors import InputError
+    from medsam_edge.manifest import load_model_dir
+
+    # The user's own mistakes first: they are wrong on any machine.
+    md = load_model_dir(args.model_dir)
+    precisions = em.parse_precisions(args.precision)
+    em.profiles(md, args.max_boxes)
+    for p in precisions:
+        em.onnx_for(md, "encoder", p)
+    ok, why = usable()
+    if not ok:
+        raise InputError(
+            f"TensorRT is not usable here: {why}; build on the GPU machine that will run the engines, "
+            "or run with --backend onnxruntime-cuda/onnxruntime-cpu"
+        )
+    out = build_engines(md, precisions, args.workspace, args.max_boxes, timing_cache=not args.no_timing_cache)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,93 @@
+"""onnxruntime backend: CPU everywhere; CUDA and TensorRT execution providers where installed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medsam_edge.contract import BOXES, EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS
+from medsam_edge.engines.base import Backend
+from medsam_edge.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Our backend names -> onnxruntime provider lists, in the order onnxruntime should try them.
+PROVIDERS = {
+    "onnxruntime-cpu": ["CPUExecutionProvider"],
+    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "onnxruntime-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class OnnxruntimeBackend(Backend):
+    def __init__(
+        self,
+        encoder_onnx: Path,
+        decoder_onnx: Path,
+        name: str = "onnxruntime-cpu",
+        precision: str = "fp32",
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        wanted = PROVIDERS[name]
+        missing = [p for p in wanted[:1] if p not in ort.get_available_providers()]
+        if missing:
+            raise InputError(
+                f"backend {name}: onnxruntime has no {missing[0]} here (installed: "
+                f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu or choose onnxruntime-cpu"
+            )
+        self.name = name
+        self.device = "cpu" if name == "onnxruntime-cpu" else "cuda"
+        self.precision = precision
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = [self._provider_options(p, cache_dir) for p in wanted]
+        self.encoder = self._session(ort, encoder_onnx, opts, providers)
+        self.decoder = self._session(ort, decoder_onnx, opts, providers)
+        # What actually ran: onnxruntime silently drops a provider it cannot initialise.
+        self.providers = self.encoder.get_providers()
+        if self.providers[0] != wanted[0]:
+            log.warning("%s: onnxruntime fell back to %s", name, self.providers[0])
+            self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else self.device
+
+    @staticmethod
+    def _provider_options(provider: str, cache_dir: Path | None):
+        if provider == "TensorrtExecutionProvider" and cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            return (provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+                               "trt_timing_cache_enable": True})
+        return provider
+
+    @staticmethod
+    def _session(ort, path: Path, opts, providers):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: ONNX file not found")
+        try:
+            return ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types per failure
+            raise InputError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        return self.encoder.run([EMBEDDING], {IMAGE: np.ascontiguousarray(image, np.float32)})[0]
+
+    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self.decoder.run(
+            [LOW_RES_LOGITS, IOU],
+            {EMBEDDING: embedding, BOXES: np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)},
+        )
+        return logits, iou
+
+    def describe(self) -> dict:
+        return {**super().describe(), "providers": self.providers}

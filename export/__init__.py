@@ -1,0 +1,1 @@
+"""medsam_edge.export."""

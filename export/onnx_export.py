@@ -1,0 +1,84 @@
+"""Trace the export wrappers to ONNX files that follow the tensor contract."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from medsam_edge.atomic import atomic_path
+from medsam_edge.contract import (
+    BOXES,
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    EMBED_DIM,
+    EMBED_HW,
+    ENCODER_OUTPUTS,
+    encoder_inputs,
+)
+from medsam_edge.export.wrappers import DecoderForExport, EncoderForExport
+
+OPSET = 18
+# Upper bound for the dynamic box axis in the traced graph (not a runtime limit in onnxruntime).
+_MAX_TRACE_BOXES = 256
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter narrates every pass on stdout and warns about internals we don't control."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _save(program, dest: Path) -> None:
+    with atomic_path(dest) as tmp:
+        program.save(str(tmp))
+
+
+@torch.no_grad()
+def export_encoder(sam: torch.nn.Module, size: int, dest: str | os.PathLike) -> None:
+    (spec,) = encoder_inputs(size)
+    image = torch.zeros(spec.shape, dtype=torch.float32)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            EncoderForExport(sam).eval(),
+            (image,),
+            input_names=[spec.name],
+            output_names=[o.name for o in ENCODER_OUTPUTS],
+            opset_version=OPSET,
+            dynamo=True,
+        )
+    _save(program, Path(dest))
+
+
+@torch.no_grad()
+def export_decoder(sam: torch.nn.Module, dest: str | os.PathLike) -> None:
+    embedding = torch.zeros(1, EMBED_DIM, EMBED_HW, EMBED_HW)
+    # Two boxes so the tracer does not specialise the box axis to 1.
+    boxes = torch.tensor([[10.0, 20.0, 200.0, 220.0], [50.0, 40.0, 120.0, 160.0]])
+    num_boxes = torch.export.Dim(DECODER_OUTPUTS[0].shape[0], min=1, max=_MAX_TRACE_BOXES)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            DecoderForExport(sam).eval(),
+            (embedding, boxes),
+            input_names=[i.name for i in DECODER_INPUTS],
+            output_names=[o.name for o in DECODER_OUTPUTS],
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes={DECODER_INPUTS[0].name: None, BOXES: {0: num_boxes}},
+        )
+    _save(program, Path(dest))

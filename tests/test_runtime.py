@@ -1,0 +1,236 @@
+"""The runtime on its own: preprocessing, postprocessing, prompts, reuse, pipelines, Predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsam_edge.contract import MODELS
+from medsam_edge.errors import InputError
+from medsam_edge.metrics import dice
+from medsam_edge.runtime.pipeline import Prompter, Stream
+from medsam_edge.runtime.postprocess import masks_from_logits
+from medsam_edge.runtime.preprocess import preprocess
+from medsam_edge.runtime.prompts import BoxSchedule, BoxTracker, parse_box, validate_boxes
+from medsam_edge.runtime.realtime import RealtimeStream
+from medsam_edge.runtime.reuse import ReusePolicy
+from medsam_edge.runtime.sources import ArraySource
+
+from conftest import ECHO_CHAMBER_BOX
+
+
+def _smooth_logits(n: int, seed: int = 0) -> np.ndarray:
+    """Blob-shaped logits like a decoder's: smooth, with a zero crossing inside the square."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:256, 0:256]
+    out = []
+    for _ in range(n):
+        cx, cy, r = rng.uniform(60, 190), rng.uniform(60, 190), rng.uniform(20, 60)
+        out.append(8.0 * (1 - np.hypot(xx - cx, yy - cy) / r))
+    return np.asarray(out, np.float32)[:, None]
+
+
+@pytest.mark.parametrize("model_id", ["lite_medsam", "medsam_vit_b", "sam_vit_b"])
+def test_mask_postprocess_matches_the_reference(model_id, echo_frames):
+    from medsam_edge.export.reference import logits_to_masks, prepare
+
+    pre = MODELS[model_id].preprocess
+    frame = echo_frames[0]
+    p = prepare(frame, pre)
+    logits = _smooth_logits(3)
+    ours = masks_from_logits(logits, p.original_hw, p.resized_hw, pre)
+    ref = logits_to_masks(torch.from_numpy(logits), p, pre)
+    assert ours.shape == ref.shape == (3, 240, 320)
+    for a, b in zip(ours, ref):
+        assert b.sum() > 100 and dice(a, b) > 0.995
+
+
+def test_lite_preprocess_is_the_reference_call(echo_frames):
+    from medsam_edge.export.reference import prepare
+
+    pre = MODELS["lite_medsam"].preprocess
+    ours = preprocess(echo_frames[3], pre)
+    ref = prepare(echo_frames[3], pre)
+    assert ours.resized_hw == ref.resized_hw == (192, 256)
+    np.testing.assert_allclose(ours.tensor, ref.tensor.numpy(), atol=1e-6)
+    assert ours.tensor[0, :, 192:, :].max() == 0  # padding below the picture
+
+
+def test_medsam_preprocess_stays_close_to_scikit_image(echo_frames):
+    from medsam_edge.export.reference import prepare
+
+    pre = MODELS["medsam_vit_b"].preprocess
+    ours = preprocess(echo_frames[0], pre).tensor
+    ref = prepare(echo_frames[0], pre).tensor.numpy()
+    assert ours.shape == ref.shape == (1, 3, 1024, 1024)
+    # OpenCV's cubic vs scikit-image's: same picture, small pixel differences (measured in bench/).
+    assert np.abs(ours - ref).mean() < 0.01
+
+
+def test_box_parsing_and_validation():
+    assert parse_box("1, 2,30,40") == [1.0, 2.0, 30.0, 40.0]
+    for bad in ("1,2,3", "a,b,c,d", "1,2,3,4,5"):
+        with pytest.raises(InputError, match="expected four numbers"):
+            parse_box(bad)
+    with pytest.raises(InputError, match="not a finite number"):
+        validate_boxes([[0, 0, float("nan"), 10]], 100, 100)
+    with pytest.raises(InputError, match="inverted"):
+        validate_boxes([[50, 10, 20, 40]], 100, 100)
+    with pytest.raises(InputError, match="outside the 100x80 image"):
+        validate_boxes([[150, 10, 200, 40]], 80, 100)
+    clipped = validate_boxes([[-10, 5, 120, 40]], 80, 100)
+    np.testing.assert_array_equal(clipped, [[0, 5, 100, 40]])
+
+
+def test_box_files_hold_until_the_next_frame(tmp_path):
+    (tmp_path / "b.json").write_text('{"0": [[1,2,30,40]], "5": [[5,5,50,50],[60,60,90,90]]}')
+    (tmp_path / "b.csv").write_text("frame,x0,y0,x1,y1\n0,1,2,30,40\n5,5,5,50,50\n5,60,60,90,90\n")
+    (tmp_path / "list.json").write_text('[{"frame": 2, "boxes": [1,2,30,40]}]')
+    for name in ("b.json", "b.csv"):
+        s = BoxSchedule.from_file(tmp_path / name)
+        assert s.boxes_for(3).tolist() == [[1, 2, 30, 40]]
+        assert len(s.boxes_for(5)) == 2 and len(s.boxes_for(99)) == 2
+    s = BoxSchedule.from_file(tmp_path / "list.json")
+    assert len(s.boxes_for(1)) == 0 and len(s.boxes_for(2)) == 1
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match="not a boxes file"):
+        BoxSchedule.from_file(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="not found"):
+        BoxSchedule.from_file(tmp_path / "missing.json")
+
+
+def _disk(h, w, cx, cy, r):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.hypot(xx - cx, yy - cy) <= r
+
+
+def test_tracker_follows_the_mask_and_reports_loss():
+    t = BoxTracker(margin=0.1, min_pixels=2)
+    t.reset(np.array([[10, 10, 50, 50]], np.float32))
+    lost = t.update(_disk(100, 100, 60, 40, 10)[None], np.array([0.9]))
+    assert lost == [False]
+    x0, y0, x1, y1 = t.current()[0]
+    assert x0 < 50 < 70 < x1 and y0 < 30 < 50 < y1  # grown around the disk at (60, 40)
+    before = t.current().copy()
+    assert t.update(np.zeros((1, 100, 100), bool), np.array([0.9])) == [True]
+    np.testing.assert_array_equal(t.current(), before)  # a lost track keeps its last good box
+    assert t.update(_disk(100, 100, 60, 40, 10)[None], np.array([0.05])) == [True]  # score collapsed
+
+
+def _moving_frames(n: int, step: float, seed: int = 0) -> np.ndarray:
+    """A bright disk on textured dark noise, moving `step` pixels per frame."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 40, (240, 320), dtype=np.uint8)
+    frames = []
+    for i in range(n):
+        img = base.copy()
+        img[_disk(240, 320, 100 + step * i, 120, 30)] = 200
+        frames.append(np.repeat(img[:, :, None], 3, axis=2))
+    return np.asarray(frames)
+
+
+def _stream(md, frames, reuse, boxes=((60, 80, 140, 160),), track=False):
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+    from medsam_edge.runtime.segmenter import Segmenter
+
+    backend = OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder"))
+    prompter = Prompter(BoxSchedule.constant(boxes), BoxTracker() if track else None)
+    return Stream(Segmenter(backend, md.preprocess), ArraySource(frames, fps=30), prompter, reuse)
+
+
+def test_a_still_clip_reuses_and_a_moving_clip_re_encodes(tiny_model_dir):
+    still = _moving_frames(12, 0.0)
+    s = _stream(tiny_model_dir, still, ReusePolicy(exact=False, near=True, max_consecutive=100))
+    results = list(s)
+    assert [r.embedding for r in results] == ["fresh"] + ["near-repeat"] * 11
+    assert [r.staleness for r in results] == list(range(12))
+    moving = _moving_frames(6, 12.0)
+    s = _stream(tiny_model_dir, moving, ReusePolicy(exact=False, near=True))
+    assert all(r.fresh for r in s)
+    assert s.stats.summary()["reuse_rate"] == 0.0
+
+
+def test_reuse_cap_and_exact_repeats(tiny_model_dir):
+    still = _moving_frames(7, 0.0)
+    s = _stream(tiny_model_dir, still, ReusePolicy(exact=False, near=True, max_consecutive=2))
+    assert [r.embedding for r in s] == ["fresh", "near-repeat", "near-repeat"] * 2 + ["fresh"]
+    # A looping cine: the second pass finds every frame by digest.
+    loop = np.concatenate([_moving_frames(3, 15.0)] * 2)
+    s = _stream(tiny_model_dir, loop, ReusePolicy(exact=True, near=False))
+    kinds = [r.embedding for r in s]
+    assert kinds == ["fresh"] * 3 + ["exact-repeat"] * 3
+    s = _stream(tiny_model_dir, loop, ReusePolicy.off())
+    assert all(r.fresh for r in s)
+
+
+def test_blank_frames_are_counted_not_segmented(tiny_model_dir):
+    frames = _moving_frames(4, 5.0)
+    frames[2] = 0
+    s = _stream(tiny_model_dir, frames, ReusePolicy.off())
+    assert [r.frame.index for r in s] == [0, 1, 3]
+    assert s.stats.blank == 1
+
+
+def test_several_boxes_decode_in_one_call(tiny_model_dir):
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+
+    calls = []
+
+    class Counting(OnnxruntimeBackend):
+        def decode(self, embedding, boxes):
+            calls.append(len(boxes))
+            return super().decode(embedding, boxes)
+
+    from medsam_edge.runtime.segmenter import Segmenter
+
+    md = tiny_model_dir
+    seg = Segmenter(Counting(md.onnx("encoder"), md.onnx("decoder")), md.preprocess)
+    prompter = Prompter(BoxSchedule.constant([[10, 10, 60, 60], [100, 100, 200, 200], [5, 5, 300, 230]]), None)
+    results = list(Stream(seg, ArraySource(_moving_frames(2, 5.0)), prompter))
+    assert calls == [3, 3]
+    assert all(r.masks.shape == (3, 240, 320) and r.scores.shape == (3,) for r in results)
+
+
+def test_realtime_answers_every_frame_with_the_newest_embedding(tiny_model_dir):
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+    from medsam_edge.runtime.segmenter import Segmenter
+
+    md = tiny_model_dir
+    seg = Segmenter(OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder")), md.preprocess)
+    frames = _moving_frames(40, 2.0)
+    prompter = Prompter(BoxSchedule.constant([[60, 80, 140, 160]]), None)
+    # 400 fps is far faster than this encoder: it must skip frames, the decoder must not queue.
+    rt = RealtimeStream(seg, ArraySource(frames, fps=400), prompter, pace=True, queue_size=2)
+    results = list(rt)
+    assert len(results) + rt.stats.dropped + rt.stats.blank == 40
+    assert rt.encoded < len(results)  # the encoder skipped frames; masks came from newer embeddings
+    assert {r.embedding for r in results} <= {"fresh", "newest"} and "newest" in {r.embedding for r in results}
+    assert [r.frame.index for r in results] == sorted(r.frame.index for r in results)
+    assert all("capture_to_mask" in r.latency_ms for r in results)
+
+
+def test_predictor_on_a_real_echo_frame_matches_the_reference(lite_model_dir, echo_frames):
+    from medsam_edge.export.models import build_model
+    from medsam_edge.export.checkpoint import bundled_lite_checkpoint, load_weights
+    from medsam_edge.export.reference import ReferencePredictor
+    from medsam_edge.runtime import Predictor
+
+    p = Predictor(lite_model_dir.path, backend="onnxruntime-cpu")
+    with pytest.raises(InputError, match="set_image"):
+        p.predict([ECHO_CHAMBER_BOX])
+    sam = build_model("lite_medsam")
+    load_weights(sam, bundled_lite_checkpoint(), "lite_medsam")
+    ref = ReferencePredictor(sam, lite_model_dir.preprocess)
+    x0, y0, x1, y1 = ECHO_CHAMBER_BOX
+    for frame in echo_frames[[0, 15]]:
+        p.set_image(frame)
+        masks, scores = p.predict([ECHO_CHAMBER_BOX])
+        ref.set_image(frame)
+        ref_masks, _ = ref.predict(np.array([ECHO_CHAMBER_BOX]))
+        m = masks[0]
+        inside = m[int(y0):int(y1), int(x0):int(x1)].sum()
+        assert 0.2 * (x1 - x0) * (y1 - y0) < m.sum() < 0.95 * (x1 - x0) * (y1 - y0)
+        assert inside >= 0.98 * m.sum()  # the mask lies inside its box
+        assert dice(m, ref_masks[0]) > 0.99
+    p.close()
