@@ -35,7 +35,7 @@ $(MODELS)/lite_medsam/manifest.json: | setup
 	$(ME) export --model lite_medsam --out $(MODELS)/lite_medsam --overwrite
 
 demo: setup $(MODELS)/lite_medsam/manifest.json
-	$(ME) run $(MODELS)/lite_medsam $(DEMO_SOURCE) --box $(DEMO_BOX) --track --masks npz --out $(DEMO_OUT)
+	$(ME) run $(MODELS)/lite_medsam $(DEMO_SOURCE) --box $(DEMO_BOX) --masks npz --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(MODELS) out .pytest_cache

@@ -55,6 +55,7 @@ class Scores:
     iou: list[float] = field(default_factory=list)
     truth_dice: list[float] = field(default_factory=list)
     truth_iou: list[float] = field(default_factory=list)
+    logits_rel_err: list[float] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
@@ -64,6 +65,7 @@ class Scores:
             "iou": stats(self.iou),
             "embedding_cosine": stats(self.cosine),
             "embedding_rel_err": {"mean": _mean(self.rel_err), "max": _max(self.rel_err)},
+            "logits_rel_err": {"mean": _mean(self.logits_rel_err), "max": _max(self.logits_rel_err)},
             "truth": {"boxes": len(self.truth_dice), "dice": stats(self.truth_dice), "iou": stats(self.truth_iou)},
         }
 
@@ -81,6 +83,7 @@ class _Ref:
     index: int
     embedding: np.ndarray
     boxes: np.ndarray  # model frame
+    logits: np.ndarray  # (K, 1, 256, 256)
     masks: np.ndarray  # (K, H, W)
     truths: list
 
@@ -106,8 +109,8 @@ class Scorer:
                 masks = self._masks(i, reference.decode(emb, self._model_boxes(i, boxes)))
                 boxes = np.stack([tighten(b, mk) if d else b for b, mk, d in zip(boxes, masks, derived)])
             mb = self._model_boxes(i, boxes)
-            masks = self._masks(i, reference.decode(emb, mb))
-            self.refs.append(_Ref(i, emb, mb, masks, [p.truth for p in prompts[i]]))
+            logits = np.asarray(reference.decode(emb, mb), np.float32)
+            self.refs.append(_Ref(i, emb, mb, logits, self._masks(i, logits), [p.truth for p in prompts[i]]))
             if on_frame:
                 on_frame(1)
 
@@ -120,18 +123,20 @@ class Scorer:
         return masks_from_logits(np.asarray(logits, np.float32), tuple(m["original_hw"]),
                                  tuple(m["resized_hw"]), self.frames.pre)
 
-    def score(self, encoder=None, decoder=None, masks: bool = True,
+    def score(self, encoder=None, decoder=None, masks: bool = True, limit: int | None = None,
               on_frame: Callable[[int], None] | None = None) -> Scores:
-        """Candidate parts (None: the reference's own output / the FP32 decoder)."""
+        """Candidate parts; encoder None: the reference embeddings. `limit`: first frames only."""
         s = Scores()
-        for r in self.refs:
+        for r in self.refs[:limit]:
             emb = r.embedding if encoder is None else encoder.encode(self.frames.tensor(r.index))
             s.cosine.append(cosine(emb, r.embedding))
             s.rel_err.append(rel_err(emb, r.embedding))
             if masks:
                 if decoder is None:
                     raise ValueError("masks need a decoder to run")
-                got = self._masks(r.index, decoder.decode(np.asarray(emb, np.float32), r.boxes))
+                logits = np.asarray(decoder.decode(np.asarray(emb, np.float32), r.boxes), np.float32)
+                s.logits_rel_err.append(rel_err(logits, r.logits))
+                got = self._masks(r.index, logits)
                 for g, want, truth in zip(got, r.masks, r.truths):
                     s.dice.append(dice(g, want))
                     s.iou.append(iou(g, want))
@@ -155,6 +160,46 @@ class Scorer:
                     s.truth_dice.append(dice(want, truth))
                     s.truth_iou.append(iou(want, truth))
         return s
+
+
+# The issue's targets: mask Dice against the FP32 reference on real frames.
+TARGETS = {"fp16": {"mean": 0.995, "worst": 0.98}, "int8": {"mean": 0.97, "p5": 0.93}}
+
+
+def meets(dice_stats: dict, target: dict) -> bool:
+    return all(dice_stats[k] is not None and dice_stats[k] >= v for k, v in target.items())
+
+
+def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | None = None):
+    """Path -> Verdict for a candidate encoder or decoder, masks scored on the scorer's frames.
+
+    loss: 1 - mean Dice, plus a thousandth of the embedding and logits relative errors so
+    that candidates with equal masks are still told apart.
+    """
+    from .fp16 import Verdict
+
+    def run(path: Path) -> Verdict:
+        cand = OrtPart(path, threads)
+        enc, dec = (cand, fp32_decoder) if part == "encoder" else (None, cand)
+        s = scorer.score(enc, dec)
+        d = stats(s.dice)
+        loss = (1.0 - d["mean"]) + 1e-3 * ((_mean(s.rel_err) or 0.0) + (_mean(s.logits_rel_err) or 0.0))
+        if not np.isfinite(loss):
+            loss = float("inf")
+        return Verdict(loss, meets(d, target), s.summary())
+
+    return run
+
+
+def probe(scorer: Scorer, frames: int = 2, threads: int | None = None) -> Callable[[Path], float]:
+    """Path -> 1 - mean embedding cosine on the first `frames` frames: the cheap sensitivity signal."""
+
+    def run(path: Path) -> float:
+        s = scorer.score(OrtPart(path, threads), masks=False, limit=frames)
+        c = float(np.mean(s.cosine))
+        return 1.0 - c if np.isfinite(c) else float("inf")
+
+    return run
 
 
 def _mean(v) -> float | None:

@@ -99,6 +99,11 @@ class FrameReader:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __iter__(self):
+        # onnxruntime's own base class iterates too (qdq_loss_debug does); from the start each time.
+        self.rewind()
+        return iter(self.get_next, None)
+
 
 def sample_frames(
     sources: Sequence[str],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam_edge.contract import BOXES, EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS
+from medsam_edge.contract import BOXES, BOXES_MAX, EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines.base import Backend
 from medsam_edge.engines.trt_build import build_engines, make_logger, summarize
@@ -126,7 +126,8 @@ class TensorrtBackend(Backend):
                 )
             log.warning("%s: %s; rebuilding in %s", md.path, status.message(), status.path)
             self.rebuilt = status.message()
-            build_engines(md, (precision,))
+            old = ((status.manifest or {}).get("engines", {}).get(precision) or {}).get("decoder") or {}
+            build_engines(md, (precision,), max_boxes=old.get("profile", {}).get(BOXES, {}).get("max", [BOXES_MAX])[0])
             status = em.find_engines(md, self.gpu, trt.__version__, precision)
             if not status.usable:
                 raise InputError(f"{md.path}: {status.message()} even after a rebuild")

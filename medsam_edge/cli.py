@@ -19,6 +19,7 @@ COMMANDS = (
     "medsam_edge.export.command",
     "medsam_edge.runtime.command",
     "medsam_edge.engines.command",
+    "medsam_edge.calibration.command",
     "medsam_edge.info",
 )
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # pydicom logs header values it finds malformed, which can include patient names:
+    # our own messages about DICOM input never quote the header.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INPUT

@@ -4,7 +4,7 @@ How stored pixels become an 8-bit RGB frame, in one place so every DICOM looks a
 - YBR_FULL, YBR_FULL_422 and the JPEG 2000 YBR_RCT/YBR_ICT are decoded with
   as_rgb=True (pydicom 3's default, asked for explicitly). The decoder reports the
   photometric interpretation it returns; anything still YBR is converted here.
-- PALETTE COLOR: the palette LUT is applied; 16-bit LUT entries are scaled to 8 bits.
+- PALETTE COLOR: the palette LUT is applied; 16-bit LUT entries keep their high byte.
 - Greyscale stored in 8 bits is used as is. Greyscale with fewer bits (1-bit masks) is
   scaled to 0..255 by its bit depth. Anything wider goes through the Modality LUT
   (rescale slope/intercept), then the first WindowCenter/WindowWidth pair if the header
@@ -34,6 +34,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder
 from pydicom.pixels.utils import get_expected_length
 
@@ -126,8 +127,11 @@ class DicomSource(Source):
         ds = read_dataset(self.path)
         self._ds: Dataset | None = ds
         if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-            sop = ds.get("SOPClassUID")
-            kind = f" (SOP class: {sop.name})" if sop is not None else ""
+            sop = str(getattr(ds.get("SOPClassUID"), "name", "") or "")
+            if "Image" in sop:  # pydicom reads a file cut between elements without a word
+                raise InputError(f"{path}: no Pixel Data (7FE0,0010) in a {sop} object: the "
+                                 "file is probably truncated; copy it again from its source")
+            kind = f" (SOP class: {sop})" if sop else ""
             raise InputError(f"{path}: no Pixel Data (7FE0,0010){kind}: it holds no image")
         missing = [keyword for keyword in _REQUIRED if keyword not in ds]
         if missing:
@@ -156,7 +160,9 @@ class DicomSource(Source):
                              "for it; convert the file (e.g. gdcmconv --raw), or for MPEG/H.264/"
                              "HEVC video extract the stream and open it as a video") from None
         if not decoder.is_available:
-            hints = "; ".join(decoder.missing_dependencies) or "see pydicom's pixel data docs"
+            # pydicom words them "name - requires pkg>=x"; shown as "name (pkg>=x)".
+            hints = "; ".join(d.replace(" - requires ", " (") + ")"
+                              for d in decoder.missing_dependencies) or "see pydicom's docs"
             raise InputError(f"{self.path}: {named} cannot be decoded: install a plugin such as "
                              f"{hints}")
         return decoder
@@ -174,8 +180,8 @@ class DicomSource(Source):
         center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
         if center is None or width is None:
             return None
-        center = center[0] if isinstance(center, pydicom.multival.MultiValue) else center
-        width = width[0] if isinstance(width, pydicom.multival.MultiValue) else width
+        center = center[0] if isinstance(center, MultiValue) else center
+        width = width[0] if isinstance(width, MultiValue) else width
         center_value, width_value = _finite(center), _positive(width)
         if center_value is None or width_value is None:
             log.debug("%s: unusable window; frames use min-max", self.path)
@@ -205,7 +211,8 @@ class DicomSource(Source):
         bits = int(meta.get("bits_stored", ds.get("BitsStored", 8)))
         if kind == "PALETTE COLOR":
             rgb = apply_color_lut(picture, ds)
-            return rgb if rgb.dtype == np.uint8 else _scale_bits(rgb, 16)
+            # 16-bit LUT entries are 8-bit values shifted up (0xFF00 is full red), so >> 8.
+            return rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)
         if kind in ("YBR_FULL", "YBR_FULL_422"):
             picture, kind = convert_color_space(picture, kind, "RGB"), "RGB"
         if picture.ndim == 3:
@@ -219,7 +226,7 @@ class DicomSource(Source):
             grey = window(values, *self._window) if self._window else to_uint8(values)
         return 255 - grey if kind == "MONOCHROME1" else grey
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._ds = None  # the whole file lives in memory until then
 
 

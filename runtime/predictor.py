@@ -47,9 +47,9 @@ class Predictor:
     def stream(self, source, boxes=None, boxes_file=None, track: bool = False,
                reuse: ReusePolicy | None = None, realtime: bool = False):
         """FrameResults for every frame of `source` (anything open_source accepts)."""
-        from medsam_edge.runtime.sources import open_source
+        from medsam_edge.runtime.sources import Source, open_source
 
-        src = source if hasattr(source, "__iter__") and not isinstance(source, (str, np.ndarray)) else open_source(source)
+        src = source if isinstance(source, Source) else open_source(source)
         schedule = BoxSchedule.from_file(boxes_file) if boxes_file else (
             BoxSchedule.constant(boxes) if boxes is not None else None)
         prompter = Prompter(schedule, BoxTracker() if track else None)

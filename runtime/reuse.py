@@ -27,7 +27,7 @@ class ReusePolicy:
     exact: bool = True
     near: bool = True
     # Mean absolute thumbnail difference, as a fraction of the 0..255 range.
-    threshold: float = 0.005
+    threshold: float = 0.003
     max_consecutive: int = 10
     cache_size: int = 8
 

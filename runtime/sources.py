@@ -11,6 +11,7 @@ when it is opened, not halfway through a run.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -31,13 +32,14 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # A live capture that fails this many reads in a row has ended (cable pulled, stream
-# closed); fewer are treated as dropped frames.
+# closed); fewer are dropped frames. Opening gives up sooner: nobody waits 30 timeouts.
 MAX_LIVE_FAILURES = 30
+MAX_LIVE_PROBE_FAILURES = 5
 _LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt")
 
 # What a source's one-pass reader yields: (position in the input, picture or the reason
 # it is unusable, seconds from the start or None for "use the wall clock").
-Item = tuple[int, Union[np.ndarray, str], Union[float, None]]
+Item = tuple[int, np.ndarray | str, float | None]
 
 
 def frame_problem(picture: Any) -> str | None:
@@ -113,6 +115,7 @@ class Source:
         "index", ...); "index" means the rate is unknown and timestamp = position.
     skipped: bad frames skipped so far (each also logged with its index).
     loop: replayable inputs start again at the end; index and timestamp keep growing.
+    Each iteration of a replayable source starts at its beginning; a live one goes on.
     """
 
     is_live: bool = False
@@ -124,6 +127,7 @@ class Source:
         self.description = description
         self.loop = loop
         self.skipped = 0
+        self.closed = False
         self._probed: tuple[list[Item], Iterator[Item]] | None = None
 
     def _read_pass(self) -> Iterator[Item]:
@@ -132,6 +136,16 @@ class Source:
 
     def _convert(self, picture: np.ndarray) -> np.ndarray:
         return to_rgb8(picture)
+
+    def _release(self) -> None:
+        """Free captures and datasets. Subclasses that hold any implement this."""
+
+    def _set_rate(self, fps: float | None) -> None:
+        self.fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else None
+        self.time_source = "fps" if self.fps else "index"
+
+    def _stamp(self, position: int) -> float:
+        return position / self.fps if self.fps else float(position)
 
     def _probe(self) -> None:
         """Read up to the first good frame so a useless input fails at open, naming why."""
@@ -142,12 +156,16 @@ class Source:
             if not isinstance(item[1], str) and frame_problem(item[1]) is None:
                 self._probed = (seen, items)
                 return
+            if self.is_live and len(seen) >= MAX_LIVE_PROBE_FAILURES:
+                break
         problems = [p if isinstance(p, str) else frame_problem(p) for _, p, _ in seen]
         detail = f"{len(seen)} unreadable, first: {problems[0]}" if problems else "it is empty"
         self.close()
         raise InputError(f"{self.description}: no readable frames ({detail})")
 
     def __iter__(self) -> Iterator[Frame]:
+        if self.closed:
+            raise ValueError(f"{self.description}: iterating a closed source")
         index, offset, passes = 0, 0.0, 0
         started = time.perf_counter()
         while True:
@@ -155,11 +173,13 @@ class Source:
                 seen, rest = self._probed
                 self._probed = None
                 # A live source's probe frame is stale by now: check only, never replay.
-                items: Iterator[Item] = rest if self.is_live else _chain(seen, rest)
+                items: Iterator[Item] = rest if self.is_live else itertools.chain(seen, rest)
             else:
                 items = self._read_pass()
             good, last = 0, 0.0
             for position, picture, stamp in items:
+                if self.closed:
+                    return
                 problem = picture if isinstance(picture, str) else frame_problem(picture)
                 if problem is None:
                     try:
@@ -187,7 +207,9 @@ class Source:
             passes += 1
 
     def close(self) -> None:
-        """Release what the source holds. Safe to call twice."""
+        """Release what the source holds; stops a running iteration. Safe to call twice."""
+        self.closed = True
+        self._release()
 
     def __enter__(self) -> Source:
         return self
@@ -197,11 +219,6 @@ class Source:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.description!r})"
-
-
-def _chain(first: list[Item], rest: Iterator[Item]) -> Iterator[Item]:
-    yield from first
-    yield from rest
 
 
 class ArraySource(Source):
@@ -222,14 +239,12 @@ class ArraySource(Source):
             frames = [frames] if single else list(frames)
         self._frames = list(frames)
         self.frame_count = len(self._frames)
-        self.fps = fps if fps and fps > 0 else None
-        self.time_source = "fps" if self.fps else "index"
+        self._set_rate(fps)
         self._probe()
 
     def _read_pass(self) -> Iterator[Item]:
         for position, picture in enumerate(self._frames):
-            stamp = position / self.fps if self.fps else float(position)
-            yield position, picture, stamp
+            yield position, picture, self._stamp(position)
 
 
 class ImageSource(Source):
@@ -245,13 +260,12 @@ class ImageSource(Source):
         super().__init__(description or (str(self._paths[0]) if self._paths else "images"),
                          loop=loop)
         self.frame_count = len(self._paths)
-        self.fps = fps if fps and fps > 0 else None
-        self.time_source = "fps" if self.fps else "index"
+        self._set_rate(fps)
         self._probe()
 
     def _read_pass(self) -> Iterator[Item]:
         for position, path in enumerate(self._paths):
-            stamp = position / self.fps if self.fps else float(position)
+            stamp = self._stamp(position)
             try:
                 # imdecode(fromfile) instead of imread: works for any path encoding, and
                 # distinguishes a missing file from an undecodable one.
@@ -278,100 +292,6 @@ def image_folder(folder: str | os.PathLike[str], *, loop: bool = False) -> Image
     paths.sort(key=lambda p: [int(t) if t.isdigit() else t.lower()
                               for t in re.split(r"(\d+)", p.name)])
     return ImageSource(paths, loop=loop, description=str(root))
-
-
-class VideoSource(Source):
-    """OpenCV capture: a video file, a camera index, a stream URL or a GStreamer pipeline.
-
-    Files: timestamps from the container (CAP_PROP_POS_MSEC, relative to the first
-    frame), else position / fps. Live inputs: wall-clock seconds since iteration began.
-    """
-
-    def __init__(self, target: str | int, *, kind: str, loop: bool = False) -> None:
-        super().__init__(str(target), loop=loop)
-        self._target, self._kind = target, kind
-        self._cap: cv2.VideoCapture | None = self._open()
-        if kind == "file":
-            self.is_live = False
-        elif kind == "url" and str(target).split("://")[0].lower() not in _LIVE_SCHEMES:
-            # http(s) may be a plain file on a server (has a frame count) or a live stream.
-            self.is_live = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 0
-        else:
-            self.is_live = True
-        fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if math.isfinite(fps) and 0 < fps < 1000 else None
-        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        self.frame_count = int(count) if not self.is_live and count > 0 else None
-        self.time_source = "wall_clock" if self.is_live else ("fps" if self.fps else "index")
-        self._probe()
-
-    def _open(self) -> cv2.VideoCapture:
-        if self._kind == "gstreamer":
-            cap = cv2.VideoCapture(str(self._target), cv2.CAP_GSTREAMER)
-        elif self._kind == "url":
-            # Bounded waits so a dead camera fails at open instead of hanging forever.
-            cap = cv2.VideoCapture(str(self._target), cv2.CAP_FFMPEG,
-                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10000,
-                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000])
-        else:
-            cap = cv2.VideoCapture(self._target)
-        if cap.isOpened():
-            if self._kind == "device":
-                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a backlog
-            return cap
-        cap.release()
-        raise InputError(f"{self._target}: {self._open_failure()}")
-
-    def _open_failure(self) -> str:
-        if self._kind == "gstreamer":
-            if not re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()):
-                return ("this OpenCV build has no GStreamer support (PyPI's opencv-python "
-                        "wheels lack it): use an OpenCV built with GStreamer, or a device/URL")
-            return "GStreamer pipeline did not start: test it with gst-launch-1.0"
-        if self._kind == "device":
-            return "camera cannot be opened: check it is connected and not in use"
-        if self._kind == "url":
-            return "stream cannot be opened: check the URL, network and credentials"
-        return "OpenCV cannot open it as a video: is it a video file (mp4, avi, mkv, mov)?"
-
-    def _read_pass(self) -> Iterator[Item]:
-        if self._cap is None:
-            self._cap = self._open()
-        cap, position, failures, first_msec = self._cap, 0, 0, None
-        while cap.isOpened():
-            ok, picture = cap.read()
-            if not ok:
-                if not self.is_live:
-                    break  # a file's read fails at its end
-                failures += 1
-                if failures >= MAX_LIVE_FAILURES:
-                    log.warning("%s: %d reads failed in a row; treating the stream as ended",
-                                self.description, failures)
-                    break
-                yield position, "capture returned no frame", None
-                position += 1
-                continue
-            failures = 0
-            stamp: float | None = None
-            if not self.is_live:
-                msec = cap.get(cv2.CAP_PROP_POS_MSEC)
-                first_msec = msec if first_msec is None else first_msec
-                if position > 0 and math.isfinite(msec) and msec > first_msec:
-                    stamp, self.time_source = (msec - first_msec) / 1000.0, "pos_msec"
-                else:
-                    stamp = position / self.fps if self.fps else float(position)
-            yield position, picture, stamp
-            position += 1
-        if not self.is_live:
-            self.close()  # the next pass reopens: seeking back is unreliable in some formats
-
-    def _convert(self, picture: np.ndarray) -> np.ndarray:
-        return to_rgb8(picture, bgr=True)
-
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
 
 
 def _is_dicom(path: Path) -> bool:
@@ -419,6 +339,8 @@ def open_source(spec: Any, *, loop: bool = False) -> Source:
         from .dicom import DicomSource
 
         return DicomSource(_pydicom_test_file(text[len("pydicom:"):]), loop=loop)
+    from .video import VideoSource
+
     if text.isascii() and text.isdigit():
         return VideoSource(int(text), kind="device")
     if " ! " in text:

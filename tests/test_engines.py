@@ -253,7 +253,7 @@ def test_torch_backend_reproduces_the_exported_model_on_the_cpu(tiny_model_dir):
     assert np.abs(ref.embedding_to_numpy(emb) - e_ort).max() <= 1e-4 * np.abs(e_ort).max()
     (l_t, i_t), (l_o, i_o) = ref.decode(emb, boxes), ort_b.decode(e_ort, boxes)
     assert l_t.shape == (2, 1, 256, 256) and i_t.shape == (2, 1) and l_t.dtype == np.float32
-    assert np.abs(l_t - l_o).max() <= 1e-4 * np.abs(l_o).max()
+    assert np.abs(l_t - l_o).max() <= 1e-4 * np.abs(l_o).max() and np.abs(i_t - i_o).max() <= 1e-4
 
 
 def test_sdpa_attention_matches_the_official_modules(tiny_model_dir):

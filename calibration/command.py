@@ -1,0 +1,97 @@
+"""`medsam-edge calibrate`: FP16 and INT8 ONNX files decided on the CPU, with a fidelity report.
+
+The precision lives in the ONNX (TensorRT 11 has no precision flags or INT8 calibrator),
+so it is decided here once and every backend runs the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from medsam_edge.errors import InputError
+
+from .int8 import MAX_TRIALS, METHODS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="write FP16 and INT8 ONNX files calibrated on real frames, with a fidelity report",
+        description=(
+            "Sample real frames from video, DICOM or image folders; write encoder.fp16.onnx and "
+            "decoder.fp16.onnx (FP32 I/O, fragile nodes FP32 by measurement), encoder.int8.onnx (Q/DQ for "
+            "TensorRT, sensitive nodes left float until mask Dice holds) and the CPU-only "
+            "encoder.int8dyn.onnx; measure them on held-out frames and write fidelity.json/.md."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a directory written by `medsam-edge export`")
+    p.add_argument("--frames", nargs="+", required=True, metavar="SOURCE",
+                   help="videos, DICOM files, image folders or images to sample calibration frames from")
+    p.add_argument("--eval", nargs="+", default=[], metavar="SOURCE",
+                   help="sources used only for the report (e.g. annotated images), never for calibration")
+    p.add_argument("--precision", default="fp16,int8", help="comma-separated: fp16, int8 (default both)")
+    p.add_argument("--method", default="auto", choices=("auto",) + METHODS,
+                   help="INT8 calibration method; auto compares all three and keeps the best (default)")
+    p.add_argument("--frames-count", type=int, default=32, metavar="N",
+                   help="frames to sample from --frames, spread over sources and time (default 32)")
+    p.add_argument("--eval-count", type=int, default=64, metavar="N", help="frames at most from --eval (default 64)")
+    p.add_argument("--holdout", type=float, default=0.25, help="share of --frames held out for the report (0.25)")
+    p.add_argument("--boxes", nargs="+", default=[], metavar="JSON",
+                   help='box prompts: {"frame name": [[x0, y0, x1, y1], ...]} or Kvasir-SEG bboxes.json')
+    p.add_argument("--masks", nargs="+", default=[], metavar="DIR",
+                   help="ground-truth mask folders (same file names as the images): boxes and truth")
+    p.add_argument("--checkpoint", type=Path, help="the exported checkpoint, for the PyTorch reference")
+    p.add_argument("--no-dynamic", action="store_true", help="skip the CPU-only encoder.int8dyn.onnx")
+    p.add_argument("--search-frames", type=int, default=12, help="calibration frames the searches judge on (12)")
+    p.add_argument("--max-trials", type=int, default=MAX_TRIALS,
+                   help=f"INT8 sensitivity trials at most ({MAX_TRIALS})")
+    p.add_argument("--cache-dir", type=Path, help="where sampled frames are cached (default ~/.cache/medsam-edge)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no table")
+    p.set_defaults(func=run)
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    out = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    bad = [t for t in out if t not in ("fp16", "int8")]
+    if bad or not out:
+        raise InputError(f"--precision {text!r}: expected a comma-separated list of fp16, int8")
+    return out
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "medsam-edge" / "frames"
+
+
+def run(args: argparse.Namespace) -> int:
+    from medsam_edge.manifest import load_model_dir
+
+    from .run import Options, calibrate
+
+    precisions = parse_precisions(args.precision)
+    for name in ("frames_count", "search_frames", "max_trials"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    md = load_model_dir(args.model_dir)
+    opts = Options(
+        precisions=precisions,
+        methods=METHODS if args.method == "auto" else (args.method,),
+        count=args.frames_count,
+        holdout=args.holdout,
+        eval_sources=tuple(args.eval),
+        eval_count=args.eval_count,
+        box_files=tuple(args.boxes),
+        mask_dirs=tuple(args.masks),
+        search_frames=args.search_frames,
+        max_trials=args.max_trials,
+        dynamic=not args.no_dynamic,
+        cache_dir=str(args.cache_dir or default_cache_dir()),
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        threads=args.threads,
+        quiet=args.quiet,
+    )
+    calibrate(md, list(args.frames), opts)
+    return 0

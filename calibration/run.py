@@ -1,0 +1,217 @@
+"""One calibration run: frames -> FP16 and INT8 files -> fidelity report, all or nothing.
+
+Every file is made in a hidden staging folder inside the model directory and moved into
+place only after the report is done, so a failed or interrupted run leaves the model
+directory as it was (no half-written model next to good ones).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from medsam_edge.contract import BOXES, EMBEDDING, IMAGE
+from medsam_edge.manifest import ModelDir
+from medsam_edge.progress import Steps
+
+from . import fp16, int8, report
+from .boxes import load_prompts
+from .evaluate import TARGETS, OrtPart, Scorer, judge, probe
+from .frames import MIN_FRAMES, FrameReader, FrameSet, sample_frames
+from .latency import encoder_latency
+from .reference import OnnxPair, open_reference
+
+PRECISIONS = ("fp16", "int8")
+
+
+@dataclass
+class Options:
+    precisions: tuple = PRECISIONS
+    methods: tuple = int8.METHODS
+    count: int = 32
+    holdout: float = 0.25
+    eval_sources: tuple = ()
+    eval_count: int = 64
+    box_files: tuple = ()
+    mask_dirs: tuple = ()
+    search_frames: int = 12  # calibration frames the searches judge on
+    range_frames: int = 4  # frames for FP16 range measurement
+    max_trials: int = int8.MAX_TRIALS
+    dynamic: bool = True  # also write the CPU-only encoder.int8dyn.onnx
+    latency_rounds: int = 7
+    cache_dir: str | None = None
+    checkpoint: str | None = None
+    min_frames: int = MIN_FRAMES
+    threads: int | None = None
+    quiet: bool = False
+
+
+def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
+    """Write the asked precisions into `md` and its fidelity report; returns the report."""
+    steps = Steps(4 + len(o.precisions) + (1 if "int8" in o.precisions and o.dynamic else 0), quiet=o.quiet)
+    log = (lambda s: None) if o.quiet else (lambda s: print(f"    {s}", file=sys.stderr, flush=True))
+    with steps.step("sampling calibration frames"):
+        fs = sample_frames(sources, md.preprocess, o.count, o.holdout, o.eval_sources, o.eval_count,
+                           cache_dir=o.cache_dir, min_frames=o.min_frames)
+        log(f"{len(fs.calibration)} calibration, {len(fs.holdout)} held-out frames")
+    staging = Path(tempfile.mkdtemp(prefix=".calibrate.", dir=md.path))
+    try:
+        with steps.step("FP32 reference on calibration frames"):
+            cal = _spread(fs.calibration, o.search_frames)
+            search = Scorer(fs, cal, load_prompts(fs, cal, o.box_files, o.mask_dirs), OnnxPair(md, o.threads))
+        record: dict = {"frames": fs.describe(), "targets": TARGETS}
+        written: dict[str, Path] = {}
+        if "fp16" in o.precisions:
+            with steps.step("FP16 encoder and decoder (ranges, then error search)"):
+                record["fp16"] = _fp16(md, fs, search, staging, written, o, log)
+        if "int8" in o.precisions:
+            with steps.step("INT8 encoder (calibration methods, sensitivity, exclusion)"):
+                record["int8"] = _int8(md, fs, search, staging, written, o, log)
+            if o.dynamic:
+                with steps.step("INT8 dynamic encoder for the CPU"):
+                    record["int8dyn"] = _int8dyn(md, search, staging, written, record["int8"], o, log)
+        with steps.step("fidelity on held-out frames"):
+            rep = _report(md, fs, written, o)
+        with steps.step("latency and writing files"):
+            rep["latency"] = _latency(md, fs, written, o)
+            for f in written.values():
+                os.replace(f, md.path / f.name)
+            report.write(md, rep, record)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not o.quiet:
+        report.print_summary(rep)
+    return rep
+
+
+def _spread(indices: list[int], n: int) -> list[int]:
+    if len(indices) <= n:
+        return list(indices)
+    return [indices[int(round(k))] for k in np.linspace(0, len(indices) - 1, n)]
+
+
+def _fp16(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Options, log) -> dict:
+    fp32_dec = OrtPart(md.onnx("decoder"), o.threads)
+    feeds = [{IMAGE: fs.tensor(r.index)} for r in search.refs[: o.range_frames]]
+    enc = staging / md.onnx("encoder", "fp16").name
+    log("encoder:")
+    rec_e = fp16.write_fp16(md.onnx("encoder"), enc, feeds,
+                            judge(search, "encoder", fp32_dec, TARGETS["fp16"], o.threads), log)
+    dfeeds = [{EMBEDDING: r.embedding, BOXES: r.boxes} for r in search.refs[: o.range_frames]]
+    dec = staging / md.onnx("decoder", "fp16").name
+    log("decoder:")
+    rec_d = fp16.write_fp16(md.onnx("decoder"), dec, dfeeds,
+                            judge(search, "decoder", None, TARGETS["fp16"], o.threads), log)
+    written["encoder.fp16"], written["decoder.fp16"] = enc, dec
+    return {"encoder": {"file": enc.name, **rec_e}, "decoder": {"file": dec.name, **rec_d}}
+
+
+def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Options, log) -> dict:
+    src = md.onnx("encoder")
+    model = onnx.load(str(src))
+    nodes = int8.quantizable(model)
+    fp32_dec = OrtPart(md.onnx("decoder"), o.threads)
+    judged_path = judge(search, "encoder", fp32_dec, TARGETS["int8"], o.threads)
+    reader = FrameReader(fs, fs.calibration)
+    trial = staging / "trial.int8.onnx"
+    methods = {}
+    for m in o.methods:
+        int8.quantize(src, trial, reader, m, staging / f"ranges-{m}.json")
+        v = judged_path(trial)
+        methods[m] = {"loss": v.loss, "passed": v.passed, "dice": v.figures["dice"],
+                      "embedding_cosine": v.figures["embedding_cosine"]}
+        log(f"{m}: every Conv/MatMul quantized -> Dice mean {v.figures['dice']['mean']:.4f}, "
+            f"p5 {v.figures['dice']['p5']:.4f}")
+    best = min(methods, key=lambda m: methods[m]["loss"])
+    cache = staging / f"ranges-{best}.json"
+    rec: dict = {"method": best, "methods": methods, "scheme": _scheme(), "quantizable_nodes": len(nodes),
+                 "activation_matmuls": len(int8.activation_matmuls(model)), "ranking": [], "search": []}
+    exclude: list[str] = []
+    if not methods[best]["passed"]:
+        ranking = int8.rank_nodes(src, nodes, best, cache, probe(search, threads=o.threads), o.max_trials, log)
+
+        def judged(excl):
+            int8.quantize(src, trial, None, best, cache, excl)
+            return judged_path(trial)
+
+        exclude, v, rec["search"] = int8.smallest_exclusion([r["node"] for r in ranking], judged, log)
+        rec["ranking"] = ranking
+        rec["passed_on_calibration"] = v.passed
+    else:
+        rec["passed_on_calibration"] = True
+    out = staging / md.onnx("encoder", "int8").name
+    int8.quantize(src, out, None, best, cache, exclude)
+    trial.unlink(missing_ok=True)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    rec["excluded_nodes"] = [{"name": n, "op": ops[n]} for n in exclude]
+    written["encoder.int8"] = out
+    return {"file": out.name, "decoder": "decoder.onnx (FP32: about 5% of LiteMedSAM's and under 1% of "
+            "ViT-B's compute, so INT8 would not pay for its risk)", **rec}
+
+
+def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Options, log) -> dict:
+    src = md.onnx("encoder")
+    out = staging / md.onnx("encoder", "int8dyn").name
+    judged_path = judge(search, "encoder", OrtPart(md.onnx("decoder"), o.threads), TARGETS["int8"], o.threads)
+    int8.quantize_dynamic_cpu(src, out)
+    v, exclude, trials = judged_path(out), [], []
+    if not v.passed and rec8.get("ranking"):
+        ops = {n.name: n.op_type for n in onnx.load(str(src)).graph.node}
+        order = [r["node"] for r in rec8["ranking"] if ops[r["node"]] != "Conv"]  # dynamic leaves Conv float
+
+        def judged(excl):
+            int8.quantize_dynamic_cpu(src, out, excl)
+            return judged_path(out)
+
+        exclude, v, trials = int8.smallest_exclusion(order, judged, log)
+        int8.quantize_dynamic_cpu(src, out, exclude)
+    log(f"dynamic: Dice mean {v.figures['dice']['mean']:.4f}, {len(exclude)} node(s) in float")
+    written["encoder.int8dyn"] = out
+    return {"file": out.name, "target": "onnxruntime CPU only (MatMulInteger; TensorRT does not build it)",
+            "tool": "onnxruntime.quantization.quantize_dynamic(MatMul/Gemm, per_channel, QInt8 weights)",
+            "passed_on_calibration": v.passed, "excluded_nodes": exclude, "search": trials}
+
+
+def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
+    ho = fs.holdout
+    prompts = load_prompts(fs, ho, o.box_files, o.mask_dirs)
+    ref, text = open_reference(md, o.checkpoint)
+    sc = Scorer(fs, ho, prompts, ref)
+    pairs = {"fp32": (md.onnx("encoder"), md.onnx("decoder"))}
+    if "encoder.fp16" in written:
+        pairs["fp16"] = (written["encoder.fp16"], written["decoder.fp16"])
+    for p in ("int8", "int8dyn"):
+        if f"encoder.{p}" in written:
+            pairs[p] = (written[f"encoder.{p}"], md.onnx("decoder"))
+    scores = {p: sc.score(OrtPart(e, o.threads), OrtPart(d, o.threads)) for p, (e, d) in pairs.items()}
+    files = {p: {"encoder": e.name, "decoder": d.name} for p, (e, d) in pairs.items()}
+    n_boxes = sum(len(prompts[i]) for i in ho)
+    n_truth = sum(p.truth is not None for i in ho for p in prompts[i])
+    frames = {"holdout": len(ho), "boxes": n_boxes, "truth_boxes": n_truth,
+              "box_origin": {k: sum(p.origin == k for i in ho for p in prompts[i]) for k in ("mask", "file", "derived")},
+              "sources": sorted({fs.meta[i]["source"] for i in ho})}
+    return report.build(md, text, scores, files, sc.reference_truth(), frames, None)
+
+
+def _latency(md, fs: FrameSet, written: dict, o: Options) -> dict | None:
+    files = {"fp32": md.onnx("encoder")}
+    for p in ("int8", "int8dyn"):
+        if f"encoder.{p}" in written:
+            files[p] = written[f"encoder.{p}"]
+    if len(files) < 2 or o.latency_rounds <= 0:
+        return None
+    return encoder_latency(files, fs.tensor(fs.holdout[0]), o.latency_rounds, threads=o.threads)
+
+
+def _scheme() -> dict:
+    return {"format": "QDQ", "activations": "int8 symmetric (zero point 0)", "weights": "int8 symmetric per-channel",
+            "bias": "float", "quantized_ops": list(int8.QUANT_OPS),
+            "float_ops": "LayerNormalization, Softmax, GELU (Erf), everything not Conv/MatMul/Gemm",
+            "tool": "onnxruntime.quantization.quantize_static"}
