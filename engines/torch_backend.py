@@ -140,15 +140,9 @@ class TorchBackend(Backend):
         return out.clone() if self.compiled else out  # compiled CUDA graphs reuse their output memory
 
     def _decode_impl(self, embedding, boxes):
-        pe = self.sam.prompt_encoder
-        sparse, dense = pe(points=None, boxes=boxes[:, None, :], masks=None)
-        return self.sam.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=pe.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        from medsam_edge.export.wrappers import decode_boxes
+
+        return decode_boxes(self.sam, embedding, boxes)
 
     def decode(self, embedding, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch

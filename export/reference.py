@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsam_edge.contract import Preprocess
+from medsam_edge.export.wrappers import decode_boxes
 from medsam_edge.runtime.geometry import boxes_to_model, longest_side_hw
 
 
@@ -86,16 +87,7 @@ class ReferencePredictor:
     @torch.no_grad()
     def decode(self, embedding: torch.Tensor, model_boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """boxes in the model frame -> mask-token-0 logits (N,1,256,256) and iou (N,1)."""
-        boxes = torch.as_tensor(model_boxes, dtype=torch.float32)[:, None, :]
-        pe = self.sam.prompt_encoder
-        sparse, dense = pe(points=None, boxes=boxes, masks=None)
-        return self.sam.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=pe.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        return decode_boxes(self.sam, embedding, torch.as_tensor(model_boxes, dtype=torch.float32))
 
     @torch.no_grad()
     def predict(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,23 @@ import torch
 from torch import nn
 
 
+def decode_boxes(sam: nn.Module, embedding: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MedSAM's decoder call: boxes (N,4) in the model frame -> mask token 0 logits (N,1,256,256), iou (N,1).
+
+    The one place the box-only prompt and `multimask_output=False` are spelled out; the
+    export wrapper, the reference predictor and the PyTorch backend all call it.
+    """
+    pe = sam.prompt_encoder
+    sparse, dense = pe(points=None, boxes=boxes[:, None, :], masks=None)
+    return sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=pe.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+
+
 class EncoderForExport(nn.Module):
     def __init__(self, sam: nn.Module) -> None:
         super().__init__()
@@ -31,11 +48,4 @@ class DecoderForExport(nn.Module):
 
     def forward(self, embedding: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """embedding (1,256,64,64), boxes (N,4) -> logits (N,1,256,256), iou (N,1)."""
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
-        return self.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        return decode_boxes(self, embedding, boxes)

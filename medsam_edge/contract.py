@@ -7,7 +7,7 @@ data the runtime can apply without torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 # SAM's prompt encoder and mask decoder are shared by every model id.
 EMBED_DIM = 256
@@ -109,7 +109,6 @@ class ModelSpec:
     preprocess: Preprocess
     description: str = ""
     test_only: bool = False
-    notes: dict = field(default_factory=dict)
 
 
 _MEDSAM = Preprocess(
