@@ -2,11 +2,14 @@
 
 Runs the clip with reuse off (every frame encoded: the fresh reference), then with reuse
 on at several thresholds, then in real-time mode, all in one process on the same boxes.
-Reports frames per second, reuse rate, and the Dice of every reused-embedding mask
-against the fresh-embedding mask of the same frame.
+Reports frames per second, reuse rate, dropped frames, capture-to-mask latency (first
+and second half of the clip, to show it stays flat), and the Dice of every
+reused-embedding mask against the fresh-embedding mask of the same frame.
 
     python bench/reuse.py models/lite_medsam ../shared/data/ultrasound/video/busi_sweep.mp4 \
         --box 100,160,240,300 --frames 150 --out out/reuse_busi.json
+
+`measure()` is the same scenario as a function; `medsam-edge bench --stream` calls it.
 """
 
 from __future__ import annotations
@@ -28,16 +31,74 @@ from medsam_edge.runtime.realtime import RealtimeStream
 from medsam_edge.runtime.reuse import ReusePolicy
 from medsam_edge.runtime.sources import ArraySource, open_source
 
+THRESHOLDS = (0.0025, 0.005, 0.01)
 
-def _run(stream) -> tuple[list, float]:
+
+def pct(values, qs=(50, 99)) -> dict:
+    a = np.asarray(values, float)
+    return {f"p{q}": round(float(np.percentile(a, q)), 1) for q in qs} if len(a) else {}
+
+
+def latency_rows(results) -> dict:
+    return latency_rows_from([r.latency_ms["capture_to_mask"] for r in results if "capture_to_mask" in r.latency_ms])
+
+
+def latency_rows_from(lat: list[float]) -> dict:
+    """Capture-to-mask p50/p99 overall and per half: a flat run has equal halves."""
+    half = len(lat) // 2
+    return {"capture_to_mask_ms": pct(lat), "first_half_ms": pct(lat[:half]), "second_half_ms": pct(lat[half:])}
+
+
+def dice_vs(results, fresh_by_index: dict, only_reused: bool) -> list[float]:
+    return [dice(r.masks[i], fresh_by_index[r.frame.index].masks[i]) for r in results
+            if r.frame.index in fresh_by_index and not (only_reused and r.fresh) for i in range(len(r.masks))]
+
+
+def _timed(stream) -> tuple[list, float]:
     t0 = time.perf_counter()
     results = list(stream)
     return results, time.perf_counter() - t0
 
 
-def _pct(values, qs=(50, 99)) -> dict:
-    a = np.asarray(values, float)
-    return {f"p{q}": round(float(np.percentile(a, q)), 1) for q in qs} if len(a) else {}
+def _row(mode: str, results: list, seconds: float, dices: list[float], **extra) -> dict:
+    n = max(1, len(results))
+    return {"mode": mode, "frames": len(results), "seconds": round(seconds, 3), "fps": len(results) / seconds,
+            "reuse_rate": sum(not r.fresh for r in results) / n,
+            "dice_mean": float(np.mean(dices)) if dices else 1.0, "dice_min": float(np.min(dices)) if dices else 1.0,
+            "dice_count": len(dices), **latency_rows(results), **extra,
+            "samples": [{"index": r.frame.index, "embedding": r.embedding, "staleness": r.staleness,
+                         **{k: round(v, 2) for k, v in r.latency_ms.items()}} for r in results]}
+
+
+def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresholds=THRESHOLDS,
+            max_consecutive: int = ReusePolicy.max_consecutive, realtime: bool = True) -> dict:
+    """Reuse off, reuse on at each threshold, real-time: one row each, on the same frames and boxes."""
+    frames = [f.image for f in islice(open_source(clip), n_frames)]
+    src = open_source(clip)
+    fps = src.fps or 30.0
+    src.close()
+    schedule = BoxSchedule.constant(np.asarray(boxes, np.float32).reshape(-1, 4))
+
+    def stream(policy):
+        return Stream(predictor.segmenter, ArraySource(np.asarray(frames), fps=fps), Prompter(schedule, None), policy)
+
+    fresh, t_fresh = _timed(stream(ReusePolicy.off()))
+    by_index = {f.frame.index: f for f in fresh}
+    rows = [_row("reuse off", fresh, t_fresh, [], dropped=0, encoded=len(fresh))]
+    for th in thresholds:
+        policy = ReusePolicy(exact=True, near=True, threshold=th, max_consecutive=max_consecutive)
+        res, t = _timed(stream(policy))
+        rows.append(_row(f"reuse on, threshold {th}", res, t, dice_vs(res, by_index, only_reused=True),
+                         dropped=0, encoded=sum(r.fresh for r in res)))
+    if realtime:
+        rt = RealtimeStream(predictor.segmenter, ArraySource(np.asarray(frames), fps=fps), Prompter(schedule, None),
+                            pace=True)
+        res, t = _timed(rt)
+        rows.append(_row(f"real-time at {fps:g} fps", res, t, dice_vs(res, by_index, only_reused=False),
+                         dropped=rt.stats.dropped, encoded=rt.encoded))
+    return {"clip": str(clip), "frames": len(frames), "clip_fps": fps, "boxes": np.asarray(boxes).tolist(),
+            "model": predictor.model_dir.model_id, "backend": predictor.backend.name, "rows": rows,
+            "fresh_masks": by_index}
 
 
 def main(argv=None) -> int:
@@ -46,54 +107,26 @@ def main(argv=None) -> int:
     ap.add_argument("clip")
     ap.add_argument("--box", action="append", required=True)
     ap.add_argument("--frames", type=int, default=150)
-    ap.add_argument("--thresholds", default="0.0025,0.005,0.01")
+    ap.add_argument("--thresholds", default=",".join(str(t) for t in THRESHOLDS))
     ap.add_argument("--max-consecutive", type=int, default=ReusePolicy.max_consecutive)
     ap.add_argument("--backend", default="onnxruntime-cpu")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
-    frames = [f.image for f in islice(open_source(args.clip), args.frames)]
-    src = open_source(args.clip)
-    fps = src.fps or 30.0
-    src.close()
     pred = Predictor(args.model_dir, backend=args.backend)
-    schedule = BoxSchedule.constant([parse_box(b) for b in args.box])
-
-    def stream(policy):
-        return Stream(pred.segmenter, ArraySource(np.asarray(frames), fps=fps), Prompter(schedule, None), policy)
-
-    fresh, t_fresh = _run(stream(ReusePolicy.off()))
-    rows = [{"mode": "reuse off", "fps": len(fresh) / t_fresh, "reuse_rate": 0.0, "dice_mean": 1.0, "dice_min": 1.0}]
-    for th in [float(x) for x in args.thresholds.split(",")]:
-        policy = ReusePolicy(exact=True, near=True, threshold=th, max_consecutive=args.max_consecutive)
-        res, t = _run(stream(policy))
-        reused = [dice(r.masks[i], f.masks[i]) for r, f in zip(res, fresh) if not r.fresh for i in range(len(r.masks))]
-        rows.append({"mode": f"reuse on, threshold {th}", "fps": len(res) / t,
-                     "reuse_rate": sum(not r.fresh for r in res) / len(res),
-                     "dice_mean": float(np.mean(reused)) if reused else 1.0,
-                     "dice_min": float(np.min(reused)) if reused else 1.0})
-    rt = RealtimeStream(pred.segmenter, ArraySource(np.asarray(frames), fps=fps), Prompter(schedule, None), pace=True)
-    res, t = _run(rt)
-    by_index = {f.frame.index: f for f in fresh}
-    rt_dice = [dice(r.masks[i], by_index[r.frame.index].masks[i]) for r in res for i in range(len(r.masks))]
-    lat = [r.latency_ms["capture_to_mask"] for r in res]
-    half = len(lat) // 2
-    rows.append({"mode": f"real-time at {fps:g} fps", "fps": len(res) / t,
-                 "reuse_rate": sum(not r.fresh for r in res) / max(1, len(res)),
-                 "dice_mean": float(np.mean(rt_dice)), "dice_min": float(np.min(rt_dice)),
-                 "dropped": rt.stats.dropped, "encoded": rt.encoded,
-                 "capture_to_mask_ms": _pct(lat), "first_half_ms": _pct(lat[:half]), "second_half_ms": _pct(lat[half:])})
-
-    print(f"clip {args.clip}: {len(frames)} frames at {fps:g} fps, {pred.model_dir.model_id}, {pred.backend.name}")
+    result = measure(pred, args.clip, [parse_box(b) for b in args.box], args.frames,
+                     [float(x) for x in args.thresholds.split(",")], args.max_consecutive)
+    result.pop("fresh_masks")
+    print(f"clip {args.clip}: {result['frames']} frames at {result['clip_fps']:g} fps, {result['model']}, "
+          f"{result['backend']}")
     print("| mode | fps | reuse rate | Dice reused vs fresh (mean / min) | extra |")
     print("|---|---|---|---|---|")
-    for r in rows:
-        extra = {k: r[k] for k in ("dropped", "encoded", "capture_to_mask_ms", "first_half_ms", "second_half_ms") if k in r}
+    for r in result["rows"]:
+        extra = {k: r[k] for k in ("dropped", "encoded", "capture_to_mask_ms", "first_half_ms", "second_half_ms")}
         print(f"| {r['mode']} | {r['fps']:.2f} | {r['reuse_rate']:.2f} | {r['dice_mean']:.4f} / {r['dice_min']:.4f} | "
-              f"{extra or ''} |")
+              f"{extra} |")
     if args.out:
-        write_json(args.out, {"clip": str(args.clip), "frames": len(frames), "model": pred.model_dir.model_id,
-                              "backend": pred.backend.name, "rows": rows})
+        write_json(args.out, result)
     return 0
 
 

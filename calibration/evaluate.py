@@ -100,7 +100,6 @@ class Scorer:
         self.frames = frames
         self.refs: list[_Ref] = []
         for i in indices:
-            m = frames.meta[i]
             emb = np.asarray(reference.encode(frames.tensor(i)), np.float32)
             boxes = np.stack([p.box for p in prompts[i]])
             derived = [p.origin == "derived" for p in prompts[i]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -51,13 +52,16 @@ def convert(model: onnx.ModelProto, keep_fp32: Iterable[str]) -> onnx.ModelProto
     """FP16 copy of `model` with FP32 graph I/O and the named nodes left in FP32."""
     from onnxconverter_common import float16
 
-    return float16.convert_float_to_float16(
-        copy.deepcopy(model),
-        keep_io_types=True,
-        node_block_list=sorted(keep_fp32),
-        # The library's default clamps weights to 1e4; FP16 itself reaches 65504.
-        max_finite_val=FP16_MAX,
-    )
+    with warnings.catch_warnings():
+        # One warning per weight too small for FP16: the count goes in the record instead.
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(
+            copy.deepcopy(model),
+            keep_io_types=True,
+            node_block_list=sorted(keep_fp32),
+            # The library's default clamps weights to 1e4; FP16 itself reaches 65504.
+            max_finite_val=FP16_MAX,
+        )
 
 
 def range_fragile(model: onnx.ModelProto, peaks: dict[str, float]) -> dict[str, float]:
@@ -97,7 +101,10 @@ def write_fp16(src: Path, dest: Path, feeds: list[dict], judge: Judge | None = N
             # The all-FP16 baseline: the measured reason any node is kept FP32 at all.
             base = judged([])
             record["all_fp16"] = base.figures
+            log(f"all FP16: loss {base.loss:.3g}, Dice mean {_dice(base)}")
             v = judged(keep) if keep else base
+            if keep:
+                log(f"range-kept nodes FP32: loss {v.loss:.3g}, Dice mean {_dice(v)}")
             record["trials"].append({"fp32_op_types": [], "loss": v.loss, "passed": v.passed})
             for rnd in range(MAX_ROUNDS):
                 if v.passed:
@@ -126,6 +133,11 @@ def write_fp16(src: Path, dest: Path, feeds: list[dict], judge: Judge | None = N
     ]
     record["nodes"] = {"total": len(model.graph.node), "fp32": len(keep)}
     return record
+
+
+def _dice(v: Verdict) -> str:
+    d = (v.figures.get("dice") or {}).get("mean")
+    return "n/a" if d is None else f"{d:.4f}"
 
 
 def _candidates(model: onnx.ModelProto, keep: dict) -> list[str]:

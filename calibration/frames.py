@@ -85,16 +85,20 @@ class FrameReader:
         self.frames = frames
         self.indices = list(frames.calibration if indices is None else indices)
         self.input_name = input_name
-        self._pos = 0
+        self._pos, self._end = 0, len(self.indices)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._pos >= len(self.indices):
+        if self._pos >= self._end:
             return None
         self._pos += 1
         return {self.input_name: self.frames.tensor(self.indices[self._pos - 1])}
 
     def rewind(self) -> None:
-        self._pos = 0
+        self._pos, self._end = 0, len(self.indices)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """onnxruntime's strided calibration: only frames [start, end) until the next rewind."""
+        self._pos, self._end = start_index, min(end_index, len(self.indices))
 
     def __len__(self) -> int:
         return len(self.indices)

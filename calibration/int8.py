@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -24,11 +27,13 @@ import onnx
 
 from medsam_edge.atomic import atomic_path
 
-from .fp16 import Judge, Verdict
-from .graph import constant_names
+from .fp16 import Verdict
+from .graph import constant_names, float_tensors, load_with_shapes
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 METHODS = ("minmax", "entropy", "percentile")
+# Memory for calibration tensors held at once (the machine has 24 GB, shared).
+CALIB_BYTES = 3 << 30
 # A full one-node-at-a-time pass above this many nodes would take too long on a CPU.
 MAX_TRIALS = 96
 _OPTIONS = {
@@ -57,31 +62,88 @@ def quantize(src: Path, dest: Path, reader, method: str, cache: Path, exclude: S
     """Write the Q/DQ model for `src` to `dest`; calibrates into `cache` if it is new."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    options = dict(_OPTIONS)
     if reader is not None:
         reader.rewind()
-    quantize_static(
-        str(src), str(dest), reader,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANT_OPS),
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude),
-        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[method],
-        extra_options=dict(_OPTIONS),
-        calibration_cache_path=str(cache),
-    )
+        # onnxruntime keeps every intermediate tensor of every frame until it has them all
+        # (24 GB for LiteMedSAM's 27 frames): calibrate a few frames at a time instead.
+        options["CalibStridedMinMax"] = _stride(len(reader), _frames_per_call(src))
+    with _hushed():
+        quantize_static(
+            str(src), str(dest), reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANT_OPS),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            extra_options=options,
+            calibration_cache_path=str(cache),
+        )
+    model = onnx.load(str(dest))
+    if float_side_inputs(model):
+        onnx.save(model, str(dest))
+
+
+def float_side_inputs(model: onnx.ModelProto) -> int:
+    """Give every consumer that is not Conv/MatMul/Gemm the float tensor back.
+
+    onnxruntime routes all readers of a quantized tensor through its DequantizeLinear, so
+    residual Adds, GELU's Mul and reshapes would read INT8-rounded values and the error
+    would pile up along the residual stream block after block. Only the quantized op's
+    own input should be rounded. Returns how many inputs were given back.
+    """
+    prod = {o: n for n in model.graph.node for o in n.output}
+    changed = 0
+    for n in model.graph.node:
+        if n.op_type in QUANT_OPS or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, t in enumerate(n.input):
+            dq = prod.get(t)
+            q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                n.input[k] = q.input[0]
+                changed += 1
+    return changed
+
+
+def _stride(n: int, most: int) -> int:
+    """The largest divisor of n up to `most`: onnxruntime wants equal strides."""
+    return max(d for d in range(1, max(1, min(n, most)) + 1) if n % d == 0)
+
+
+def _frames_per_call(src: Path, budget: int = CALIB_BYTES) -> int:
+    """How many frames' quantized-op inputs fit in `budget` bytes at once."""
+    model = load_with_shapes(src)
+    sizes = float_tensors(model)
+    inputs = {i for n in model.graph.node if n.op_type in QUANT_OPS for i in n.input}
+    per_frame = sum(sizes.get(t, 0) for t in inputs) or 1
+    return max(1, budget // per_frame)
 
 
 def quantize_dynamic_cpu(src: Path, dest: Path, exclude: Sequence[str] = ()) -> None:
     """MatMul weights to INT8, activations quantized per call (onnxruntime CPU only)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest) as tmp, _hushed():
         quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                          extra_options={"MatMulConstBOnly": True})
+
+
+@contextlib.contextmanager
+def _hushed():
+    """onnxruntime's quantizer prints histogram chatter to stdout and advice to the root
+    logger; stdout is for the report, and the advice (run its preprocessing) is declined:
+    its fusions would rename the nodes TensorRT and the manifest refer to."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def rank_nodes(src: Path, nodes: Sequence[str], method: str, cache: Path, probe: Probe,

@@ -8,7 +8,6 @@ and the manifest's "precision" key says how each file was made.
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 from medsam_edge.atomic import write_json, write_text
 from medsam_edge.manifest import ModelDir
@@ -20,12 +19,12 @@ MD_FILE = "fidelity.md"
 
 
 def build(md: ModelDir, reference: str, scores: dict[str, Scores], files: dict[str, dict],
-          truth_ceiling: Scores, frames: dict, latency: dict | None) -> dict:
+          truth_ceiling: Scores, frames: dict, latency: dict | None, targets: dict | None = None) -> dict:
     """scores/files: per precision ("fp32", "fp16", "int8", "int8dyn")."""
     rows = {}
     for p, s in scores.items():
         summary = s.summary()
-        target = TARGETS.get("int8" if p.startswith("int8") else p)
+        target = (targets or TARGETS).get("int8" if p.startswith("int8") else p)
         rows[p] = {
             **files.get(p, {}),
             **summary,

@@ -29,6 +29,8 @@ from .latency import encoder_latency
 from .reference import OnnxPair, open_reference
 
 PRECISIONS = ("fp16", "int8")
+# precision -> (encoder, decoder) file precisions; INT8 runs with the FP32 decoder.
+_FILES = {"fp16": ("fp16", "fp16"), "int8": ("int8", "fp32"), "int8dyn": ("int8dyn", "fp32")}
 
 
 @dataclass
@@ -51,22 +53,28 @@ class Options:
     min_frames: int = MIN_FRAMES
     threads: int | None = None
     quiet: bool = False
+    targets: dict | None = None  # per precision, e.g. {"int8": {"mean": 0.97, "p5": 0.93}}; None: TARGETS
+
+    def target(self, precision: str) -> dict:
+        return {**TARGETS, **(self.targets or {})}[precision]
 
 
 def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
     """Write the asked precisions into `md` and its fidelity report; returns the report."""
     steps = Steps(4 + len(o.precisions) + (1 if "int8" in o.precisions and o.dynamic else 0), quiet=o.quiet)
-    log = (lambda s: None) if o.quiet else (lambda s: print(f"    {s}", file=sys.stderr, flush=True))
+    # Details go on their own lines under the step; the step's time follows the last one.
+    log = (lambda s: None) if o.quiet else (lambda s: print(f"\n    {s}", end="", file=sys.stderr, flush=True))
     with steps.step("sampling calibration frames"):
         fs = sample_frames(sources, md.preprocess, o.count, o.holdout, o.eval_sources, o.eval_count,
                            cache_dir=o.cache_dir, min_frames=o.min_frames)
         log(f"{len(fs.calibration)} calibration, {len(fs.holdout)} held-out frames")
-    staging = Path(tempfile.mkdtemp(prefix=".calibrate.", dir=md.path))
+    _clear_stale(md.path)
+    staging = Path(tempfile.mkdtemp(prefix=f".calibrate.{os.getpid()}.", dir=md.path))
     try:
         with steps.step("FP32 reference on calibration frames"):
             cal = _spread(fs.calibration, o.search_frames)
             search = Scorer(fs, cal, load_prompts(fs, cal, o.box_files, o.mask_dirs), OnnxPair(md, o.threads))
-        record: dict = {"frames": fs.describe(), "targets": TARGETS}
+        record: dict = {"frames": fs.describe(), "targets": {p: o.target(p) for p in TARGETS}}
         written: dict[str, Path] = {}
         if "fp16" in o.precisions:
             with steps.step("FP16 encoder and decoder (ranges, then error search)"):
@@ -83,12 +91,32 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
             rep["latency"] = _latency(md, fs, written, o)
             for f in written.values():
                 os.replace(f, md.path / f.name)
-            report.write(md, rep, record)
+            # Precisions not redone this time keep their files and their record.
+            old = md.manifest.get("precision") or {}
+            report.write(md, rep, {**{k: v for k, v in old.items() if k in _FILES}, **record})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not o.quiet:
         report.print_summary(rep)
     return rep
+
+
+def _clear_stale(path: Path) -> None:
+    """Remove staging folders of runs that were killed (their finally never ran)."""
+    for d in path.glob(".calibrate.*.*"):
+        pid = d.name.split(".")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _spread(indices: list[int], n: int) -> list[int]:
@@ -103,12 +131,12 @@ def _fp16(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     enc = staging / md.onnx("encoder", "fp16").name
     log("encoder:")
     rec_e = fp16.write_fp16(md.onnx("encoder"), enc, feeds,
-                            judge(search, "encoder", fp32_dec, TARGETS["fp16"], o.threads), log)
+                            judge(search, "encoder", fp32_dec, o.target("fp16"), o.threads), log)
     dfeeds = [{EMBEDDING: r.embedding, BOXES: r.boxes} for r in search.refs[: o.range_frames]]
     dec = staging / md.onnx("decoder", "fp16").name
     log("decoder:")
     rec_d = fp16.write_fp16(md.onnx("decoder"), dec, dfeeds,
-                            judge(search, "decoder", None, TARGETS["fp16"], o.threads), log)
+                            judge(search, "decoder", None, o.target("fp16"), o.threads), log)
     written["encoder.fp16"], written["decoder.fp16"] = enc, dec
     return {"encoder": {"file": enc.name, **rec_e}, "decoder": {"file": dec.name, **rec_d}}
 
@@ -118,7 +146,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     model = onnx.load(str(src))
     nodes = int8.quantizable(model)
     fp32_dec = OrtPart(md.onnx("decoder"), o.threads)
-    judged_path = judge(search, "encoder", fp32_dec, TARGETS["int8"], o.threads)
+    judged_path = judge(search, "encoder", fp32_dec, o.target("int8"), o.threads)
     reader = FrameReader(fs, fs.calibration)
     trial = staging / "trial.int8.onnx"
     methods = {}
@@ -159,7 +187,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
 def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Options, log) -> dict:
     src = md.onnx("encoder")
     out = staging / md.onnx("encoder", "int8dyn").name
-    judged_path = judge(search, "encoder", OrtPart(md.onnx("decoder"), o.threads), TARGETS["int8"], o.threads)
+    judged_path = judge(search, "encoder", OrtPart(md.onnx("decoder"), o.threads), o.target("int8"), o.threads)
     int8.quantize_dynamic_cpu(src, out)
     v, exclude, trials = judged_path(out), [], []
     if not v.passed and rec8.get("ranking"):
@@ -185,11 +213,11 @@ def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
     ref, text = open_reference(md, o.checkpoint)
     sc = Scorer(fs, ho, prompts, ref)
     pairs = {"fp32": (md.onnx("encoder"), md.onnx("decoder"))}
-    if "encoder.fp16" in written:
-        pairs["fp16"] = (written["encoder.fp16"], written["decoder.fp16"])
-    for p in ("int8", "int8dyn"):
-        if f"encoder.{p}" in written:
-            pairs[p] = (written[f"encoder.{p}"], md.onnx("decoder"))
+    for p, (ep, dp) in _FILES.items():
+        # This run's files, else ones an earlier run left in the model directory.
+        pair = [written.get(f"{part}.{q}", md.onnx(part, q)) for part, q in (("encoder", ep), ("decoder", dp))]
+        if all(f.is_file() for f in pair):
+            pairs[p] = tuple(pair)
     scores = {p: sc.score(OrtPart(e, o.threads), OrtPart(d, o.threads)) for p, (e, d) in pairs.items()}
     files = {p: {"encoder": e.name, "decoder": d.name} for p, (e, d) in pairs.items()}
     n_boxes = sum(len(prompts[i]) for i in ho)
@@ -197,7 +225,8 @@ def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
     frames = {"holdout": len(ho), "boxes": n_boxes, "truth_boxes": n_truth,
               "box_origin": {k: sum(p.origin == k for i in ho for p in prompts[i]) for k in ("mask", "file", "derived")},
               "sources": sorted({fs.meta[i]["source"] for i in ho})}
-    return report.build(md, text, scores, files, sc.reference_truth(), frames, None)
+    return report.build(md, text, scores, files, sc.reference_truth(), frames, None,
+                        {p: o.target(p) for p in TARGETS})
 
 
 def _latency(md, fs: FrameSet, written: dict, o: Options) -> dict | None:

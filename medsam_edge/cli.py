@@ -21,6 +21,7 @@ COMMANDS = (
     "medsam_edge.engines.command",
     "medsam_edge.calibration.command",
     "medsam_edge.info",
+    "medsam_edge.bench_command",
 )
 
 

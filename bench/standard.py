@@ -1,0 +1,86 @@
+"""The standard benchmark scenarios, then BENCHMARKS.md from their reports.
+
+    python bench/standard.py --lite models/lite_medsam --vitb models/medsam_vit_b --quick
+
+1. LiteMedSAM: every backend against the reference on real ultrasound and endoscopy
+   frames; the streaming scenario (reuse off / on / real-time) on busi_sweep.mp4 and
+   echo_apical_loop.mp4; a long real-time run looping the echo clip.
+   The long run again with one onnxruntime thread per session (encoder and decoder
+   threads then don't contend for the two cores).
+2. ViT-B (MedSAM): every backend against the reference on a few real frames.
+3. BENCHMARKS.md, written by bench/benchmarks_md.py from the reports.
+
+Each scenario is its own `medsam-edge bench` process, so peak memory is per model.
+Duration on the 2-core development CPU, measured: --quick about 5.5 min (LiteMedSAM
+4 min, of which the 2,000-frame long run is 67 s and the two 60-frame streams 2.5 min;
+ViT-B 1.3 min). The full run is estimated from those at about 18 min (LiteMedSAM
+about 11 min with two 150-frame streams at three thresholds, ViT-B about 6 min);
+each report's `estimate_full_s` gives the estimate for its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VIDEO = "ultrasound/video"
+# Boxes around the object in each clip (the lesion in busi_sweep, a chamber in the echo cine).
+BUSI = f"{VIDEO}/busi_sweep.mp4@100,160,240,300"
+ECHO = f"{VIDEO}/echo_apical_loop.mp4@160,60,210,125"
+ENDO = "endoscopy/video/lap_cholec80_VID25_324_and_VID43_743_a.mp4"
+
+
+def scenarios(args) -> list[tuple[str, list[str]]]:
+    d = lambda spec: str(args.data / spec)  # noqa: E731
+    quick = ["--quick"] if args.quick else []
+    out = []
+    if args.lite:
+        out.append(("lite", ["bench", str(args.lite), "--frames", d(BUSI), d(ECHO), d(ENDO), *quick,
+                             "--stream", d(BUSI), "--stream", d(ECHO), "--long-run", d(ECHO),
+                             "--long-frames", str(args.long_frames), "--out", str(args.out / "lite")]))
+        # The same long run with one onnxruntime thread per session: on 2 cores the encoder
+        # and decoder threads otherwise contend for both cores.
+        out.append(("lite_1thread", ["bench", str(args.lite), "--long-run", d(ECHO), "--long-frames",
+                                     str(args.long_frames), "--stream-threads", "1",
+                                     "--out", str(args.out / "lite_1thread")]))
+    if args.vitb:
+        out.append(("vitb", ["bench", str(args.vitb), "--frames", d(BUSI), d(ECHO), *quick,
+                             "--out", str(args.out / "vitb")]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lite", type=Path, help="LiteMedSAM model directory")
+    ap.add_argument("--vitb", type=Path, help="MedSAM ViT-B model directory")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--long-frames", type=int, default=2000)
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "bench")
+    ap.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    if not args.lite and not args.vitb:
+        ap.error("give --lite and/or --vitb model directories")
+    reports = []
+    for name, cmd in scenarios(args):
+        full = [sys.executable, "-m", "medsam_edge.cli", *cmd]
+        print(f"== {name}: {shlex.join(['medsam-edge', *cmd])}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(full, cwd=REPO)
+        print(f"== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+        report = args.out / name / "report.json"
+        if report.is_file():
+            reports.append(str(report))
+    if not reports:
+        return 2
+    return subprocess.call([sys.executable, str(REPO / "bench" / "benchmarks_md.py"), *reports,
+                            "--out", str(args.benchmarks)], cwd=REPO)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Streaming through the runtime: the reuse scenarios of bench/reuse.py, and a long real-time run.
+
+The long run loops a clip with the runtime's own loop option in real-time mode (paced
+at the clip's frame rate, as a live probe would deliver it) and records every frame's
+capture-to-mask latency, so flatness can be read from the first and last tenths.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import islice
+
+import numpy as np
+
+from bench import reuse
+from bench.frames import centre_box, parse_spec
+
+
+def scenario(predictor, spec: str, n_frames: int, thresholds, say=lambda s: None) -> dict:
+    """bench/reuse.py's scenario on one clip spec ('clip.mp4@x0,y0,x1,y1')."""
+    clip, boxes = parse_spec(spec)
+    boxes = boxes if boxes is not None else _centre(clip)
+    say(f"stream {clip}: reuse off, reuse on at {', '.join(map(str, thresholds))}, real-time ({n_frames} frames)")
+    t0 = time.perf_counter()
+    out = reuse.measure(predictor, clip, boxes, n_frames, thresholds)
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def long_run(predictor, spec: str, n_frames: int, fresh_by_index: dict | None = None, say=lambda s: None) -> dict:
+    """Real-time mode over `n_frames` of a looped clip; Dice against fresh masks by clip position."""
+    from medsam_edge.runtime.pipeline import Prompter
+    from medsam_edge.runtime.prompts import BoxSchedule
+    from medsam_edge.runtime.realtime import RealtimeStream
+    from medsam_edge.runtime.sources import open_source
+
+    clip, boxes = parse_spec(spec)
+    boxes = boxes if boxes is not None else _centre(clip)
+    source = open_source(clip, loop=True)
+    fps = source.fps or 30.0
+    say(f"long run {clip}: {n_frames} frames in real-time mode at {fps:g} fps, about {n_frames / fps:.0f} s")
+    stream = RealtimeStream(predictor.segmenter, islice(source, n_frames),
+                            Prompter(BoxSchedule.constant(boxes), None), pace=True)
+    lat, stale, dices = [], [], []
+    t0 = time.perf_counter()
+    try:
+        for r in stream:
+            lat.append(r.latency_ms["capture_to_mask"])
+            stale.append(r.staleness)
+            fresh = (fresh_by_index or {}).get(r.frame.meta.get("position"))
+            if fresh is not None:
+                dices.extend(reuse.dice_vs([r], {r.frame.index: fresh}, only_reused=False))
+    finally:
+        source.close()
+    wall = time.perf_counter() - t0
+    return {"clip": clip, "frames_requested": n_frames, "frames": len(lat), "clip_fps": fps, "seconds": round(wall, 2),
+            "fps": len(lat) / wall if wall else 0.0, "dropped": stream.stats.dropped, "encoded": stream.encoded,
+            "reuse_rate": stream.stats.summary()["reuse_rate"],
+            "staleness_mean": float(np.mean(stale)) if stale else None,
+            "dice_vs_fresh_mean": float(np.mean(dices)) if dices else None,
+            "dice_vs_fresh_min": float(np.min(dices)) if dices else None, "dice_count": len(dices),
+            **reuse.latency_rows_from(lat), "tenths_ms": tenths(lat), "capture_to_mask_samples_ms": [round(x, 2) for x in lat]}
+
+
+def tenths(lat: list[float]) -> list[dict]:
+    """p50/p99 of each tenth of the run, in order: growing lag shows as a rising p99."""
+    if len(lat) < 10:
+        return []
+    return [reuse.pct(chunk) for chunk in np.array_split(np.asarray(lat), 10)]
+
+
+def _centre(clip: str) -> np.ndarray:
+    from medsam_edge.runtime.sources import open_source
+
+    with open_source(clip) as src:
+        frame = next(iter(src))
+    return centre_box(frame.height, frame.width)

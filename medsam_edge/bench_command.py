@@ -1,0 +1,86 @@
+"""`medsam-edge bench`: every backend against the PyTorch reference, in one process.
+
+The benchmark's code lives in the repository's bench/ folder, which is not part of the
+installed package (DESIGN.md). This module only defines the command line and loads
+bench/ from next to the package, which works in a source checkout (`pip install -e .`,
+`make setup`); an installed wheel has no bench/ and the command says so in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from medsam_edge.errors import InputError
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+EPILOG = """\
+rows: the reference (PyTorch FP32 eager, MedSAM's inference path) always runs; the others
+are backend families at each precision the model directory holds (encoder.onnx,
+encoder.fp16.onnx, encoder.int8.onnx, encoder.int8dyn.onnx): onnxruntime-cpu, onnxruntime-cuda, onnxruntime-trt,
+tensorrt, and torch-cuda (PyTorch fast path). Give --backends as families or rows, e.g.
+--backends onnxruntime-cpu or --backends onnxruntime-cpu-fp32,onnxruntime-cpu-int8.
+
+durations measured on the 2-core development CPU: --quick takes about 30 s for the
+LiteMedSAM comparison (6 frames x 2 runs), 1.5 min per 60-frame --stream clip and 80 s for
+ViT-B (2 frames x 1 run); a --long-run of N frames takes N / clip fps seconds (paced). The
+full presets (LiteMedSAM 24 frames x 5 runs, 150-frame streams at 3 reuse thresholds;
+ViT-B 6 x 2) take about 10 and 6 min; each report records the full run's estimate.
+Exit status: 0, 1 when a row failed (the others finished; see the report), 2 for bad input.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency and fidelity of every backend against the PyTorch reference",
+                       description=__doc__.splitlines()[0], epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", type=Path, help="model directory written by `medsam-edge export`")
+    p.add_argument("--frames", nargs="+", metavar="SOURCE",
+                   help="videos, DICOMs, images or folders; SOURCE@x0,y0,x1,y1 gives the box prompt "
+                        "(default: the centre half of each frame)")
+    p.add_argument("--backends", action="append", metavar="NAMES",
+                   help="comma-separated families or rows (default: every available one)")
+    p.add_argument("--runs", type=int, help="timed repetitions of each frame per row (default by preset)")
+    p.add_argument("--max-frames", type=int, help="frames in all, spread over the sources (default by preset)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per row before measuring (default 1)")
+    p.add_argument("--quick", action="store_true", help="few frames and runs: minutes on a 2-core CPU")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint for the reference when the model dir came from a user file")
+    p.add_argument("--stream", action="append", metavar="CLIP[@BOX]",
+                   help="streaming scenario through the runtime on this clip: reuse off, reuse on, real-time")
+    p.add_argument("--stream-frames", type=int, help="frames of each --stream clip (default 60 quick, 150 full)")
+    p.add_argument("--stream-backend", default="onnxruntime-cpu", help="runtime backend for streaming (default onnxruntime-cpu)")
+    p.add_argument("--stream-precision", default="fp32", choices=("fp32", "fp16", "int8", "int8dyn"))
+    p.add_argument("--stream-threads", type=int, help="onnxruntime threads per session for streaming (default: all cores)")
+    p.add_argument("--long-run", metavar="CLIP[@BOX]", help="loop this clip in real-time mode for --long-frames frames")
+    p.add_argument("--long-frames", type=int, default=2000, help="frames of the long run (default 2000)")
+    p.add_argument("--out", type=Path, default=Path("out/bench"), help="report directory (default out/bench)")
+    p.set_defaults(func=run)
+
+
+def load_bench():
+    """Import the repository's bench/ as the package `bench` (once), or say why it can't be."""
+    if "bench" in sys.modules and Path(getattr(sys.modules["bench"], "__file__", "") or "").parent == BENCH_DIR:
+        return sys.modules["bench"]
+    init = BENCH_DIR / "__init__.py"
+    if not init.is_file():
+        raise InputError(f"medsam-edge bench runs from a source checkout: {BENCH_DIR} not found "
+                         "(clone the repository and pip install -e .)")
+    spec = importlib.util.spec_from_file_location("bench", init, submodule_search_locations=[str(BENCH_DIR)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("runs", "max_frames", "stream_frames", "long_frames", "stream_threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} {value}: expected a positive number")
+    load_bench()
+    from bench.run import run as bench_run
+
+    return bench_run(args)

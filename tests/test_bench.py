@@ -1,0 +1,161 @@
+"""`medsam-edge bench` on the tiny model: report contents, failing rows, bad input.
+
+Speed is measured, never asserted. The failing rows are real ONNX files in a copy of
+the model directory: an FP16 file that cannot load, and an "INT8" encoder that loads
+and runs on dark frames but raises inside onnxruntime on bright ones, so it fails in
+the middle of the measured frames.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from medsam_edge.cli import main
+
+
+def _failing_encoder(path, size: int) -> None:
+    """image -> constant embedding; Gather index 10 of 2 (an onnxruntime error) when the mean > 0.5."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    c = lambda name, dtype, vals, dims: helper.make_tensor(name, dtype, dims, vals)  # noqa: E731
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
+        helper.make_node("Greater", ["mean", "half"], ["bright"]),
+        helper.make_node("Cast", ["bright"], ["bright_i"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["bright_i", "ten"], ["index"]),
+        helper.make_node("Gather", ["table", "index"], ["value"]),
+        helper.make_node("Expand", ["value", "shape"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "fails_on_bright_frames",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 256, 64, 64])],
+        [c("half", TensorProto.FLOAT, [0.5], []), c("ten", TensorProto.INT64, [10], []),
+         c("table", TensorProto.FLOAT, [0.01, 0.02], [2]), c("shape", TensorProto.INT64, [1, 256, 64, 64], [4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    md = root / "model"
+    shutil.copytree(tiny_model_dir.path, md)
+    (md / "encoder.fp16.onnx").write_bytes(b"not an onnx file")
+    _failing_encoder(md / "encoder.int8.onnx", 1024)
+    frames = root / "frames"
+    frames.mkdir()
+    yy, xx = np.mgrid[0:96, 0:128]
+    blob = ((xx - 64) ** 2 + (yy - 48) ** 2 < 400)[..., None]
+    # a.png: a bright blob on dark (mean < 0.5); b.png: a dark blob on bright (mean > 0.5).
+    cv2.imwrite(str(frames / "a.png"), np.where(blob, 230, 20).astype(np.uint8).repeat(3, -1))
+    cv2.imwrite(str(frames / "b.png"), np.where(blob, 20, 230).astype(np.uint8).repeat(3, -1))
+    clip = root / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 64))
+    for i in range(6):
+        img = np.full((64, 64, 3), 30, np.uint8)
+        cv2.circle(img, (28 + i, 32), 12, (220, 220, 220), -1)
+        writer.write(img)
+    writer.release()
+    out = root / "out"
+    rc = main(["bench", str(md), "--frames", str(frames), "--runs", "2", "--max-frames", "2", "--quick",
+               "--stream", f"{clip}@12,16,48,48", "--stream-frames", "6",
+               "--long-run", f"{clip}@12,16,48,48", "--long-frames", "12", "--out", str(out)])
+    return rc, json.loads((out / "report.json").read_text()), out
+
+
+def test_report_has_every_row_and_failures_do_not_stop_the_others(bench_run):
+    rc, rep, out = bench_run
+    rows = {r["name"]: r for r in rep["rows"]}
+    assert rc == 1 and rep["status"] == "partial"  # a failed row: exit 1, the rest complete
+    assert {"reference", "onnxruntime-cpu-fp32", "onnxruntime-cpu-fp16", "onnxruntime-cpu-int8"} <= set(rows)
+    assert rows["reference"]["status"] == rows["onnxruntime-cpu-fp32"]["status"] == "ok"
+    assert rows["onnxruntime-cpu-fp16"]["status"] == "failed" and rows["onnxruntime-cpu-fp16"]["failed_at"] == "load"
+    int8 = rows["onnxruntime-cpu-int8"]
+    assert int8["status"] == "failed" and int8["failed_at"].startswith("frame 1") and "Gather" in int8["error"]
+    assert {s["frame"] for s in int8["samples"]} == {0}  # it ran frame 0 before failing
+    for name in ("reference", "onnxruntime-cpu-fp32"):
+        assert len(rows[name]["samples"]) == 4  # 2 frames x 2 runs, all measured
+    assert rows["torch-cuda-fp16"]["status"] == "skipped" and rows["torch-cuda-fp16"]["error"]
+    md = (out / "report.md").read_text()
+    assert "onnxruntime-cpu-int8 | failed" in md and "Gather" in md
+
+
+def test_ratios_are_paired_against_the_reference_of_the_same_run(bench_run):
+    _, rep, _ = bench_run
+    rows = {r["name"]: r for r in rep["rows"]}
+    ref = {(s["frame"], s["run"]): s for s in rows["reference"]["samples"]}
+    fast = rows["onnxruntime-cpu-fp32"]
+    ratios = [ref[(s["frame"], s["run"])]["e2e"] / s["e2e"] for s in fast["samples"]]
+    assert fast["speedup_vs_reference"]["e2e"]["median"] == pytest.approx(np.median(ratios), abs=1e-3)
+    assert rows["reference"]["speedup_vs_reference"]["e2e"]["median"] == 1.0
+    for name in ("reference", "onnxruntime-cpu-fp32"):
+        lat = rows[name]["latency_ms"]
+        assert set(lat) == {"read", "preprocess", "encode", "decode", "postprocess", "e2e"}
+        assert {"p50", "p95", "p99", "mean", "std", "iqr"} <= set(lat["e2e"])
+        assert rows[name]["time_to_first_frame_s"] > 0 and rows[name]["peak_rss_mb"] > 0
+        assert rows[name]["floor"]["encode_x_floor"] > 0
+
+
+def test_fidelity_columns_against_the_reference(bench_run):
+    _, rep, _ = bench_run
+    rows = {r["name"]: r for r in rep["rows"]}
+    assert rows["reference"]["fidelity"]["dice_mean"] == 1.0
+    f = rows["onnxruntime-cpu-fp32"]["fidelity"]
+    assert {"dice_mean", "dice_p5", "dice_min", "iou_mean", "cosine_min"} <= set(f) and f["masks"] == 2
+    # Not near 1 here: the sharp synthetic frames are where OpenCV and scikit-image resizing differ most.
+    assert 0.0 <= f["dice_min"] <= 1.0 and -1.0 <= f["cosine_min"] <= 1.0
+    assert len(rows["onnxruntime-cpu-int8"]["fidelity_frames"]) == 1
+    assert rep["compute"]["encoder_flops"] > 0 and rep["compute"]["matmul"]["gflops"] > 0
+    assert rep["thresholds"]["dice_mean"] > 0
+
+
+def test_streaming_and_long_run_are_reported(bench_run):
+    _, rep, out = bench_run
+    (st,) = rep["streaming"]
+    modes = [r["mode"] for r in st["rows"]]
+    assert modes[0] == "reuse off" and modes[-1].startswith("real-time") and len(modes) == 3
+    assert all(r["frames"] == 6 and r["capture_to_mask_ms"] for r in st["rows"][:2])
+    lr = rep["long_run"]
+    assert lr["frames"] + lr["dropped"] <= 12 and len(lr["capture_to_mask_samples_ms"]) == lr["frames"]
+    assert lr["dice_count"] > 0  # compared with fresh masks by clip position
+    assert (out / "report.md").read_text().count("Long real-time run") == 1
+
+
+def test_benchmarks_md_is_generated_from_the_report(bench_run, tmp_path):
+    from medsam_edge.bench_command import load_bench
+
+    load_bench()
+    from bench import benchmarks_md
+
+    _, rep, out = bench_run
+    dest = tmp_path / "BENCHMARKS.md"
+    assert benchmarks_md.main([str(out / "report.json"), "--out", str(dest)]) == 0
+    text = dest.read_text()
+    assert rep["command"] in text and rep["machine"]["date"] in text and "## Targets" in text
+
+
+def test_unknown_backend_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys):
+    rc = main(["bench", str(tiny_model_dir.path), "--frames", "x.mp4", "--backends", "onnxruntime-cpu,warp-drive",
+               "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "unknown backend 'warp-drive'" in err[0]
+    assert json.loads((tmp_path / "report.json").read_text())["status"] == "error"
+
+
+@pytest.mark.parametrize("frames", [None, "empty"])
+def test_no_frames_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys, frames):
+    args = ["bench", str(tiny_model_dir.path), "--out", str(tmp_path / "out")]
+    if frames:
+        (tmp_path / "empty").mkdir()
+        args += ["--frames", str(tmp_path / "empty")]
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "frames" in err[0] and "Traceback" not in err[0]
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["status"] == "error" and rep["errors"]

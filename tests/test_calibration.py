@@ -1,0 +1,305 @@
+"""Calibration: frames, FP16 and INT8 ONNX files, the fidelity report, and bad input.
+
+One tiny random model is exported and calibrated once for the module (a strict INT8
+target forces the sensitivity search to leave nodes in float); the tests then read the
+files it wrote. Frames are synthetic pictures made here and pydicom's bundled ultrasound
+cine, never ../shared data.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from medsam_edge.calibration import fp16, int8
+from medsam_edge.calibration.fp16 import Verdict
+from medsam_edge.calibration.frames import FrameReader, sample_frames
+from medsam_edge.cli import main
+from medsam_edge.contract import IMAGE
+from medsam_edge.manifest import load_model_dir
+from medsam_edge.metrics import rel_err
+from medsam_edge.runtime.preprocess import preprocess
+
+DICOM = "pydicom:examples_ybr_color.dcm"
+# Stricter than the tiny random model meets with every Conv/MatMul quantized (Dice ~0.94
+# on these pictures), loose enough that a few nodes in float meet it.
+STRICT_INT8 = {"mean": 0.985, "p5": 0.96}
+
+
+def _pictures(folder: Path, masks: Path | None, n: int, seed: int = 0, prefix: str = "img") -> None:
+    """Grey noise with one bright ellipse (the 'lesion'), sizes varying; masks alike."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    if masks:
+        masks.mkdir(parents=True)
+    for k in range(n):
+        h, w = (96, 128) if k % 2 else (120, 100)
+        img = rng.normal(60, 20, (h, w)).clip(0, 255).astype(np.uint8)
+        m = np.zeros((h, w), np.uint8)
+        cv2.ellipse(m, (w // 2 + int(rng.integers(-15, 15)), h // 2), (int(rng.integers(12, 25)), 14), 0, 0, 360, 255, -1)
+        img[m > 0] = np.clip(img[m > 0].astype(int) + 110, 0, 255)
+        cv2.imwrite(str(folder / f"{prefix}{k:02d}.png"), cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+        if masks:
+            cv2.imwrite(str(masks / f"{prefix}{k:02d}.png"), m)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from medsam_edge.export.command import export_model
+
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    export_model("medsam_vit_tiny", out, random_init=True, parity=False, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("frames")
+    _pictures(root / "img", root / "mask", 12)
+    _pictures(root / "eval", root / "evalmask", 4, seed=1, prefix="ev")
+    return {"img": root / "img", "mask": root / "mask", "eval": root / "eval", "evalmask": root / "evalmask",
+            "cache": root / "cache"}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny, data, tmp_path_factory) -> Path:
+    from medsam_edge.calibration.run import Options, calibrate
+
+    md_path = tmp_path_factory.mktemp("cal") / "tiny"
+    shutil.copytree(tiny, md_path)
+    opts = Options(count=10, holdout=0.3, eval_sources=(str(data["eval"]),), eval_count=4,
+                   mask_dirs=(str(data["evalmask"]),), methods=("minmax",), search_frames=3, range_frames=2,
+                   latency_rounds=1, cache_dir=str(data["cache"]), quiet=True, targets={"int8": STRICT_INT8})
+    calibrate(load_model_dir(md_path), [str(data["img"]), DICOM], opts)
+    return md_path
+
+
+# --- frames -------------------------------------------------------------------------
+
+
+def test_frames_spread_over_sources_with_holdout_and_exact_preprocessing(tiny, data):
+    pre = load_model_dir(tiny).preprocess
+    fs = sample_frames([str(data["img"]), DICOM], pre, count=12, holdout=0.34, min_frames=4)
+    by_source = {m["source"] for m in fs.meta}
+    assert by_source == {str(data["img"]), DICOM}
+    assert fs.calibration and fs.holdout
+    # Spread over the cine: first and last sampled positions far apart.
+    cine = [m["index"] for m in fs.meta if m["source"] == DICOM]
+    assert len(cine) == 6 and max(cine) - min(cine) >= 20
+    # The tensor is what the runtime itself makes from the original picture.
+    i = next(k for k, m in enumerate(fs.meta) if m["source"] != DICOM)
+    original = cv2.cvtColor(cv2.imread(str(data["img"] / fs.meta[i]["name"])), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(fs.tensor(i), preprocess(original, pre).tensor)
+
+
+def test_frames_cache_is_used_on_rerun(tiny, data, tmp_path, monkeypatch):
+    from medsam_edge.calibration import frames as frames_mod
+
+    pre = load_model_dir(tiny).preprocess
+    first = sample_frames([str(data["img"])], pre, count=8, cache_dir=tmp_path, min_frames=4)
+    assert len(list(tmp_path.glob("frames-*.npz"))) == 1
+
+    def no_decoding(spec, **kw):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(frames_mod, "open_source", no_decoding)
+    again = sample_frames([str(data["img"])], pre, count=8, cache_dir=tmp_path, min_frames=4)
+    np.testing.assert_array_equal(again.images, first.images)
+    assert again.meta == first.meta
+
+
+def test_reader_follows_the_calibration_reader_protocol(tiny, data):
+    fs = sample_frames([str(data["img"])], load_model_dir(tiny).preprocess, count=8, min_frames=4)
+    r = FrameReader(fs)
+    feeds = list(iter(r.get_next, None))
+    assert len(feeds) == len(fs.calibration) == len(r)
+    assert set(feeds[0]) == {IMAGE} and feeds[0][IMAGE].shape == (1, 3, 1024, 1024)
+    assert r.get_next() is None
+    r.rewind()
+    np.testing.assert_array_equal(r.get_next()[IMAGE], feeds[0][IMAGE])
+
+
+# --- FP16 ---------------------------------------------------------------------------
+
+
+def _io_types(path: Path) -> set[int]:
+    g = onnx.load(str(path)).graph
+    return {v.type.tensor_type.elem_type for v in list(g.input) + list(g.output)}
+
+
+def test_fp16_files_have_fp32_io_and_run_close_to_fp32(calibrated, data):
+    md = load_model_dir(calibrated)
+    for part in ("encoder", "decoder"):
+        path = md.onnx(part, "fp16")
+        assert _io_types(path) == {TensorProto.FLOAT}
+        inits = {i.data_type for i in onnx.load(str(path)).graph.initializer}
+        assert TensorProto.FLOAT16 in inits
+    fs = sample_frames([str(data["img"])], md.preprocess, count=8, min_frames=4)
+    x = fs.tensor(0)
+    run = lambda p, feed: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)[0]  # noqa: E731
+    ref, half = run(md.onnx("encoder"), {IMAGE: x}), run(md.onnx("encoder", "fp16"), {IMAGE: x})
+    assert half.dtype == np.float32 and rel_err(half, ref) < 1e-2
+
+
+def test_fp16_range_rule_keeps_an_overflowing_node_fp32(tmp_path):
+    # (x*300)^2 reaches 9e4 > 65504: the square and the root reading it must stay FP32.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    nodes = [
+        helper.make_node("Mul", ["x", "k"], ["a"], name="scale"),
+        helper.make_node("Pow", ["a", "two"], ["b"], name="square"),
+        helper.make_node("Sqrt", ["b"], ["y"], name="root"),
+    ]
+    inits = [numpy_helper.from_array(np.array(300, np.float32), "k"), numpy_helper.from_array(np.array(2, np.float32), "two")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    feed = {"x": np.full((1, 8), 1.0, np.float32)}
+    record = fp16.write_fp16(src, tmp_path / "m.fp16.onnx", [feed])
+    kept = {n["name"] for n in record["fp32_nodes"]}
+    assert kept == {"square", "root"}
+    out = ort.InferenceSession(str(tmp_path / "m.fp16.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(out, 300.0, rtol=1e-3)
+    # Without the measurement the square would be stored as FP16, which cannot hold it.
+    # (onnxruntime's CPU provider hides this by running Pow/Sqrt in FP32: TensorRT would not.)
+    naive = onnx.shape_inference.infer_shapes(fp16.convert(model, []))
+    types = {v.name: v.type.tensor_type.elem_type for v in naive.graph.value_info}
+    assert types["b"] == TensorProto.FLOAT16 and 9e4 > float(np.finfo(np.float16).max)
+
+
+# --- INT8 ---------------------------------------------------------------------------
+
+
+def _producers(g) -> dict:
+    return {o: n for n in g.node for o in n.output}
+
+
+def test_int8_has_symmetric_qdq_on_conv_matmul_only(calibrated):
+    md = load_model_dir(calibrated)
+    g = onnx.load(str(md.onnx("encoder", "int8"))).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    prod = _producers(g)
+    excluded = {n["name"] for n in md.manifest["precision"]["int8"]["excluded_nodes"]}
+    quantized = [n for n in g.node if n.op_type in ("Conv", "MatMul") and n.name not in excluded]
+    assert quantized, "nothing was quantized"
+    for n in quantized:
+        assert all(prod[i].op_type == "DequantizeLinear" for i in n.input[:2] if i in prod), n.name
+    for n in g.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            zp = inits[n.input[2]]
+            assert zp.dtype == np.int8 and not zp.any(), f"{n.name}: zero point not symmetric int8 0"
+        if n.op_type in ("LayerNormalization", "Softmax"):
+            assert all(prod.get(i) is None or prod[i].op_type != "DequantizeLinear" for i in n.input), n.name
+        if n.op_type not in ("Conv", "MatMul", "Gemm", "QuantizeLinear", "DequantizeLinear"):
+            # Residual adds, GELU and reshapes read the float tensor, not its INT8 rounding.
+            rounded = [i for i in n.input if i in prod and prod[i].op_type == "DequantizeLinear"
+                       and prod[i].input[0] in prod and prod[prod[i].input[0]].op_type == "QuantizeLinear"]
+            assert not rounded, (n.op_type, n.name)
+    per_channel = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                   and inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1]
+    assert per_channel, "no per-channel weight scales"
+
+
+def test_int8_sensitivity_leaves_excluded_nodes_float(calibrated):
+    md = load_model_dir(calibrated)
+    rec = md.manifest["precision"]["int8"]
+    assert rec["excluded_nodes"], "the strict target should have forced nodes into float"
+    assert rec["ranking"] and rec["search"] and rec["method"] == "minmax"
+    g = onnx.load(str(md.onnx("encoder", "int8"))).graph
+    prod, nodes = _producers(g), {n.name: n for n in g.node}
+    for e in rec["excluded_nodes"]:
+        n = nodes[e["name"]]
+        assert not any(i in prod and prod[i].op_type == "DequantizeLinear" for i in n.input), e["name"]
+
+
+def test_smallest_exclusion_finds_the_fewest_nodes():
+    order = [f"n{i}" for i in range(40)]
+    calls = []
+
+    def judged(excl):
+        calls.append(len(excl))
+        return Verdict(loss=max(0, 11 - len(excl)), passed=len(excl) >= 11)
+
+    excl, v, trials = int8.smallest_exclusion(order, judged)
+    assert excl == order[:11] and v.passed and len(trials) == len(calls) <= 9
+
+
+# --- report and manifest ------------------------------------------------------------
+
+
+def test_report_files_written_and_manifest_records_precision(calibrated):
+    rep = json.loads((calibrated / "fidelity.json").read_text())
+    assert set(rep["precisions"]) == {"fp32", "fp16", "int8", "int8dyn"}
+    for p, row in rep["precisions"].items():
+        assert 0.0 <= row["dice"]["worst"] <= row["dice"]["p5"] <= row["dice"]["mean"] <= 1.0
+        assert row["truth"]["boxes"] > 0 and row["truth"]["dice"]["mean"] is not None
+    assert rep["precisions"]["fp32"]["dice"]["mean"] > 0.999  # ONNX FP32 vs the PyTorch reference
+    assert "PyTorch" in rep["reference"]
+    assert rep["latency"]["encoder"]["int8"]["median_ms"] > 0
+    md_text = (calibrated / "fidelity.md").read_text()
+    assert "| int8 | encoder.int8.onnx |" in md_text
+    prec = load_model_dir(calibrated).manifest["precision"]
+    assert prec["frames"]["calibration"] > 0 and prec["frames"]["frames"]
+    assert prec["fp16"]["encoder"]["tool"].startswith("onnxconverter-common")
+    assert not list(calibrated.glob(".calibrate.*"))
+
+
+# --- bad input ----------------------------------------------------------------------
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    code = main(["calibrate", *map(str, argv)])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys):
+    empty, few = tmp_path / "empty", tmp_path / "few"
+    empty.mkdir()
+    _pictures(few, None, 2)
+    junk = tmp_path / "clip.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((tiny / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    cache = ["--cache-dir", tmp_path / "c"]
+    cases = [
+        ((tiny, "--frames", empty, *cache), "no images"),
+        ((tiny, "--frames", few, *cache), "too few frames"),
+        ((tiny, "--frames", junk, *cache), "cannot open it as a video"),
+        ((tiny, "--frames", tmp_path / "missing.mp4", *cache), "no such file"),
+        ((plain, "--frames", few), "no manifest.json"),
+        ((old, "--frames", few), "format version 99"),
+        ((tiny, "--frames", few, "--precision", "int4"), "--precision"),
+    ]
+    for argv, words in cases:
+        code, err = _cli(capsys, *argv)
+        assert code == 2, (argv, err)
+        # Progress may say which step failed; the error itself is one line, the last.
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and err.splitlines()[-1] == errors[0] and words in errors[0], err
+    assert sorted(p.name for p in tiny.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
+
+
+def test_failed_run_leaves_model_dir_untouched(tiny, data, tmp_path, capsys):
+    md_path = tmp_path / "tiny"
+    shutil.copytree(tiny, md_path)
+    bad_masks = tmp_path / "masks"
+    bad_masks.mkdir()
+    for f in data["img"].iterdir():  # masks of the wrong size: fails after staging began
+        cv2.imwrite(str(bad_masks / f.name), np.zeros((5, 5), np.uint8))
+    before = {p.name: p.stat().st_mtime_ns for p in md_path.iterdir()}
+    code, err = _cli(capsys, md_path, "--frames", data["img"], "--masks", bad_masks, "--precision", "fp16",
+                     "--cache-dir", data["cache"], "--frames-count", 10)
+    assert code == 2 and "mask is 5x5" in err
+    assert {p.name: p.stat().st_mtime_ns for p in md_path.iterdir()} == before
