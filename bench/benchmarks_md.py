@@ -74,18 +74,18 @@ def targets(reports: list[dict]) -> list[str]:
         lr = rep.get("long_run")
         if lr and lr.get("tenths_ms"):
             tenths = [t["p99"] for t in lr["tenths_ms"]]
-            typical = sorted(tenths[1:])[len(tenths[1:]) // 2]  # the first tenth includes start-up
-            out.append(f"| capture-to-mask p99 flat over a {lr['frames_requested']}-frame real-time run "
-                       f"({Path(lr['clip']).name}) | p99 per tenth {', '.join(map(str, tenths))} ms; last tenth "
-                       f"{tenths[-1]} vs median tenth {typical} ms; {lr['frames']} answered, {lr['dropped']} dropped, "
-                       f"{lr['fps']:.1f} fps | {_verdict(flat(tenths))} | {_title(rep)} |")
+            tr = lr.get("trend") or {}
+            out.append(f"| capture-to-mask flat over a {lr['frames_requested']}-frame real-time run "
+                       f"({Path(lr['clip']).name}, {lr.get('threads') or 'default'} threads) | fitted rise after "
+                       f"start-up {tr.get('rise_ms')} ms on a median of {tr.get('median_ms')} ms; p99 per tenth "
+                       f"{', '.join(map(str, tenths))} ms; {lr['frames']} answered, {lr['dropped']} dropped, "
+                       f"{lr['fps']:.1f} fps | {_verdict(flat(tr))} | {_title(rep)} |")
     return out
 
 
-def flat(tenths: list[float]) -> bool:
-    """Growing lag shows as a rising p99: the last tenth within 1.5x of the median tenth after start-up."""
-    rest = sorted(tenths[1:])
-    return bool(rest) and tenths[-1] <= 1.5 * rest[len(rest) // 2]
+def flat(tr: dict) -> bool:
+    """Growing lag is a rising trend: the fitted rise after start-up under 10% of the median latency."""
+    return bool(tr) and tr["rise_ms"] < 0.1 * tr["median_ms"]
 
 
 def _sp(sp: dict) -> str:

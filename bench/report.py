@@ -185,7 +185,8 @@ def _long_table(lr: dict) -> str:
         f"| {_n(lr.get('staleness_mean'), 1)} | {_pp(lr['capture_to_mask_ms'])} "
         f"| {lr['first_half_ms'].get('p99', '-')} / {lr['second_half_ms'].get('p99', '-')} "
         f"| {_n(lr.get('dice_vs_fresh_mean'), 4)} / {_n(lr.get('dice_vs_fresh_min'), 4)} ({lr.get('dice_count', 0)}) |",
-        "", "Capture-to-mask p99 per tenth of the run, ms: " + (", ".join(str(x["p99"]) for x in t) or "-")])
+        "", "Capture-to-mask p99 per tenth of the run, ms: " + (", ".join(str(x["p99"]) for x in t) or "-")
+        + f"; least-squares trend after the first tenth: {lr.get('trend') or '-'}"])
 
 
 def _pp(d: dict) -> str:

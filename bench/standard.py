@@ -46,7 +46,7 @@ def scenarios(args) -> list[tuple[str, list[str]]]:
         # The same long run with one onnxruntime thread per session: on 2 cores the encoder
         # and decoder threads otherwise contend for both cores.
         out.append(("lite_1thread", ["bench", str(args.lite), "--long-run", d(ECHO), "--long-frames",
-                                     str(args.long_frames), "--stream-threads", "1",
+                                     str(args.long_frames), "--stream-threads", "1", *quick,
                                      "--out", str(args.out / "lite_1thread")]))
     if args.vitb:
         out.append(("vitb", ["bench", str(args.vitb), "--frames", d(BUSI), d(ECHO), *quick,

@@ -59,7 +59,8 @@ def long_run(predictor, spec: str, n_frames: int, fresh_by_index: dict | None = 
             "staleness_mean": float(np.mean(stale)) if stale else None,
             "dice_vs_fresh_mean": float(np.mean(dices)) if dices else None,
             "dice_vs_fresh_min": float(np.min(dices)) if dices else None, "dice_count": len(dices),
-            **reuse.latency_rows_from(lat), "tenths_ms": tenths(lat), "capture_to_mask_samples_ms": [round(x, 2) for x in lat]}
+            **reuse.latency_rows_from(lat), "tenths_ms": tenths(lat), "trend": trend(lat),
+            "capture_to_mask_samples_ms": [round(x, 2) for x in lat]}
 
 
 def tenths(lat: list[float]) -> list[dict]:
@@ -67,6 +68,20 @@ def tenths(lat: list[float]) -> list[dict]:
     if len(lat) < 10:
         return []
     return [reuse.pct(chunk) for chunk in np.array_split(np.asarray(lat), 10)]
+
+
+def trend(lat: list[float]) -> dict:
+    """Least-squares slope of capture-to-mask after the start-up tenth: growing lag is a positive rise.
+
+    rise_ms is the fitted change from the first to the last frame of that span; a run whose
+    queues stay bounded has a rise near zero whatever its single worst frames do.
+    """
+    a = np.asarray(lat[len(lat) // 10:], np.float64)
+    if a.size < 10:
+        return {}
+    slope = float(np.polyfit(np.arange(a.size), a, 1)[0])
+    return {"slope_ms_per_1000_frames": round(slope * 1000, 2), "rise_ms": round(slope * (a.size - 1), 2),
+            "median_ms": round(float(np.median(a)), 2)}
 
 
 def _centre(clip: str) -> np.ndarray:
