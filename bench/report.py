@@ -85,6 +85,10 @@ def markdown(report: dict, heading: str = "##") -> str:
              f"at end {report.get('load_average_end')}",
              f"- frames: {s.get('frames', 0)} ({', '.join(s.get('sources', []))}), {s.get('runs')} run(s) each after "
              f"{s.get('warmup')} warm-up; rows run round-robin per frame in one process"]
+    busy = [x[0] for x in (mach.get("load_average"), report.get("load_average_end")) if x]
+    if busy and mach.get("cores") and max(busy) > mach["cores"]:
+        lines.append(f"- note: the 1-minute load average reached {max(busy)} on {mach['cores']} cores: other processes "
+                     "competed for the CPU, so absolute times are inflated; ratios are paired within rounds")
     lines += [f"- error: {e}" for e in report.get("errors", [])]
     rows = report.get("rows", [])
     if rows:
