@@ -76,7 +76,7 @@ def targets(reports: list[dict]) -> list[str]:
             tenths = [t["p99"] for t in lr["tenths_ms"]]
             tr = lr.get("trend") or {}
             out.append(f"| capture-to-mask flat over a {lr['frames_requested']}-frame real-time run "
-                       f"({Path(lr['clip']).name}, {lr.get('threads') or 'default'} threads) | fitted rise after "
+                       f"({Path(lr['clip']).name}, threads per session: {lr.get('threads') or 'default'}) | fitted rise after "
                        f"start-up {tr.get('rise_ms')} ms on a median of {tr.get('median_ms')} ms; p99 per tenth "
                        f"{', '.join(map(str, tenths))} ms; {lr['frames']} answered, {lr['dropped']} dropped, "
                        f"{lr['fps']:.1f} fps | {_verdict(flat(tr))} | {_title(rep)} |")

@@ -84,9 +84,11 @@ def markdown(report: dict, heading: str = "##") -> str:
              f"GPU: {mach.get('gpu') or 'none'}; load average at start {mach.get('load_average')}, "
              f"at end {report.get('load_average_end')}",
              f"- frames: {s.get('frames', 0)} ({', '.join(s.get('sources', []))}), {s.get('runs')} run(s) each after "
-             f"{s.get('warmup')} warm-up; rows run round-robin per frame in one process"]
+             f"{s.get('warmup')} warm-up; rows run round-robin per frame in one process" if s.get("frames") else
+             "- no backend comparison in this run (streaming only)"]
     busy = [x[0] for x in (mach.get("load_average"), report.get("load_average_end")) if x]
-    if busy and mach.get("cores") and max(busy) > mach["cores"]:
+    # This run's own threads count in the load; well above the core count means another job ran too.
+    if busy and mach.get("cores") and max(busy) > 1.5 * mach["cores"]:
         lines.append(f"- note: the 1-minute load average reached {max(busy)} on {mach['cores']} cores: other processes "
                      "competed for the CPU, so absolute times are inflated; ratios are paired within rounds")
     lines += [f"- error: {e}" for e in report.get("errors", [])]
@@ -165,7 +167,7 @@ def _compute_table(c: dict) -> str:
 
 
 def _stream_table(st: dict) -> str:
-    out = [f"Streaming through the runtime ({st['backend']}, {st.get('threads') or 'default'} threads): {st['clip']}, "
+    out = [f"Streaming through the runtime ({st['backend']}, threads per session: {st.get('threads') or 'default'}): {st['clip']}, "
            f"{st['frames']} frames at "
            f"{st['clip_fps']:g} fps, boxes {st['boxes']}", "",
            "| mode | fps | reuse rate | encoded | dropped | capture-to-mask p50 / p99 ms | first half p50 / p99 "
@@ -180,7 +182,7 @@ def _stream_table(st: dict) -> str:
 def _long_table(lr: dict) -> str:
     t = lr.get("tenths_ms") or []
     return "\n".join([
-        f"Long real-time run ({lr.get('threads') or 'default'} threads): {lr['clip']} looped, {lr['frames_requested']} "
+        f"Long real-time run (threads per session: {lr.get('threads') or 'default'}): {lr['clip']} looped, {lr['frames_requested']} "
         f"frames captured at {lr['clip_fps']:g} fps, {lr['frames']} answered", "",
         "| answered | seconds | fps | dropped | encoded | staleness mean, frames | capture-to-mask p50 / p99 ms "
         "| first half / second half p99 | Dice vs fresh mean / min (masks) |",

@@ -11,11 +11,12 @@
 3. BENCHMARKS.md, written by bench/benchmarks_md.py from the reports.
 
 Each scenario is its own `medsam-edge bench` process, so peak memory is per model.
-Duration on the 2-core development CPU, measured: --quick about 5.5 min (LiteMedSAM
-4 min, of which the 2,000-frame long run is 67 s and the two 60-frame streams 2.5 min;
-ViT-B 1.3 min). The full run is estimated from those at about 18 min (LiteMedSAM
-about 11 min with two 150-frame streams at three thresholds, ViT-B about 6 min);
-each report's `estimate_full_s` gives the estimate for its own command.
+Duration on the 2-core development CPU, measured: --quick about 8 min (LiteMedSAM
+with five rows, two 60-frame streams and the 2,000-frame long run 5.6 min; the
+one-thread long run 1.2 min; ViT-B 1.1 min). A full run is estimated from those at
+about 25 min (LiteMedSAM about 18 min, most of it 150-frame streams at three reuse
+thresholds; the long run 1.2 min; ViT-B about 4 min); each report's `estimate_full_s`
+gives the estimate for its own command.
 """
 
 from __future__ import annotations

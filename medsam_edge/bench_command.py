@@ -24,11 +24,12 @@ encoder.fp16.onnx, encoder.int8.onnx, encoder.int8dyn.onnx): onnxruntime-cpu, on
 tensorrt, and torch-cuda (PyTorch fast path). Give --backends as families or rows, e.g.
 --backends onnxruntime-cpu or --backends onnxruntime-cpu-fp32,onnxruntime-cpu-int8.
 
-durations measured on the 2-core development CPU: --quick takes about 30 s for the
-LiteMedSAM comparison (6 frames x 2 runs), 1.5 min per 60-frame --stream clip and 80 s for
-ViT-B (2 frames x 1 run); a --long-run of N frames takes N / clip fps seconds (paced). The
-full presets (LiteMedSAM 24 frames x 5 runs, 150-frame streams at 3 reuse thresholds;
-ViT-B 6 x 2) take about 10 and 6 min; each report records the full run's estimate.
+durations measured on the 2-core development CPU (--quick): LiteMedSAM with five rows
+(reference, onnxruntime FP32/FP16/INT8/INT8-dynamic; 6 frames x 2 runs) about 1.5 min,
+each 60-frame --stream clip 1.5-2 min, ViT-B (2 frames x 1 run) about 1 min; a --long-run
+of N frames takes N / clip fps seconds (paced: 67 s for 2,000 frames at 30 fps). The full
+presets (LiteMedSAM 24 frames x 5 runs, 150-frame streams at 3 reuse thresholds; ViT-B
+6 x 2) were estimated at about 18 and 4 min; each report records its own estimate.
 Exit status: 0, 1 when a row failed (the others finished; see the report), 2 for bad input.
 """
 
