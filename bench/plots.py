@@ -43,10 +43,7 @@ def _latency(plt, rows: list[dict], report: dict, path: Path) -> Path:
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(f"{(report.get('model') or {}).get('model_id', '?')}: latency per row, "
                  f"{(report.get('settings') or {}).get('frames')} frames")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _scatter(plt, rows: list[dict], report: dict, path: Path) -> Path:
@@ -72,10 +69,7 @@ def _scatter(plt, rows: list[dict], report: dict, path: Path) -> Path:
     ax.set_ylabel("mask Dice vs reference (mean; bar to worst)")
     ax.set_title(f"{(report.get('model') or {}).get('model_id', '?')}: speed vs fidelity (red: flagged)")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _long(plt, lr: dict, path: Path) -> Path:
@@ -86,6 +80,11 @@ def _long(plt, lr: dict, path: Path) -> Path:
     ax.set_ylabel("capture-to-mask, ms")
     ax.set_title(f"real-time mode, {lr['clip']} looped: {lr['frames']} frames, {lr['dropped']} dropped")
     ax.grid(True, alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Every plot ends the same way: fitted layout, one PNG, the figure freed."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
