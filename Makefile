@@ -13,8 +13,13 @@ DEMO_OUT ?= out/demo
 # A chamber of the heart in pydicom's bundled echocardiography cine (320x240, 30 frames).
 DEMO_SOURCE ?= pydicom:examples_ybr_color.dcm
 DEMO_BOX ?= 160,60,210,125
+# Benchmarks read real clips from ../shared/data (see bench/standard.py); ViT-B uses your
+# checkpoint if MEDSAM_CKPT is set, random weights of the same shape otherwise.
+DATA ?= ../shared/data
+MEDSAM_CKPT ?=
+BENCH_FLAGS ?= --quick
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast demo bench clean
 
 setup: $(VENV)/.setup-done
 
@@ -36,6 +41,14 @@ $(MODELS)/lite_medsam/manifest.json: | setup
 
 demo: setup $(MODELS)/lite_medsam/manifest.json
 	$(ME) run $(MODELS)/lite_medsam $(DEMO_SOURCE) --box $(DEMO_BOX) --masks npz --out $(DEMO_OUT)
+
+$(MODELS)/medsam_vit_b/manifest.json: | setup
+	$(ME) export --model medsam_vit_b $(if $(MEDSAM_CKPT),--checkpoint $(MEDSAM_CKPT),--random-init) \
+		--out $(MODELS)/medsam_vit_b --overwrite
+
+# Measures, then regenerates BENCHMARKS.md (about 10 min with --quick on 2 cores).
+bench: setup $(MODELS)/lite_medsam/manifest.json $(MODELS)/medsam_vit_b/manifest.json
+	$(PY) bench/standard.py --lite $(MODELS)/lite_medsam --vitb $(MODELS)/medsam_vit_b --data $(DATA) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(MODELS) out .pytest_cache

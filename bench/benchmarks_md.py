@@ -29,6 +29,7 @@ def render(reports: list[dict], command: str) -> str:
              "`python bench/standard.py` (measures, then runs this script) or this script alone on saved reports.",
              "", "## Targets (issue 6)", "", "| target | measured | verdict | report |", "|---|---|---|---|"]
     lines += targets(reports)
+    lines += repeatability(reports)
     lines += ["", "## Duration", "", "| report | this run, s | a full (not --quick) run, estimated from it, s |",
               "|---|---|---|"]
     for r in reports:
@@ -81,6 +82,54 @@ def targets(reports: list[dict]) -> list[str]:
                        f"{', '.join(map(str, tenths))} ms; {lr['frames']} answered, {lr['dropped']} dropped, "
                        f"{lr['fps']:.1f} fps | {_verdict(flat(tr))} | {_title(rep)} |")
     return out
+
+
+def repeatability(reports: list[dict]) -> list[str]:
+    """Runs of the same command side by side: does each run's median speed-up lie within
+    the other run's spread (p5-p95 of its per-frame paired ratios)?"""
+    by_cmd: dict[tuple, list[dict]] = {}
+    for rep in reports:
+        by_cmd.setdefault(_command_key(rep), []).append(rep)
+    out = []
+    for runs in by_cmd.values():
+        if len(runs) < 2:
+            continue
+        a, b = runs[0], runs[1]
+        ra, rb = _rows(a), _rows(b)
+        for name in [n for n in ra if n in rb and n != "reference"]:
+            for stage in ("encode", "e2e"):
+                sa, sb = ra[name]["speedup_vs_reference"][stage], rb[name]["speedup_vs_reference"][stage]
+                if not (sa.get("n") and sb.get("n")):
+                    continue
+                ok = within(sa, sb) and within(sb, sa)
+                out.append(f"| {_model(a)} {name} {stage} speed-up vs reference | {_sp(sa)} / {_sp(sb)} "
+                           f"| {_verdict(ok)} | {_title(a)}, {_title(b)} |")
+    if not out:
+        return []
+    return ["", "## Repeatability (issue 6: two runs of the same command agree within their spread)", "",
+            "| figure | run 1 / run 2, median [p5-p95] | verdict | reports |", "|---|---|---|---|", *out]
+
+
+def within(x: dict, y: dict) -> bool:
+    """x's median inside y's p5-p95 spread."""
+    return y["p5"] <= x["median"] <= y["p95"]
+
+
+def _command_key(rep: dict) -> tuple:
+    """What makes two reports runs of the same command: the command with its --out removed."""
+    cmd = shlex.split(rep.get("command") or "")
+    if "--out" in cmd:
+        k = cmd.index("--out")
+        del cmd[k:k + 2]
+    return tuple(cmd)
+
+
+def _rows(rep: dict) -> dict:
+    return {r["name"]: r for r in rep.get("rows", []) if r.get("latency_ms") and r.get("speedup_vs_reference")}
+
+
+def _model(rep: dict) -> str:
+    return (rep.get("model") or {}).get("model_id", "?")
 
 
 def flat(tr: dict) -> bool:

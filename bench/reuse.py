@@ -71,8 +71,13 @@ def _row(mode: str, results: list, seconds: float, dices: list[float], **extra) 
 
 
 def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresholds=THRESHOLDS,
-            max_consecutive: int = ReusePolicy.max_consecutive, realtime: bool = True) -> dict:
-    """Reuse off, reuse on at each threshold, real-time: one row each, on the same frames and boxes."""
+            max_consecutive: int = ReusePolicy.max_consecutive, realtime: bool = True,
+            realtime_predictor: Predictor | None = None) -> dict:
+    """Reuse off, reuse on at each threshold, real-time: one row each, on the same frames and boxes.
+
+    realtime_predictor: the one opened for real-time mode (its threads split between encoder
+    and decoder); `predictor` if not given.
+    """
     frames = [f.image for f in islice(open_source(clip), n_frames)]
     src = open_source(clip)
     fps = src.fps or 30.0
@@ -91,7 +96,7 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
         rows.append(_row(f"reuse on, threshold {th}", res, t, dice_vs(res, by_index, only_reused=True),
                          dropped=0, encoded=sum(r.fresh for r in res)))
     if realtime:
-        rt = RealtimeStream(predictor.segmenter, ArraySource(np.asarray(frames), fps=fps), Prompter(schedule, None),
+        rt = RealtimeStream((realtime_predictor or predictor).segmenter, ArraySource(np.asarray(frames), fps=fps), Prompter(schedule, None),
                             pace=True)
         res, t = _timed(rt)
         rows.append(_row(f"real-time at {fps:g} fps", res, t, dice_vs(res, by_index, only_reused=False),

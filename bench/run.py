@@ -126,19 +126,28 @@ def _streaming(rep: dict, md, args, mode: str) -> None:
     from medsam_edge.runtime import Predictor
 
     predictor = Predictor(md, args.stream_backend, args.stream_precision, threads=args.stream_threads)
+    # Real-time mode as `medsam-edge run` opens it: encoder and decoder threads split.
+    live = Predictor(md, args.stream_backend, args.stream_precision, threads=args.stream_threads, realtime=True)
     fresh_by_clip = {}
     try:
         for spec in args.stream or []:
             st = streaming.scenario(predictor, spec, args.stream_frames or STREAM_FRAMES[mode],
-                                    STREAM_THRESHOLDS[mode], say)
+                                    STREAM_THRESHOLDS[mode], say, realtime_predictor=live)
             fresh_by_clip[st["clip"]] = st.pop("fresh_masks")
-            rep["streaming"].append(st | {"threads": args.stream_threads})
+            rep["streaming"].append(st | {"threads": _threads(predictor), "realtime_threads": _threads(live)})
         if args.long_run:
             clip = streaming.parse_spec(args.long_run)[0]
-            lr = streaming.long_run(predictor, args.long_run, args.long_frames, fresh_by_clip.get(clip), say)
-            rep["long_run"] = lr | {"threads": args.stream_threads}
+            lr = streaming.long_run(live, args.long_run, args.long_frames, fresh_by_clip.get(clip), say)
+            rep["long_run"] = lr | {"threads": _threads(live)}
     finally:
         predictor.close()
+        live.close()
+
+
+def _threads(predictor) -> str:
+    """'encoder/decoder' onnxruntime threads as the backend opened them, for the report."""
+    t = getattr(predictor.backend, "threads", None)
+    return f"{t['encoder'] or 'default'}/{t['decoder'] or 'default'}" if t else "n/a"
 
 
 def _estimate(rep: dict) -> float | None:

@@ -3,12 +3,13 @@
     python bench/standard.py --lite models/lite_medsam --vitb models/medsam_vit_b --quick
 
 1. LiteMedSAM: every backend against the reference on real ultrasound and endoscopy
-   frames; the streaming scenario (reuse off / on / real-time) on busi_sweep.mp4 and
+   frames, run `--repeat` times (default 2) so BENCHMARKS.md can show whether two runs
+   of the same command agree within their spread.
+2. LiteMedSAM streaming: reuse off / on / real-time on busi_sweep.mp4 and
    echo_apical_loop.mp4; a long real-time run looping the echo clip.
-   The long run again with one onnxruntime thread per session (encoder and decoder
-   threads then don't contend for the two cores).
-2. ViT-B (MedSAM): every backend against the reference on a few real frames.
-3. BENCHMARKS.md, written by bench/benchmarks_md.py from the reports.
+3. ViT-B (MedSAM): every backend against the reference on a few real frames, also
+   `--repeat` times.
+4. BENCHMARKS.md, written by bench/benchmarks_md.py from the reports.
 
 Each scenario is its own `medsam-edge bench` process, so peak memory is per model.
 Duration on the 2-core development CPU, measured: --quick about 8 min (LiteMedSAM
@@ -40,18 +41,18 @@ def scenarios(args) -> list[tuple[str, list[str]]]:
     d = lambda spec: str(args.data / spec)  # noqa: E731
     quick = ["--quick"] if args.quick else []
     out = []
+    runs = range(1, max(1, args.repeat) + 1)
     if args.lite:
-        out.append(("lite", ["bench", str(args.lite), "--frames", d(BUSI), d(ECHO), d(ENDO), *quick,
-                             "--stream", d(BUSI), "--stream", d(ECHO), "--long-run", d(ECHO),
-                             "--long-frames", str(args.long_frames), "--out", str(args.out / "lite")]))
-        # The same long run with one onnxruntime thread per session: on 2 cores the encoder
-        # and decoder threads otherwise contend for both cores.
-        out.append(("lite_1thread", ["bench", str(args.lite), "--long-run", d(ECHO), "--long-frames",
-                                     str(args.long_frames), "--stream-threads", "1", *quick,
-                                     "--out", str(args.out / "lite_1thread")]))
+        for k in runs:
+            out.append((f"lite_run{k}", ["bench", str(args.lite), "--frames", d(BUSI), d(ECHO), d(ENDO), *quick,
+                                         "--out", str(args.out / f"lite_run{k}")]))
+        out.append(("lite_stream", ["bench", str(args.lite), *quick, "--stream", d(BUSI), "--stream", d(ECHO),
+                                    "--long-run", d(ECHO), "--long-frames", str(args.long_frames),
+                                    "--out", str(args.out / "lite_stream")]))
     if args.vitb:
-        out.append(("vitb", ["bench", str(args.vitb), "--frames", d(BUSI), d(ECHO), *quick,
-                             "--out", str(args.out / "vitb")]))
+        for k in runs:
+            out.append((f"vitb_run{k}", ["bench", str(args.vitb), "--frames", d(BUSI), d(ECHO), *quick,
+                                         "--out", str(args.out / f"vitb_run{k}")]))
     return out
 
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--long-frames", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each comparison command (default 2)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench")
     ap.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
     args = ap.parse_args(argv)

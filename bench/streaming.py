@@ -16,13 +16,13 @@ from bench import reuse
 from bench.frames import centre_box, parse_spec
 
 
-def scenario(predictor, spec: str, n_frames: int, thresholds, say=lambda s: None) -> dict:
+def scenario(predictor, spec: str, n_frames: int, thresholds, say=lambda s: None, realtime_predictor=None) -> dict:
     """bench/reuse.py's scenario on one clip spec ('clip.mp4@x0,y0,x1,y1')."""
     clip, boxes = parse_spec(spec)
     boxes = boxes if boxes is not None else _centre(clip)
     say(f"stream {clip}: reuse off, reuse on at {', '.join(map(str, thresholds))}, real-time ({n_frames} frames)")
     t0 = time.perf_counter()
-    out = reuse.measure(predictor, clip, boxes, n_frames, thresholds)
+    out = reuse.measure(predictor, clip, boxes, n_frames, thresholds, realtime_predictor=realtime_predictor)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
 

@@ -25,7 +25,7 @@ from medsam_edge.contract import IMAGE, Preprocess
 from medsam_edge.errors import InputError
 from medsam_edge.runtime.geometry import resized_hw
 # The runtime's own resize choice, so cached frames are resized exactly as it would.
-from medsam_edge.runtime.preprocess import _interpolation, preprocess
+from medsam_edge.runtime.preprocess import interpolation, preprocess
 from medsam_edge.runtime.sources import is_blank, open_source
 
 CACHE_VERSION = 1
@@ -192,7 +192,7 @@ def _take(spec, share, pre, images, meta, holdout, on_frame) -> None:
         total = src.frame_count or _count(spec)
         wanted = sorted({int(round(x)) for x in np.linspace(0, max(total - 1, 0), min(share, total))})
         # Image folders name their files; other sources get source#index.
-        paths = getattr(src, "_paths", None)
+        paths = getattr(src, "paths", None)
         stem = Path(str(spec)).name
         taken = 0
         every = round(1 / holdout) if 0 < holdout < 1 else 0
@@ -227,7 +227,7 @@ def _resized(image: np.ndarray, pre: Preprocess) -> np.ndarray:
     """The frame resized as runtime.preprocess resizes it, in an S x S uint8 square."""
     h, w = image.shape[:2]
     rh, rw = resized_hw(h, w, pre)
-    interp = _interpolation(pre, shrinking=rh * rw < h * w)
+    interp = interpolation(pre, shrinking=rh * rw < h * w)
     small = image if (rh, rw) == (h, w) else cv2.resize(image, (rw, rh), interpolation=interp)
     out = np.zeros((pre.size, pre.size, 3), np.uint8)
     out[:rh, :rw] = small

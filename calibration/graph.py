@@ -39,6 +39,24 @@ def constant_names(model: onnx.ModelProto) -> set[str]:
     return out | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
 
 
+def measuring_options(threads: int | None = None):
+    """onnxruntime session options for a graph whose intermediate tensors are measured."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # Fusions would hide the very tensors being measured.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # Measured on LiteMedSAM: 5.5 GB peak with the defaults, 0.6 GB with these three (the
+    # default order runs the probes late and keeps every tensor alive until then).
+    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
 def value_ranges(path: str | Path, feeds: Iterable[dict], threads: int | None = None) -> dict[str, float]:
     """Largest |value| (inf if any inf/NaN) each float tensor reaches over `feeds`, in FP32.
 
@@ -65,17 +83,7 @@ def value_ranges(path: str | Path, feeds: Iterable[dict], threads: int | None = 
             probes.append(f"__absmax_{k}")
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # Fusions would hide the very tensors being measured.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # Measured on LiteMedSAM: 5.5 GB peak with the defaults, 0.6 GB with these three (the
-    # default order runs the probes late and keeps every tensor alive until then).
-    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    opts.enable_cpu_mem_arena = False
-    opts.enable_mem_pattern = False
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts = measuring_options(threads)
     peak: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "probe.onnx"

@@ -4,8 +4,9 @@
   and weights (zero points 0), per-channel weight scales, biases left float, and only the
   inputs of Conv/MatMul/Gemm quantized: LayerNorm, Softmax and GELU stay in float, as
   TensorRT's explicit-quantization rules expect.
-- Calibration ranges are computed once per method and cached (onnxruntime's calibration
-  cache), so every trial of the sensitivity search reuses them.
+- Calibration ranges for every method come from one sweep over the frames in bounded
+  memory (ranges.py) and are kept as onnxruntime calibration caches, which every trial of
+  the sensitivity search reuses.
 - Sensitivity: each quantizable node is quantized alone and the damage to the embedding
   measured (in groups first when there are many), then the most damaging nodes are left in
   float, as few as the judge on real frames allows (doubling, then bisection).
@@ -28,12 +29,13 @@ import onnx
 from medsam_edge.atomic import atomic_path
 
 from .fp16 import Verdict
-from .graph import constant_names, float_tensors, load_with_shapes
+from . import ranges
+from .graph import constant_names
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
 METHODS = ("minmax", "entropy", "percentile")
-# Memory for calibration tensors held at once (the machine has 24 GB, shared).
-CALIB_BYTES = 3 << 30
+# Memory for calibration tensors fetched at once (the machine has 24 GB, shared).
+CALIB_BYTES = 2 << 30
 # A full one-node-at-a-time pass above this many nodes would take too long on a CPU.
 MAX_TRIALS = 96
 _OPTIONS = {
@@ -58,19 +60,26 @@ def activation_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and not set(n.input) & consts]
 
 
-def quantize(src: Path, dest: Path, reader, method: str, cache: Path, exclude: Sequence[str] = ()) -> None:
-    """Write the Q/DQ model for `src` to `dest`; calibrates into `cache` if it is new."""
+def calibrate(src: Path, reader, methods: Sequence[str], caches: dict[str, Path], threads: int | None = None,
+              log: Callable[[str], None] = lambda s: None) -> dict:
+    """Ranges for every method in `methods`, in one sweep over the reader's frames.
+
+    Bounded memory (see ranges.py): onnxruntime's own calibrator holds whole frames of
+    tensors and ran the full ViT-B out of memory.
+    """
+    return ranges.write_caches(src, reader, methods, caches, QUANT_OPS, CALIB_BYTES,
+                               percentile=_OPTIONS["CalibPercentile"], threads=threads, log=log)
+
+
+def quantize(src: Path, dest: Path, method: str, cache: Path, exclude: Sequence[str] = ()) -> None:
+    """Write the Q/DQ model for `src` to `dest` from the ranges `calibrate` wrote to `cache`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    options = dict(_OPTIONS)
-    if reader is not None:
-        reader.rewind()
-        # onnxruntime keeps every intermediate tensor of every frame until it has them all
-        # (24 GB for LiteMedSAM's 27 frames): calibrate a few frames at a time instead.
-        options["CalibStridedMinMax"] = _stride(len(reader), _frames_per_call(src))
+    if not Path(cache).is_file():
+        raise FileNotFoundError(f"{cache}: no calibration ranges; run calibrate() first")
     with _hushed():
         quantize_static(
-            str(src), str(dest), reader,
+            str(src), str(dest), None,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANT_OPS),
             per_channel=True,
@@ -79,7 +88,7 @@ def quantize(src: Path, dest: Path, reader, method: str, cache: Path, exclude: S
             nodes_to_exclude=list(exclude),
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[method],
-            extra_options=options,
+            extra_options=dict(_OPTIONS),
             calibration_cache_path=str(cache),
         )
     model = onnx.load(str(dest))
@@ -107,20 +116,6 @@ def float_side_inputs(model: onnx.ModelProto) -> int:
                 n.input[k] = q.input[0]
                 changed += 1
     return changed
-
-
-def _stride(n: int, most: int) -> int:
-    """The largest divisor of n up to `most`: onnxruntime wants equal strides."""
-    return max(d for d in range(1, max(1, min(n, most)) + 1) if n % d == 0)
-
-
-def _frames_per_call(src: Path, budget: int = CALIB_BYTES) -> int:
-    """How many frames' quantized-op inputs fit in `budget` bytes at once."""
-    model = load_with_shapes(src)
-    sizes = float_tensors(model)
-    inputs = {i for n in model.graph.node if n.op_type in QUANT_OPS for i in n.input}
-    per_frame = sum(sizes.get(t, 0) for t in inputs) or 1
-    return max(1, budget // per_frame)
 
 
 def quantize_dynamic_cpu(src: Path, dest: Path, exclude: Sequence[str] = ()) -> None:
@@ -159,7 +154,7 @@ def rank_nodes(src: Path, nodes: Sequence[str], method: str, cache: Path, probe:
 
         def alone(subset) -> float:
             keep = set(subset)
-            quantize(src, trial, None, method, cache, [n for n in nodes if n not in keep])
+            quantize(src, trial, method, cache, [n for n in nodes if n not in keep])
             return probe(trial)
 
         if len(nodes) <= max_trials:

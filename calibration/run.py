@@ -147,26 +147,28 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     nodes = int8.quantizable(model)
     fp32_dec = OrtPart(md.onnx("decoder"), o.threads)
     judged_path = judge(search, "encoder", fp32_dec, o.target("int8"), o.threads)
-    reader = FrameReader(fs, fs.calibration)
     trial = staging / "trial.int8.onnx"
+    caches = {m: staging / f"ranges-{m}.json" for m in o.methods}
+    swept = int8.calibrate(src, FrameReader(fs, fs.calibration), o.methods, caches, o.threads, log)
     methods = {}
     for m in o.methods:
-        int8.quantize(src, trial, reader, m, staging / f"ranges-{m}.json")
+        int8.quantize(src, trial, m, caches[m])
         v = judged_path(trial)
         methods[m] = {"loss": v.loss, "passed": v.passed, "dice": v.figures["dice"],
                       "embedding_cosine": v.figures["embedding_cosine"]}
         log(f"{m}: every Conv/MatMul quantized -> Dice mean {v.figures['dice']['mean']:.4f}, "
             f"p5 {v.figures['dice']['p5']:.4f}")
     best = min(methods, key=lambda m: methods[m]["loss"])
-    cache = staging / f"ranges-{best}.json"
-    rec: dict = {"method": best, "methods": methods, "scheme": _scheme(), "quantizable_nodes": len(nodes),
+    cache = caches[best]
+    rec: dict = {"method": best, "methods": methods, "scheme": _scheme(), "calibration": swept,
+                 "quantizable_nodes": len(nodes),
                  "activation_matmuls": len(int8.activation_matmuls(model)), "ranking": [], "search": []}
     exclude: list[str] = []
     if not methods[best]["passed"]:
         ranking = int8.rank_nodes(src, nodes, best, cache, probe(search, threads=o.threads), o.max_trials, log)
 
         def judged(excl):
-            int8.quantize(src, trial, None, best, cache, excl)
+            int8.quantize(src, trial, best, cache, excl)
             return judged_path(trial)
 
         exclude, v, rec["search"] = int8.smallest_exclusion([r["node"] for r in ranking], judged, log)
@@ -175,7 +177,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     else:
         rec["passed_on_calibration"] = True
     out = staging / md.onnx("encoder", "int8").name
-    int8.quantize(src, out, None, best, cache, exclude)
+    int8.quantize(src, out, best, cache, exclude)
     trial.unlink(missing_ok=True)
     ops = {n.name: n.op_type for n in model.graph.node}
     rec["excluded_nodes"] = [{"name": n, "op": ops[n]} for n in exclude]
@@ -243,4 +245,5 @@ def _scheme() -> dict:
     return {"format": "QDQ", "activations": "int8 symmetric (zero point 0)", "weights": "int8 symmetric per-channel",
             "bias": "float", "quantized_ops": list(int8.QUANT_OPS),
             "float_ops": "LayerNormalization, Softmax, GELU (Erf), everything not Conv/MatMul/Gemm",
-            "tool": "onnxruntime.quantization.quantize_static"}
+            "tool": "onnxruntime.quantization.quantize_static, ranges from onnxruntime's HistogramCollector "
+                    "fed in bounded memory (calibration/ranges.py)"}

@@ -36,7 +36,10 @@ class OnnxruntimeBackend(Backend):
         precision: str = "fp32",
         threads: int | None = None,
         cache_dir: Path | None = None,
+        decoder_threads: int | None = None,
     ) -> None:
+        """threads: onnxruntime intra-op threads of the encoder session (and of the decoder
+        unless decoder_threads is given; None: onnxruntime's default, every core)."""
         import onnxruntime as ort
 
         wanted = PROVIDERS[name]
@@ -49,18 +52,23 @@ class OnnxruntimeBackend(Backend):
         self.name = name
         self.device = "cpu" if name == "onnxruntime-cpu" else "cuda"
         self.precision = precision
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
+        self.threads = {"encoder": threads, "decoder": decoder_threads or threads}
         providers = [self._provider_options(p, cache_dir) for p in wanted]
-        self.encoder = self._session(ort, encoder_onnx, opts, providers)
-        self.decoder = self._session(ort, decoder_onnx, opts, providers)
+        self.encoder = self._session(ort, encoder_onnx, self._options(ort, threads), providers)
+        self.decoder = self._session(ort, decoder_onnx, self._options(ort, decoder_threads or threads), providers)
         # What actually ran: onnxruntime silently drops a provider it cannot initialise.
         self.providers = self.encoder.get_providers()
         if self.providers[0] != wanted[0]:
             log.warning("%s: onnxruntime fell back to %s", name, self.providers[0])
             self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else self.device
+
+    @staticmethod
+    def _options(ort, threads: int | None):
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        return opts
 
     @staticmethod
     def _provider_options(provider: str, cache_dir: Path | None):
@@ -90,4 +98,5 @@ class OnnxruntimeBackend(Backend):
         return logits, iou
 
     def describe(self) -> dict:
-        return {**super().describe(), "providers": self.providers}
+        return {**super().describe(), "providers": self.providers,
+                "threads": {k: v or "default" for k, v in self.threads.items()}}

@@ -74,8 +74,13 @@ def resolve(name: str) -> str:
     return name
 
 
-def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads: int | None = None) -> Backend:
-    """Open `name` (or the best available) on a model directory; the log says what ran."""
+def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads: int | None = None,
+                 decoder_threads: int | None = None) -> Backend:
+    """Open `name` (or the best available) on a model directory; the log says what ran.
+
+    threads / decoder_threads: CPU threads of onnxruntime's encoder / decoder sessions
+    (decoder_threads None: the same as threads; both None: onnxruntime's default).
+    """
     from medsam_edge.manifest import ModelDir, load_model_dir
 
     md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
@@ -96,7 +101,9 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
         from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
 
         backend = OnnxruntimeBackend(
-            encoder, decoder, chosen, precision, threads=threads, cache_dir=md.path / "engines" / "ort_trt_cache"
+            encoder, decoder, chosen, precision, threads=threads, cache_dir=md.path / "engines" / "ort_trt_cache",
+            decoder_threads=decoder_threads,
         )
-    log.info("backend %s (%s, %s) for %s", backend.name, backend.device, backend.precision, md.path)
+    log.info("backend %s (%s, %s) for %s%s", backend.name, backend.device, backend.precision, md.path,
+             f", threads {backend.threads}" if getattr(backend, "threads", None) else "")
     return backend

@@ -9,6 +9,7 @@ import os
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 
 from medsam_edge.atomic import atomic_path
@@ -21,6 +22,7 @@ from medsam_edge.contract import (
     ENCODER_OUTPUTS,
     encoder_inputs,
 )
+from medsam_edge.export.graph_fixes import reorder_gelu
 from medsam_edge.export.wrappers import DecoderForExport, EncoderForExport
 
 OPSET = 18
@@ -47,6 +49,10 @@ def _quiet_exporter():
 def _save(program, dest: Path) -> None:
     with atomic_path(dest) as tmp:
         program.save(str(tmp))
+        # In place on the saved file: the exported models stay well under protobuf's 2 GB.
+        model = onnx.load(str(tmp))
+        if reorder_gelu(model):
+            onnx.save(model, str(tmp))
 
 
 @torch.no_grad()

@@ -51,8 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deterministic", action="store_true", help="every frame in order, even for a live source")
     p.add_argument("--backend", default="auto",
                    help="auto, onnxruntime-cpu, onnxruntime-cuda, onnxruntime-trt, tensorrt (default auto)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="model precision")
-    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8", "int8dyn"),
+                   help="model precision (int8dyn: the CPU-only dynamic INT8 encoder from `calibrate`)")
+    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores; real-time mode gives the "
+                   "decoder one of them and the encoder the rest)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output directory (default ./out)")
     p.add_argument("--masks", choices=("none", "png", "npz"), default="none", help="also write masks")
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
@@ -96,17 +98,18 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source, loop=args.loop)
     if args.loop and not args.max_frames:
         raise InputError("--loop needs --max-frames (otherwise it never ends)")
-    predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads)
     realtime = args.realtime or (source.is_live and not args.deterministic)
+    predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime)
     prompter = Prompter(schedule, BoxTracker() if args.track else None)
     seg = predictor.segmenter
     frames = islice(source, args.max_frames) if args.max_frames else source
     stream = (RealtimeStream(seg, frames, prompter, pace=not source.is_live) if realtime
               else Stream(seg, frames, prompter, policy))
     mode = "real-time" if realtime else "deterministic"
-    log.info("model %s, backend %s (%s, %s), %s mode, reuse %s",
+    log.info("model %s, backend %s (%s, %s), %s mode, reuse %s%s",
              predictor.model_dir.model_id, seg.backend.name, seg.backend.device, seg.backend.precision,
-             mode, "off" if realtime else args.reuse)
+             mode, "off" if realtime else args.reuse,
+             f", threads {seg.backend.threads}" if getattr(seg.backend, "threads", None) else "")
     total = source.frame_count if not args.loop else args.max_frames
     if total and args.max_frames:
         total = min(total, args.max_frames)

@@ -17,17 +17,22 @@ from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
 from medsam_edge.runtime.pipeline import Prompter, Stream
 from medsam_edge.runtime.prompts import BoxSchedule, BoxTracker, validate_boxes
-from medsam_edge.runtime.realtime import RealtimeStream
+from medsam_edge.runtime.realtime import RealtimeStream, split_threads
 from medsam_edge.runtime.reuse import ReusePolicy
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
 
 
 class Predictor:
-    def __init__(self, model_dir, backend: str = "auto", precision: str = "fp32", threads: int | None = None) -> None:
+    def __init__(self, model_dir, backend: str = "auto", precision: str = "fp32", threads: int | None = None,
+                 realtime: bool = False) -> None:
+        """threads: CPU threads for onnxruntime (default every core). realtime: the predictor
+        will stream in real-time mode, where encoder and decoder run at once, so the threads
+        are split between them (runtime.realtime.split_threads)."""
         from medsam_edge.engines.select import open_backend
 
         self.model_dir: ModelDir = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
-        self.backend = open_backend(self.model_dir, backend, precision, threads=threads)
+        enc, dec = split_threads(threads) if realtime else (threads, None)
+        self.backend = open_backend(self.model_dir, backend, precision, threads=enc, decoder_threads=dec)
         self.segmenter = Segmenter(self.backend, self.model_dir.preprocess)
         self._encoded: Encoded | None = None
 
@@ -46,7 +51,11 @@ class Predictor:
 
     def stream(self, source, boxes=None, boxes_file=None, track: bool = False,
                reuse: ReusePolicy | None = None, realtime: bool = False):
-        """FrameResults for every frame of `source` (anything open_source accepts)."""
+        """FrameResults for every frame of `source` (anything open_source accepts).
+
+        realtime: see RealtimeStream; build the Predictor with realtime=True for it too,
+        so encoder and decoder get their own threads.
+        """
         from medsam_edge.runtime.sources import Source, open_source
 
         src = source if isinstance(source, Source) else open_source(source)

@@ -23,7 +23,8 @@ class Prepared:
     resized_hw: tuple[int, int]
 
 
-def _interpolation(pre: Preprocess, shrinking: bool) -> int:
+def interpolation(pre: Preprocess, shrinking: bool) -> int:
+    """The OpenCV resize flag for the manifest's interpolation (calibration resizes alike)."""
     if pre.interpolation == "area" or shrinking:
         # INTER_AREA averages over the source pixels: OpenCV's anti-aliased downscale.
         return cv2.INTER_AREA
@@ -34,7 +35,7 @@ def preprocess(image: np.ndarray, pre: Preprocess) -> Prepared:
     """image: HxWx3 uint8 RGB -> (1, 3, S, S) float32, normalised and padded."""
     h, w = image.shape[:2]
     rh, rw = resized_hw(h, w, pre)
-    interp = _interpolation(pre, shrinking=rh * rw < h * w)
+    interp = interpolation(pre, shrinking=rh * rw < h * w)
     resized = image if (rh, rw) == (h, w) else cv2.resize(image, (rw, rh), interpolation=interp)
     x = resized.astype(np.float32)
     if pre.normalize == "minmax":

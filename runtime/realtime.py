@@ -10,6 +10,7 @@ dropped and counted: no queue grows, so capture-to-mask latency stays flat.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -23,6 +24,26 @@ from medsam_edge.runtime.segmenter import Encoded, Segmenter
 
 log = logging.getLogger(__name__)
 _END = object()
+
+
+def split_threads(threads: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """(encoder, decoder) CPU threads for real-time mode out of `threads` (default: every core).
+
+    In real-time mode encoder and decoder run at the same time. With onnxruntime's default
+    each session takes every core and the two spin against each other: LiteMedSAM on 2
+    cores gave 7.5 masks/s that way and 12.6 with one thread each (BENCHMARKS.md). The
+    decoder is small, so it gets one core and the encoder the rest.
+    """
+    total = max(1, threads or cores or _usable_cores())
+    return max(1, total - 1), 1
+
+
+def _usable_cores() -> int:
+    # A container or taskset may allow fewer cores than the machine has.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class RealtimeStream:

@@ -252,19 +252,20 @@ class ImageSource(Source):
 
     Files are read unchanged (16-bit stays 16-bit, alpha stays) and then normalised:
     grey -> RGB, alpha dropped, non-8-bit stretched min-max over the picture.
+    `paths` is public: calibration names its frames after the files.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], *, fps: float | None = None,
                  loop: bool = False, description: str | None = None) -> None:
-        self._paths = [Path(p) for p in paths]
-        super().__init__(description or (str(self._paths[0]) if self._paths else "images"),
+        self.paths = [Path(p) for p in paths]
+        super().__init__(description or (str(self.paths[0]) if self.paths else "images"),
                          loop=loop)
-        self.frame_count = len(self._paths)
+        self.frame_count = len(self.paths)
         self._set_rate(fps)
         self._probe()
 
     def _read_pass(self) -> Iterator[Item]:
-        for position, path in enumerate(self._paths):
+        for position, path in enumerate(self.paths):
             stamp = self._stamp(position)
             try:
                 # imdecode(fromfile) instead of imread: works for any path encoding, and

@@ -220,6 +220,38 @@ def test_int8_sensitivity_leaves_excluded_nodes_float(calibrated):
         assert not any(i in prod and prod[i].op_type == "DequantizeLinear" for i in n.input), e["name"]
 
 
+def test_grouped_ranges_equal_onnxruntimes_own_calibrator(tiny, data, tmp_path):
+    """The bounded-memory sweep (many small groups here) gives the ranges onnxruntime's
+    calibrator computes from whole frames fed one at a time (its strided mode), for every
+    method."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from medsam_edge.calibration import ranges
+
+    src = load_model_dir(tiny).onnx("encoder")
+    fs = sample_frames([str(data["img"])], load_model_dir(tiny).preprocess, count=8, min_frames=4)
+    methods = ("minmax", "entropy", "percentile")
+    ours = {m: tmp_path / f"ours-{m}.json" for m in methods}
+    info = ranges.write_caches(src, FrameReader(fs), methods, ours, int8.QUANT_OPS, budget=8 << 20)
+    assert info["groups"] > 3 and info["frames"] == len(fs.calibration)
+    kinds = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}
+    for m in methods:
+        theirs = tmp_path / f"theirs-{m}.json"
+        quantize_static(str(src), str(tmp_path / "q.onnx"), FrameReader(fs), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(int8.QUANT_OPS), calibrate_method=kinds[m],
+                        extra_options={"CalibTensorRangeSymmetric": True, "CalibStridedMinMax": 1,
+                                       "CalibPercentile": 99.99},
+                        calibration_cache_path=str(theirs))
+        a, b = load_tensors_data(ours[m]), load_tensors_data(theirs)
+        assert set(a.keys()) == set(b.keys()) and len(a.keys()) == info["tensors"]
+        for name in b.keys():
+            lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in b[name].range_value)
+            got = [float(np.asarray(v).reshape(-1)[0]) for v in a[name].range_value]
+            np.testing.assert_allclose(got, [lo, hi], rtol=1e-5, atol=1e-7, err_msg=f"{m} {name}")
+
+
 def test_smallest_exclusion_finds_the_fewest_nodes():
     order = [f"n{i}" for i in range(40)]
     calls = []

@@ -188,3 +188,53 @@ def test_full_size_vit_b_export_passes_parity(vit_b_model_dir):
     assert p["embedding_rel_err"] < 1e-4 and p["mask_dice_min"] >= 0.999
     assert all(a > 0 for a in p["reference_mask_area"])
     assert json.loads((md.path / "manifest.json").read_text())["encoder"]["inputs"][0]["shape"] == [1, 3, 1024, 1024]
+
+
+def _ort_optimized_ops(path, tmp_path) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops: dict = {}
+    for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return ops
+
+
+def test_gelu_rewrite_keeps_values_and_lets_onnxruntime_fuse(tmp_path):
+    """torch's exact-GELU tail, 0.5 * (1 + erf(x / sqrt 2)) then * x, swapped into the order
+    onnxruntime's GeluFusion recognises; same values, one Gelu kernel."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from medsam_edge.export.graph_fixes import reorder_gelu
+
+    c = lambda name, v: helper.make_tensor(name, TensorProto.FLOAT, [], [v])  # noqa: E731
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["half", "a"], ["h"]),
+             helper.make_node("Mul", ["x", "h"], ["y"])]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+                              [c("sqrt2", float(np.sqrt(2))), c("one", 1.0), c("half", 0.5)])
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(original)
+    assert reorder_gelu(fixed) == 1 and reorder_gelu(fixed) == 0  # once, and then nothing left to do
+    onnx.checker.check_model(fixed)
+    x = np.random.default_rng(0).normal(0, 3, (4, 64)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(fixed), run(original), rtol=1e-6, atol=1e-6)
+    onnx.save(original, str(tmp_path / "original.onnx"))
+    onnx.save(fixed, str(tmp_path / "fixed.onnx"))
+    assert "Erf" in _ort_optimized_ops(tmp_path / "original.onnx", tmp_path)  # what the exporter gave
+    assert _ort_optimized_ops(tmp_path / "fixed.onnx", tmp_path).get("Gelu") == 1
+
+
+def test_exported_encoder_gelus_are_fused_by_onnxruntime(tiny_model_dir, tmp_path):
+    path = tiny_model_dir.onnx("encoder")
+    erf = sum(n.op_type == "Erf" for n in onnx.load(str(path)).graph.node)
+    ops = _ort_optimized_ops(path, tmp_path)
+    assert erf > 0 and ops.get("Gelu") == erf and "Erf" not in ops

@@ -210,6 +210,24 @@ def test_realtime_answers_every_frame_with_the_newest_embedding(tiny_model_dir):
     assert all("capture_to_mask" in r.latency_ms for r in results)
 
 
+def test_realtime_predictor_gives_encoder_and_decoder_their_own_threads(tiny_model_dir):
+    from medsam_edge.runtime.predictor import Predictor
+    from medsam_edge.runtime.realtime import split_threads
+
+    assert split_threads(8) == (7, 1) and split_threads(2) == (1, 1) and split_threads(1) == (1, 1)
+    assert split_threads(None, cores=4) == (3, 1)
+    live = Predictor(tiny_model_dir.path, backend="onnxruntime-cpu", threads=3, realtime=True)
+    plain = Predictor(tiny_model_dir.path, backend="onnxruntime-cpu", threads=3)
+    try:
+        sessions = lambda b: [s.get_session_options().intra_op_num_threads for s in (b.encoder, b.decoder)]  # noqa: E731
+        assert sessions(live.backend) == [2, 1]
+        assert sessions(plain.backend) == [3, 3]
+        assert live.backend.describe()["threads"] == {"encoder": 2, "decoder": 1}
+    finally:
+        live.close()
+        plain.close()
+
+
 def test_predictor_on_a_real_echo_frame_matches_the_reference(lite_model_dir, echo_frames):
     from medsam_edge.export.models import build_model
     from medsam_edge.export.checkpoint import bundled_lite_checkpoint, load_weights
