@@ -92,7 +92,12 @@ def _open_engine(md, family: str, precision: str):
 
     from bench.runners import BackendRunner
 
-    return BackendRunner(f"{family}-{precision}", open_backend(md, family, precision), md.preprocess)
+    from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
+
+    # Every row stays open for the round-robin; big encoders give their memory back.
+    release = md.preprocess.size >= LARGE_INPUT_SIDE
+    return BackendRunner(f"{family}-{precision}", open_backend(md, family, precision, release_memory=release),
+                         md.preprocess)
 
 
 def _open_torch_fast(md, checkpoint):

@@ -27,8 +27,10 @@ from .frames import FrameSet
 class OrtPart:
     """One ONNX file on onnxruntime's CPU provider; an encoder or a decoder by its inputs."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, release_memory: bool = False) -> None:
         import onnxruntime as ort
+
+        from medsam_edge.engines.onnxruntime_backend import release_options
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -36,9 +38,10 @@ class OrtPart:
             opts.intra_op_num_threads = threads
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._run_options = release_options(ort) if release_memory else None
 
     def encode(self, tensor: np.ndarray) -> np.ndarray:
-        return self.session.run([EMBEDDING], {IMAGE: tensor})[0]
+        return self.session.run([EMBEDDING], {IMAGE: tensor}, self._run_options)[0]
 
     def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         logits, _ = self.session.run([LOW_RES_LOGITS, IOU], {EMBEDDING: embedding, BOXES: boxes})

@@ -17,7 +17,12 @@ from .evaluate import OrtPart
 def encoder_latency(files: dict[str, Path], tensor: np.ndarray, rounds: int = 7, warmup: int = 2,
                     threads: int | None = None) -> dict:
     """{precision: {"median_ms", "p90_ms", "vs_fp32"}} for each encoder file."""
-    parts = {p: OrtPart(f, threads) for p, f in files.items()}
+    from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
+
+    # All files stay open so that rounds alternate; big ones must not each keep their
+    # working memory (three ViT-B encoders ran a 24 GB machine out of memory).
+    release = tensor.shape[-1] >= LARGE_INPUT_SIDE
+    parts = {p: OrtPart(f, threads, release_memory=release) for p, f in files.items()}
     for _ in range(warmup):
         for part in parts.values():
             part.encode(tensor)
@@ -31,4 +36,5 @@ def encoder_latency(files: dict[str, Path], tensor: np.ndarray, rounds: int = 7,
     base = out.get("fp32", {}).get("median_ms")
     for p in out:
         out[p]["speedup_vs_fp32"] = base / out[p]["median_ms"] if base else None
-    return {"provider": "CPUExecutionProvider", "threads": threads or "default", "rounds": rounds, "encoder": out}
+    return {"provider": "CPUExecutionProvider", "threads": threads or "default", "rounds": rounds,
+            "arena_released_each_call": release, "encoder": out}

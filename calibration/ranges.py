@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -134,12 +135,14 @@ def write_caches(src: Path, feeds: Iterable[dict], methods: Sequence[str], cache
             # every graph output alive for the whole run, fetched or not.
             sess = _session(model, names, Path(tmp) / "calibrate.onnx", threads)
             frames = 0
+            t0 = time.perf_counter()
             for feed in feeds:
                 collector.add(dict(zip(names, sess.run(names, feed))))
                 frames += 1
-                if len(plan) > 1:
-                    log(f"group {k + 1}/{len(plan)}, frame {frames}")
             del sess
+            if len(plan) > 1:
+                log(f"ranges: tensor group {k + 1}/{len(plan)} ({len(names)} tensors) over {frames} frames, "
+                    f"{time.perf_counter() - t0:.0f} s")
     if not frames:
         raise ValueError("no calibration frames were given")
     for m in methods:

@@ -75,11 +75,12 @@ def resolve(name: str) -> str:
 
 
 def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads: int | None = None,
-                 decoder_threads: int | None = None) -> Backend:
+                 decoder_threads: int | None = None, release_memory: bool = False) -> Backend:
     """Open `name` (or the best available) on a model directory; the log says what ran.
 
     threads / decoder_threads: CPU threads of onnxruntime's encoder / decoder sessions
     (decoder_threads None: the same as threads; both None: onnxruntime's default).
+    release_memory: onnxruntime gives the encoder's working memory back after each call.
     """
     from medsam_edge.manifest import ModelDir, load_model_dir
 
@@ -102,7 +103,7 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
 
         backend = OnnxruntimeBackend(
             encoder, decoder, chosen, precision, threads=threads, cache_dir=md.path / "engines" / "ort_trt_cache",
-            decoder_threads=decoder_threads,
+            decoder_threads=decoder_threads, release_memory=release_memory,
         )
     log.info("backend %s (%s, %s) for %s%s", backend.name, backend.device, backend.precision, md.path,
              f", threads {backend.threads}" if getattr(backend, "threads", None) else "")

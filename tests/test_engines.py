@@ -254,6 +254,10 @@ def test_torch_backend_reproduces_the_exported_model_on_the_cpu(tiny_model_dir):
     (l_t, i_t), (l_o, i_o) = ref.decode(emb, boxes), ort_b.decode(e_ort, boxes)
     assert l_t.shape == (2, 1, 256, 256) and i_t.shape == (2, 1) and l_t.dtype == np.float32
     assert np.abs(l_t - l_o).max() <= 1e-4 * np.abs(l_o).max() and np.abs(i_t - i_o).max() <= 1e-4
+    # Giving the arena back after each call (benchmarks of big encoders) changes no value.
+    released = OnnxruntimeBackend(tiny_model_dir.onnx("encoder"), tiny_model_dir.onnx("decoder"), release_memory=True)
+    np.testing.assert_array_equal(released.encode(x), e_ort)
+    np.testing.assert_array_equal(released.encode(x), e_ort)
 
 
 def test_sdpa_attention_matches_the_official_modules(tiny_model_dir):
