@@ -46,7 +46,7 @@ def targets(reports: list[dict]) -> list[str]:
         rows = {r["name"]: r for r in rep.get("rows", []) if r.get("latency_ms")}
         ref = rows.get("reference")
         if model == "medsam_vit_b" and ref:
-            for name in ("onnxruntime-cpu-fp32", "onnxruntime-cpu-int8"):
+            for name in ("onnxruntime-cpu-fp32", "onnxruntime-cpu-int8", "onnxruntime-cpu-int8dyn"):
                 r = rows.get(name)
                 if r is None:
                     out.append(f"| ViT-B {name} vs PyTorch FP32 | not measured (no such row) | - | {_title(rep)} |")
@@ -77,7 +77,7 @@ def targets(reports: list[dict]) -> list[str]:
             tenths = [t["p99"] for t in lr["tenths_ms"]]
             tr = lr.get("trend") or {}
             out.append(f"| capture-to-mask flat over a {lr['frames_requested']}-frame real-time run "
-                       f"({Path(lr['clip']).name}, threads per session: {lr.get('threads') or 'default'}) | fitted rise after "
+                       f"({Path(lr['clip']).name}, threads encoder/decoder {lr.get('threads') or 'default'}) | fitted rise after "
                        f"start-up {tr.get('rise_ms')} ms on a median of {tr.get('median_ms')} ms; p99 per tenth "
                        f"{', '.join(map(str, tenths))} ms; {lr['frames']} answered, {lr['dropped']} dropped, "
                        f"{lr['fps']:.1f} fps | {_verdict(flat(tr))} | {_title(rep)} |")

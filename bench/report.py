@@ -167,7 +167,9 @@ def _compute_table(c: dict) -> str:
 
 
 def _stream_table(st: dict) -> str:
-    out = [f"Streaming through the runtime ({st['backend']}, threads per session: {st.get('threads') or 'default'}): {st['clip']}, "
+    threads = f"onnxruntime threads encoder/decoder {st.get('threads') or 'default'}, real-time mode " \
+              f"{st.get('realtime_threads') or st.get('threads') or 'default'}"
+    out = [f"Streaming through the runtime ({st['backend']}, {threads}): {st['clip']}, "
            f"{st['frames']} frames at "
            f"{st['clip_fps']:g} fps, boxes {st['boxes']}", "",
            "| mode | fps | reuse rate | encoded | dropped | capture-to-mask p50 / p99 ms | first half p50 / p99 "
@@ -182,7 +184,8 @@ def _stream_table(st: dict) -> str:
 def _long_table(lr: dict) -> str:
     t = lr.get("tenths_ms") or []
     return "\n".join([
-        f"Long real-time run (threads per session: {lr.get('threads') or 'default'}): {lr['clip']} looped, {lr['frames_requested']} "
+        f"Long real-time run (onnxruntime threads encoder/decoder: {lr.get('threads') or 'default'}): {lr['clip']} looped, "
+        f"{lr['frames_requested']} "
         f"frames captured at {lr['clip_fps']:g} fps, {lr['frames']} answered", "",
         "| answered | seconds | fps | dropped | encoded | staleness mean, frames | capture-to-mask p50 / p99 ms "
         "| first half / second half p99 | Dice vs fresh mean / min (masks) |",

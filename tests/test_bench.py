@@ -159,3 +159,37 @@ def test_no_frames_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys, frames):
     assert rc == 2 and len(err) == 1 and "frames" in err[0] and "Traceback" not in err[0]
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["status"] == "error" and rep["errors"]
+
+
+def test_repeatability_compares_two_runs_of_the_same_command(bench_run):
+    import copy
+
+    from medsam_edge.bench_command import load_bench
+
+    load_bench()
+    from bench import benchmarks_md
+
+    _, rep, out = bench_run
+    again = copy.deepcopy(rep)
+    # The same command writing elsewhere is still the same command.
+    assert str(out) in rep["command"]
+    again["command"] = rep["command"].replace(str(out), f"{out}_run2")
+    lines = benchmarks_md.repeatability([rep, again])
+    rows = [ln for ln in lines if ln.startswith("| ") and "speed-up" in ln]
+    assert rows and all("| met |" in ln for ln in rows)
+    # A second run whose median falls outside the first run's spread does not agree.
+    row = next(r for r in again["rows"] if r.get("speedup_vs_reference") and r["name"] != "reference")
+    sp = row["speedup_vs_reference"]["e2e"]
+    sp["median"], sp["p5"], sp["p95"] = 10 * sp["p95"] + 1, 10 * sp["p95"] + 0.5, 10 * sp["p95"] + 2
+    lines = benchmarks_md.repeatability([rep, again])
+    assert any(f"{row['name']} e2e" in ln and "| not met |" in ln for ln in lines)
+    # Another command is not a repeat.
+    other = copy.deepcopy(rep)
+    other["command"] += " --runs 9"
+    assert benchmarks_md.repeatability([rep, other]) == []
+
+
+def test_realtime_streaming_splits_threads(bench_run):
+    _, rep, _ = bench_run
+    (st,) = rep["streaming"]
+    assert st["realtime_threads"].endswith("/1") and rep["long_run"]["threads"].endswith("/1")
