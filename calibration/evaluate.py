@@ -27,10 +27,13 @@ from .frames import FrameSet
 class OrtPart:
     """One ONNX file on onnxruntime's CPU provider; an encoder or a decoder by its inputs."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, release_memory: bool = False) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, release_memory: bool | None = None) -> None:
+        """release_memory: give the working memory back after each call; None (default):
+        for big encoders only, since calibration keeps several of them open (the full
+        ViT-B's Q/DQ encoder alone works in 15 GB)."""
         import onnxruntime as ort
 
-        from medsam_edge.engines.onnxruntime_backend import release_options
+        from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE, release_options
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -38,6 +41,10 @@ class OrtPart:
             opts.intra_op_num_threads = threads
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        if release_memory is None:
+            side = [i.shape[-1] for i in self.session.get_inputs() if i.name == IMAGE]
+            release_memory = bool(side) and isinstance(side[0], int) and side[0] >= LARGE_INPUT_SIDE
+        self.releases_memory = release_memory
         self._run_options = release_options(ort) if release_memory else None
 
     def encode(self, tensor: np.ndarray) -> np.ndarray:

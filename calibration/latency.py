@@ -17,12 +17,10 @@ from .evaluate import OrtPart
 def encoder_latency(files: dict[str, Path], tensor: np.ndarray, rounds: int = 7, warmup: int = 2,
                     threads: int | None = None) -> dict:
     """{precision: {"median_ms", "p90_ms", "vs_fp32"}} for each encoder file."""
-    from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
-
-    # All files stay open so that rounds alternate; big ones must not each keep their
-    # working memory (three ViT-B encoders ran a 24 GB machine out of memory).
-    release = tensor.shape[-1] >= LARGE_INPUT_SIDE
-    parts = {p: OrtPart(f, threads, release_memory=release) for p, f in files.items()}
+    # All files stay open so that rounds alternate; OrtPart has big encoders give their
+    # working memory back after each call (three ViT-B encoders ran 24 GB out of memory).
+    parts = {p: OrtPart(f, threads) for p, f in files.items()}
+    release = any(part.releases_memory for part in parts.values())
     for _ in range(warmup):
         for part in parts.values():
             part.encode(tensor)

@@ -85,6 +85,8 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
             if o.dynamic:
                 with steps.step("INT8 dynamic encoder for the CPU"):
                     record["int8dyn"] = _int8dyn(md, search, staging, written, record["int8"], o, log)
+        # The search's FP32 sessions are done with: free them before the report opens more.
+        search = None
         with steps.step("fidelity on held-out frames"):
             rep = _report(md, fs, written, o)
         with steps.step("latency and writing files"):
