@@ -46,7 +46,7 @@ $(MODELS)/medsam_vit_b/manifest.json: | setup
 	$(ME) export --model medsam_vit_b $(if $(MEDSAM_CKPT),--checkpoint $(MEDSAM_CKPT),--random-init) \
 		--out $(MODELS)/medsam_vit_b --overwrite
 
-# Measures, then regenerates BENCHMARKS.md (about 10 min with --quick on 2 cores).
+# Measures, then regenerates BENCHMARKS.md (about 11 min with --quick on 2 cores).
 bench: setup $(MODELS)/lite_medsam/manifest.json $(MODELS)/medsam_vit_b/manifest.json
 	$(PY) bench/standard.py --lite $(MODELS)/lite_medsam --vitb $(MODELS)/medsam_vit_b --data $(DATA) $(BENCH_FLAGS)
 

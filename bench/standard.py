@@ -12,12 +12,11 @@
 4. BENCHMARKS.md, written by bench/benchmarks_md.py from the reports.
 
 Each scenario is its own `medsam-edge bench` process, so peak memory is per model.
-Duration on the 2-core development CPU, measured: --quick about 8 min (LiteMedSAM
-with five rows, two 60-frame streams and the 2,000-frame long run 5.6 min; the
-one-thread long run 1.2 min; ViT-B 1.1 min). A full run is estimated from those at
-about 25 min (LiteMedSAM about 18 min, most of it 150-frame streams at three reuse
-thresholds; the long run 1.2 min; ViT-B about 4 min); each report's `estimate_full_s`
-gives the estimate for its own command.
+Duration on the 2-core development CPU, measured (2026-11-23): --quick about 10.5 min
+(LiteMedSAM rows 67-73 s a run; streams and the 2,000-frame long run 199 s; ViT-B rows
+with FP32, Q/DQ INT8 and dynamic INT8 146-151 s a run). A full run is estimated at about
+45 min from the reports' `estimate_full_s` (LiteMedSAM rows 9-10 min a run, streams 6 min,
+ViT-B rows 10 min a run).
 """
 
 from __future__ import annotations

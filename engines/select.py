@@ -106,5 +106,5 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
             decoder_threads=decoder_threads, release_memory=release_memory,
         )
     log.info("backend %s (%s, %s) for %s%s", backend.name, backend.device, backend.precision, md.path,
-             f", threads {backend.threads}" if getattr(backend, "threads", None) else "")
+             f", threads {backend.describe()['threads']}" if getattr(backend, "threads", None) else "")
     return backend

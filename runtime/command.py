@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("model %s, backend %s (%s, %s), %s mode, reuse %s%s",
              predictor.model_dir.model_id, seg.backend.name, seg.backend.device, seg.backend.precision,
              mode, "off" if realtime else args.reuse,
-             f", threads {seg.backend.threads}" if getattr(seg.backend, "threads", None) else "")
+             f", threads {seg.backend.describe()['threads']}" if getattr(seg.backend, "threads", None) else "")
     total = source.frame_count if not args.loop else args.max_frames
     if total and args.max_frames:
         total = min(total, args.max_frames)
