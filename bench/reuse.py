@@ -96,8 +96,8 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
         rows.append(_row(f"reuse on, threshold {th}", res, t, dice_vs(res, by_index, only_reused=True),
                          dropped=0, encoded=sum(r.fresh for r in res)))
     if realtime:
-        rt = RealtimeStream((realtime_predictor or predictor).segmenter, ArraySource(np.asarray(frames), fps=fps), Prompter(schedule, None),
-                            pace=True)
+        rt = RealtimeStream((realtime_predictor or predictor).segmenter, ArraySource(np.asarray(frames), fps=fps),
+                            Prompter(schedule, None), pace=True)
         res, t = _timed(rt)
         rows.append(_row(f"real-time at {fps:g} fps", res, t, dice_vs(res, by_index, only_reused=False),
                          dropped=rt.stats.dropped, encoded=rt.encoded))

@@ -146,8 +146,8 @@ def _streaming(rep: dict, md, args, mode: str) -> None:
 
 def _threads(predictor) -> str:
     """'encoder/decoder' onnxruntime threads as the backend opened them, for the report."""
-    t = getattr(predictor.backend, "threads", None)
-    return f"{t['encoder'] or 'default'}/{t['decoder'] or 'default'}" if t else "n/a"
+    t = predictor.backend.describe().get("threads")
+    return f"{t['encoder']}/{t['decoder']}" if t else "n/a"
 
 
 def _estimate(rep: dict) -> float | None:

@@ -33,14 +33,10 @@ class OrtPart:
         ViT-B's Q/DQ encoder alone works in 15 GB)."""
         import onnxruntime as ort
 
-        from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE, release_options
+        from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE, release_options, session_options
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(ort, threads), providers=["CPUExecutionProvider"])
         if release_memory is None:
             side = [i.shape[-1] for i in self.session.get_inputs() if i.name == IMAGE]
             release_memory = bool(side) and isinstance(side[0], int) and side[0] >= LARGE_INPUT_SIDE

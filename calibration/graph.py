@@ -21,16 +21,25 @@ def load_with_shapes(path: str | Path) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(onnx.load(str(path)))
 
 
+_WIDTH = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2}
+
+
+def tensor_sizes(model: onnx.ModelProto, elem_types=(TensorProto.FLOAT,)) -> dict[str, int]:
+    """Typed tensors of the graph (inputs, outputs, inferred values) -> size in bytes
+    (UNKNOWN_BYTES if not static)."""
+    sizes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.elem_type in elem_types:
+            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+            sizes[vi.name] = _WIDTH[t.elem_type] * int(np.prod(dims)) if dims and all(dims) else UNKNOWN_BYTES
+    return sizes
+
+
 def float_tensors(model: onnx.ModelProto) -> dict[str, int]:
     """Float32 tensors produced by nodes -> their size in bytes (UNKNOWN_BYTES if not static)."""
-    known = {}
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        t = vi.type.tensor_type
-        if t.elem_type == TensorProto.FLOAT:
-            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
-            known[vi.name] = 4 * int(np.prod(dims)) if dims and all(dims) else UNKNOWN_BYTES
     produced = {o for n in model.graph.node for o in n.output}
-    return {k: v for k, v in known.items() if k in produced}
+    return {k: v for k, v in tensor_sizes(model).items() if k in produced}
 
 
 def constant_names(model: onnx.ModelProto) -> set[str]:

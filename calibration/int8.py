@@ -73,7 +73,7 @@ def calibrate(src: Path, reader, methods: Sequence[str], caches: dict[str, Path]
 
 def quantize(src: Path, dest: Path, method: str, cache: Path, exclude: Sequence[str] = ()) -> None:
     """Write the Q/DQ model for `src` to `dest` from the ranges `calibrate` wrote to `cache`."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if not Path(cache).is_file():
         raise FileNotFoundError(f"{cache}: no calibration ranges; run calibrate() first")
@@ -86,8 +86,7 @@ def quantize(src: Path, dest: Path, method: str, cache: Path, exclude: Sequence[
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude),
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[method],
+            calibrate_method=ranges.calibration_method(method),
             extra_options=dict(_OPTIONS),
             calibration_cache_path=str(cache),
         )

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .graph import UNKNOWN_BYTES, load_with_shapes, measuring_options
+from .graph import load_with_shapes, measuring_options, tensor_sizes
 
 # Entropy and percentile histogram settings: onnxruntime's defaults for each method.
 _HIST = {"entropy": {"num_bins": 128, "num_quantized_bins": 128},
@@ -39,13 +39,7 @@ def calibrated_tensors(model: onnx.ModelProto, op_types: Sequence[str]) -> dict[
     The same set onnxruntime's calibrator picks: inputs and outputs of those ops that are
     float and not weights.
     """
-    sizes: dict[str, int] = {}
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        t = vi.type.tensor_type
-        if t.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
-            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
-            width = 4 if t.elem_type == TensorProto.FLOAT else 2
-            sizes[vi.name] = width * int(np.prod(dims)) if dims and all(dims) else UNKNOWN_BYTES
+    sizes = tensor_sizes(model, (TensorProto.FLOAT, TensorProto.FLOAT16))
     weights = {i.name for i in model.graph.initializer}
     out: dict[str, int] = {}
     for n in model.graph.node:
@@ -66,6 +60,14 @@ def groups(sizes: dict[str, int], budget: int) -> list[list[str]]:
         cur.append(name)
         used += size
     return out + ([cur] if cur else [])
+
+
+def calibration_method(method: str):
+    """onnxruntime's CalibrationMethod for one of int8.METHODS."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
 
 
 class RangeCollector:
@@ -90,10 +92,9 @@ class RangeCollector:
                 h.collect({name: [a] for name, a in arrays.items()})
 
     def tensors_data(self, method: str):
-        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+        from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-        kind = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile}[method]
+        kind = calibration_method(method)
         if method == "minmax":
             data = {n: TensorData(lowest=np.array(-v, np.float32), highest=np.array(v, np.float32))
                     for n, v in self.absmax.items()}

@@ -33,6 +33,15 @@ def available_providers() -> list[str]:
 LARGE_INPUT_SIDE = 1024
 
 
+def session_options(ort, threads: int | None = None):
+    """Quiet session options; `threads` intra-op threads (None: onnxruntime's default)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
 def release_options(ort):
     """RunOptions that shrink the CPU arena after the call: the working memory goes back
     to the system instead of staying reserved by an idle session (ViT-B FP32: 3.7 GB
@@ -73,21 +82,13 @@ class OnnxruntimeBackend(Backend):
         self.threads = {"encoder": threads, "decoder": decoder_threads or threads}
         self._encode_options = release_options(ort) if release_memory else None
         providers = [self._provider_options(p, cache_dir) for p in wanted]
-        self.encoder = self._session(ort, encoder_onnx, self._options(ort, threads), providers)
-        self.decoder = self._session(ort, decoder_onnx, self._options(ort, decoder_threads or threads), providers)
+        self.encoder = self._session(ort, encoder_onnx, session_options(ort, threads), providers)
+        self.decoder = self._session(ort, decoder_onnx, session_options(ort, decoder_threads or threads), providers)
         # What actually ran: onnxruntime silently drops a provider it cannot initialise.
         self.providers = self.encoder.get_providers()
         if self.providers[0] != wanted[0]:
             log.warning("%s: onnxruntime fell back to %s", name, self.providers[0])
             self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else self.device
-
-    @staticmethod
-    def _options(ort, threads: int | None):
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        return opts
 
     @staticmethod
     def _provider_options(provider: str, cache_dir: Path | None):

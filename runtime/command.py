@@ -106,10 +106,9 @@ def run(args: argparse.Namespace) -> int:
     stream = (RealtimeStream(seg, frames, prompter, pace=not source.is_live) if realtime
               else Stream(seg, frames, prompter, policy))
     mode = "real-time" if realtime else "deterministic"
-    log.info("model %s, backend %s (%s, %s), %s mode, reuse %s%s",
+    log.info("model %s, backend %s (%s, %s), %s mode, reuse %s",
              predictor.model_dir.model_id, seg.backend.name, seg.backend.device, seg.backend.precision,
-             mode, "off" if realtime else args.reuse,
-             f", threads {seg.backend.describe()['threads']}" if getattr(seg.backend, "threads", None) else "")
+             mode, "off" if realtime else args.reuse)
     total = source.frame_count if not args.loop else args.max_frames
     if total and args.max_frames:
         total = min(total, args.max_frames)
