@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam_edge.contract import box_tokens
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -191,7 +193,7 @@ def _run(backend, frames, boxes) -> list:
     out = []
     for f, b in zip(frames, boxes):
         emb = backend.encode(f)
-        logits, iou = backend.decode(emb, b)
+        logits, iou = backend.decode(emb, *box_tokens(b))
         out.append((backend.embedding_to_numpy(emb).astype(np.float32), logits, iou))
     return out
 
@@ -209,7 +211,7 @@ def _latency(backend, frame, boxes, iters: int) -> dict:
 
     emb = backend.encode(frame)
     # Decoder first: an engine's embedding handle need not survive many later encode() calls.
-    decode = timed(lambda: backend.decode(emb, boxes))
+    decode = timed(lambda: backend.decode(emb, *box_tokens(boxes)))
     return {"encode": timed(lambda: backend.encode(frame)), "decode": decode}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medsam_edge.contract import box_tokens
 from medsam_edge.runtime.geometry import boxes_to_model
 
 
@@ -119,7 +120,8 @@ class BackendRunner(Runner):
         return self.backend.encode(prepared.tensor)
 
     def decode(self, embedding, prepared, boxes):
-        logits, _ = self.backend.decode(embedding, boxes_to_model(boxes, prepared.original_hw, prepared.resized_hw))
+        coords, labels = box_tokens(boxes_to_model(boxes, prepared.original_hw, prepared.resized_hw))
+        logits, _ = self.backend.decode(embedding, coords, labels)
         return np.asarray(logits)
 
     def postprocess(self, logits, prepared):

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medsam_edge.contract import BOXES, EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS
+from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS, box_tokens
 from medsam_edge.metrics import cosine, dice, iou, rel_err
 from medsam_edge.runtime.geometry import boxes_to_model
 from medsam_edge.runtime.postprocess import masks_from_logits
@@ -47,7 +47,10 @@ class OrtPart:
         return self.session.run([EMBEDDING], {IMAGE: tensor}, self._run_options)[0]
 
     def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        logits, _ = self.session.run([LOW_RES_LOGITS, IOU], {EMBEDDING: embedding, BOXES: boxes})
+        """boxes (N, 4) in the model frame, as box-only prompts."""
+        coords, labels = box_tokens(boxes)
+        logits, _ = self.session.run([LOW_RES_LOGITS, IOU], {EMBEDDING: embedding, POINT_COORDS: coords,
+                                                              POINT_LABELS: labels})
         return logits
 
 

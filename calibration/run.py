@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from medsam_edge.contract import BOXES, EMBEDDING, IMAGE
+from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, box_tokens
 from medsam_edge.manifest import ModelDir
 from medsam_edge.progress import Steps
 
@@ -134,7 +134,8 @@ def _fp16(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     log("encoder:")
     rec_e = fp16.write_fp16(md.onnx("encoder"), enc, feeds,
                             judge(search, "encoder", fp32_dec, o.target("fp16"), o.threads), log)
-    dfeeds = [{EMBEDDING: r.embedding, BOXES: r.boxes} for r in search.refs[: o.range_frames]]
+    dfeeds = [dict(zip((EMBEDDING, POINT_COORDS, POINT_LABELS), (r.embedding, *box_tokens(r.boxes))))
+              for r in search.refs[: o.range_frames]]
     dec = staging / md.onnx("decoder", "fp16").name
     log("decoder:")
     rec_d = fp16.write_fp16(md.onnx("decoder"), dec, dfeeds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsam_edge.contract import BOXES_MAX
+from medsam_edge.contract import POINTS_MAX, PROMPTS_MAX
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,14 +21,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="directory written by `medsam-edge export`")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, int8 (default fp32)")
     p.add_argument("--workspace", type=float, default=4.0, metavar="GIB", help="builder workspace limit (default 4)")
-    p.add_argument(
-        "--max-boxes", type=int, default=BOXES_MAX, help=f"most boxes per decoder call (default {BOXES_MAX})"
-    )
+    p.add_argument("--max-prompts", type=int, default=PROMPTS_MAX,
+                   help=f"most prompts (objects) per decoder call; more run in chunks (default {PROMPTS_MAX})")
+    p.add_argument("--max-points", type=int, default=POINTS_MAX,
+                   help=f"most tokens per prompt: clicks + 2 for a box, or + 1 padding (default {POINTS_MAX})")
     p.add_argument("--no-timing-cache", action="store_true", help="neither read nor write the timing cache")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsam_edge.contract import parse_precisions
     from medsam_edge.engines import engine_manifest as em
     from medsam_edge.engines.tensorrt_backend import usable
     from medsam_edge.engines.trt_build import build_engines
@@ -37,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     # The user's own mistakes first: they are wrong on any machine.
     md = load_model_dir(args.model_dir)
-    precisions = em.parse_precisions(args.precision)
-    em.profiles(md, args.max_boxes)
+    precisions = parse_precisions(args.precision, em.PRECISIONS)
+    em.profiles(md, args.max_prompts, args.max_points)
     for p in precisions:
         em.onnx_for(md, "encoder", p)
     ok, why = usable()
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             f"TensorRT is not usable here: {why}; build on the GPU machine that will run the engines, "
             "or run with --backend onnxruntime-cuda/onnxruntime-cpu"
         )
-    out = build_engines(md, precisions, args.workspace, args.max_boxes, timing_cache=not args.no_timing_cache)
+    out = build_engines(md, precisions, args.workspace, args.max_prompts, args.max_points,
+                        timing_cache=not args.no_timing_cache)
     print(f"wrote {out}")
     return 0

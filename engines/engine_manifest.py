@@ -23,8 +23,9 @@ from pathlib import Path
 
 from medsam_edge.atomic import write_json
 from medsam_edge.contract import (
-    BOXES_MAX, BOXES_MIN, BOXES_OPT, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, encoder_inputs,
+    AXES, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, POINTS_MAX, PROMPTS_MAX, encoder_inputs,
 )
+from medsam_edge.contract import PRECISIONS as CONTRACT_PRECISIONS
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir
 
@@ -34,8 +35,10 @@ ENGINES_DIR = "engines"
 MANIFEST = "manifest.json"
 TIMING_CACHE = "timing.cache"
 PARTS = ("encoder", "decoder")
-PRECISIONS = ("fp32", "fp16", "int8")
-MAX_BOXES_LIMIT = 1024  # decoder buffers are allocated at the maximum; keep them sane
+# What TensorRT builds: the precisions whose files it runs as written.
+PRECISIONS = tuple(k for k, v in CONTRACT_PRECISIONS.items() if "tensorrt" in v.runs_on)
+# Decoder buffers are allocated at the maxima; keep them sane.
+LIMITS = {"num_prompts": 1024, "num_points": 64}
 
 
 @dataclass(frozen=True)
@@ -71,49 +74,52 @@ def plan_name(part: str, precision: str) -> str:
     return f"{part}.{precision}.plan"
 
 
-def parse_precisions(text: str) -> tuple[str, ...]:
-    """'fp32,fp16' -> ('fp32', 'fp16'); an unknown name is a one-line error."""
-    out = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
-    bad = [p for p in out if p not in PRECISIONS]
-    if bad or not out:
-        raise InputError(f"--precision {text!r}: expected a comma-separated list of {', '.join(PRECISIONS)}")
-    return out
-
-
 def onnx_for(md: ModelDir, part: str, precision: str) -> Path:
     """The ONNX an engine is built from: precision lives in the ONNX, not in builder flags.
 
-    The decoder is small and stays FP32 unless a reduced-precision one was written.
+    The decoder is small and stays FP32 unless a reduced-precision one was written (the
+    contract lists decoder.onnx last among every precision's decoders).
     """
     path = md.onnx(part, precision)
     if path.is_file():
         return path
-    if part == "decoder":
-        return md.onnx("decoder")
     raise InputError(
         f"{path}: no {precision} {part} in {md.path}; run `medsam-edge calibrate {md.path}` to write it, "
         "or build --precision fp32"
     )
 
 
-def profiles(md: ModelDir, max_boxes: int = BOXES_MAX) -> dict[str, dict[str, dict[str, list[int]]]]:
+def profiles(md: ModelDir, max_prompts: int = PROMPTS_MAX,
+             max_points: int = POINTS_MAX) -> dict[str, dict[str, dict[str, list[int]]]]:
     """Optimisation profile shapes per part and input, from the contract and the model dir.
 
-    The encoder is fixed at batch 1, S x S (S from the manifest); the decoder's box axis
-    runs BOXES_MIN..max_boxes, optimised for BOXES_OPT.
+    The encoder is fixed at batch 1, S x S (S from the manifest); the decoder's prompt and
+    point axes run from the contract's minimum to the given maxima, optimised for the
+    contract's opt (one box: one prompt of two tokens).
     """
-    if not BOXES_MIN <= max_boxes <= MAX_BOXES_LIMIT:
-        raise InputError(f"--max-boxes {max_boxes}: expected {BOXES_MIN}..{MAX_BOXES_LIMIT}")
+    ranges = {}
+    for axis, flag, top in (("num_prompts", "--max-prompts", max_prompts), ("num_points", "--max-points", max_points)):
+        low, opt, _ = AXES[axis]
+        if not low <= top <= LIMITS[axis]:
+            raise InputError(f"{flag} {top}: expected {low}..{LIMITS[axis]}")
+        ranges[axis] = {"min": low, "opt": min(opt, top), "max": top}
     size = int(md.manifest.get("input_size") or md.preprocess.size)
-    boxes = {"min": BOXES_MIN, "opt": min(BOXES_OPT, max_boxes), "max": max_boxes}
 
     def shapes(spec) -> dict[str, list[int]]:
-        return {k: [n if isinstance(d, str) else int(d) for d in spec.shape] for k, n in boxes.items()}
+        return {k: [ranges[d][k] if isinstance(d, str) else int(d) for d in spec.shape] for k in ("min", "opt", "max")}
 
     return {
         "encoder": {t.name: shapes(t) for t in encoder_inputs(size)},
         "decoder": {t.name: shapes(t) for t in DECODER_INPUTS},
     }
+
+
+def profile_maxima(profile: dict) -> dict[str, int]:
+    """{"num_prompts": .., "num_points": ..} that a recorded decoder profile allows."""
+    from medsam_edge.contract import POINT_COORDS
+
+    top = profile[POINT_COORDS]["max"]
+    return {"num_prompts": int(top[0]), "num_points": int(top[1])}
 
 
 def check_io(onnx: Path, part: str, size: int, inputs: dict[str, tuple], outputs: list[str]) -> None:

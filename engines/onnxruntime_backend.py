@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsam_edge.contract import BOXES, EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS
+from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS
 from medsam_edge.engines.base import Backend
 from medsam_edge.errors import InputError
 
@@ -111,10 +111,11 @@ class OnnxruntimeBackend(Backend):
         return self.encoder.run([EMBEDDING], {IMAGE: np.ascontiguousarray(image, np.float32)},
                                 self._encode_options)[0]
 
-    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, iou = self.decoder.run(
             [LOW_RES_LOGITS, IOU],
-            {EMBEDDING: embedding, BOXES: np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)},
+            {EMBEDDING: embedding, POINT_COORDS: np.ascontiguousarray(coords, np.float32),
+             POINT_LABELS: np.ascontiguousarray(labels, np.float32)},
         )
         return logits, iou
 

@@ -1,30 +1,38 @@
 """Native TensorRT backend: a thin runner over prebuilt plans, memory through cuda-python.
 
-Deserialise once, allocate once (the decoder at its maximum box count), pinned host
+Deserialise once, allocate once (the decoder at its profile's maxima), pinned host
 mirrors for what crosses to the host, `execute_async_v3` on a CUDA stream per part (so
 a decoder call need not queue behind an encoder call running in another thread). The
 embedding stays on the GPU between encode and decode; optional CUDA graphs replay the
-decoder per box count.
+decoder per prompt shape.
+
+Embeddings live in a ring of `slots` device buffers. A slot being written is marked
+invalid before the encoder touches it, and the encoder stream waits on a CUDA event the
+decoder stream records after its last copy out of that slot, so an encode in flight can
+neither hand out nor overwrite a slot the decoder is reading (real-time mode runs both
+at once). An embedding whose slot was taken over is refused with ExpiredEmbedding.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medsam_edge.contract import BOXES, BOXES_MAX, EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS
+from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS, POINTS_MAX, PROMPTS_MAX
 from medsam_edge.engines import engine_manifest as em
-from medsam_edge.engines.base import Backend
+from medsam_edge.engines.base import Backend, ExpiredEmbedding
 from medsam_edge.engines.trt_build import build_engines, make_logger, summarize
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
 
 log = logging.getLogger(__name__)
-_DECODER_IO = (EMBEDDING, BOXES, LOW_RES_LOGITS, IOU)  # the order _bind_decoder() pairs with buffers
+_DECODER_IO = (EMBEDDING, POINT_COORDS, POINT_LABELS, LOW_RES_LOGITS, IOU)  # as _bind_decoder() pairs them
+DEFAULT_SLOTS = 3
 
 
 def _cudart():
@@ -100,7 +108,7 @@ class _Buffer:
 
 @dataclass(frozen=True)
 class DeviceEmbedding:
-    """encode()'s result: an embedding left on the GPU, valid until two more encode() calls."""
+    """encode()'s result: an embedding left on the GPU, valid while its slot holds its generation."""
 
     owner: int
     generation: int
@@ -111,7 +119,8 @@ class TensorrtBackend(Backend):
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, model_dir, precision: str = "fp32", rebuild: bool = True, cuda_graphs: bool = False) -> None:
+    def __init__(self, model_dir, precision: str = "fp32", rebuild: bool = True, cuda_graphs: bool = False,
+                 slots: int = DEFAULT_SLOTS) -> None:
         import tensorrt as trt
 
         md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
@@ -127,21 +136,38 @@ class TensorrtBackend(Backend):
             log.warning("%s: %s; rebuilding in %s", md.path, status.message(), status.path)
             self.rebuilt = status.message()
             old = ((status.manifest or {}).get("engines", {}).get(precision) or {}).get("decoder") or {}
-            build_engines(md, (precision,), max_boxes=old.get("profile", {}).get(BOXES, {}).get("max", [BOXES_MAX])[0])
+            top = em.profile_maxima(old["profile"]) if old.get("profile") else {}
+            build_engines(md, (precision,), max_prompts=top.get("num_prompts", PROMPTS_MAX),
+                          max_points=top.get("num_points", POINTS_MAX))
             status = em.find_engines(md, self.gpu, trt.__version__, precision)
             if not status.usable:
                 raise InputError(f"{md.path}: {status.message()} even after a rebuild")
         self.engine_dir: Path = status.path
         entries = status.manifest["engines"][precision]
-        self.max_boxes = int(entries["decoder"]["profile"][BOXES]["max"][0])
+        top = em.profile_maxima(entries["decoder"]["profile"])
+        self.max_prompts, self.max_points = top["num_prompts"], top["num_points"]
+        if slots < 2:
+            raise InputError(f"slots {slots}: the TensorRT backend needs at least 2 embedding slots")
+        self.embedding_slots = slots
         self._logger = make_logger(trt)  # must outlive the runtime and engines
         runtime = trt.Runtime(self._logger)
         self._enc, self._enc_ctx = self._deserialize(runtime, entries["encoder"], (IMAGE, EMBEDDING))
         self._dec, self._dec_ctx = self._deserialize(runtime, entries["decoder"], _DECODER_IO)
         self._buffers: list[_Buffer] = []
-        self._streams = [_ok(self._cudart, self._cudart.cudaStreamCreate(), "cudaStreamCreate") for _ in range(2)]
+        self._streams: list = []
+        self._events: list = []
+        # Non-blocking streams: the legacy default stream would serialise with them and
+        # break CUDA graph capture.
+        flags = self._cudart.cudaStreamNonBlocking
+        self._streams = [_ok(self._cudart, self._cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreate")
+                         for _ in range(2)]
+        no_timing = self._cudart.cudaEventDisableTiming
+        self._events = [_ok(self._cudart, self._cudart.cudaEventCreateWithFlags(no_timing), "cudaEventCreate")
+                        for _ in range(slots)]
         self._allocate()
-        self._generation, self._last_n = 0, 0
+        self._lock = threading.Lock()
+        self._slot_generation = [-1] * slots  # -1: empty, or being written
+        self._generation, self._last_shape = 0, None
         self.cuda_graphs, self._graphs = cuda_graphs, {}
         log.info("tensorrt: %s %s engines from %s", self.gpu.name, precision, self.engine_dir)
 
@@ -167,23 +193,24 @@ class TensorrtBackend(Backend):
         return b
 
     def _allocate(self) -> None:
-        enc, dec, m = self._enc, self._dec, self.max_boxes
+        enc, dec, m, p = self._enc, self._dec, self.max_prompts, self.max_points
         self._image = self._buffer(enc, IMAGE, tuple(enc.get_tensor_shape(IMAGE)), host=True)
         emb_shape = tuple(enc.get_tensor_shape(EMBEDDING))
-        # Two encoder outputs in turn, so an embedding stays valid while the next one is computed.
-        self._emb = [self._buffer(enc, EMBEDDING, emb_shape, host=False) for _ in range(2)]
+        self._emb = [self._buffer(enc, EMBEDDING, emb_shape, host=False) for _ in range(self.embedding_slots)]
         if self._dtype(enc, EMBEDDING) != self._dtype(dec, EMBEDDING):
             raise InputError(f"{self.engine_dir}: encoder output and decoder input embedding types differ; rebuild")
+        # The decoder reads its own copy: a slot is free for the next encode once copied.
         self._dec_emb = self._buffer(dec, EMBEDDING, emb_shape, host=False)
-        self._boxes = self._buffer(dec, BOXES, (m, 4), host=True)
-        per_box = {n: tuple(dec.get_tensor_shape(n))[1:] for n in (LOW_RES_LOGITS, IOU)}
-        self._logits = self._buffer(dec, LOW_RES_LOGITS, (m, *per_box[LOW_RES_LOGITS]), host=True)
-        self._iou = self._buffer(dec, IOU, (m, *per_box[IOU]), host=True)
+        self._coords = self._buffer(dec, POINT_COORDS, (m, p, 2), host=True)
+        self._labels = self._buffer(dec, POINT_LABELS, (m, p), host=True)
+        per_prompt = {n: tuple(dec.get_tensor_shape(n))[1:] for n in (LOW_RES_LOGITS, IOU)}
+        self._logits = self._buffer(dec, LOW_RES_LOGITS, (m, *per_prompt[LOW_RES_LOGITS]), host=True)
+        self._iou = self._buffer(dec, IOU, (m, *per_prompt[IOU]), host=True)
         self._enc_ctx.set_tensor_address(IMAGE, self._image.device)
         self._bind_decoder(self._dec_ctx)
 
     def _bind_decoder(self, ctx) -> None:
-        for name, b in zip(_DECODER_IO, (self._dec_emb, self._boxes, self._logits, self._iou)):
+        for name, b in zip(_DECODER_IO, (self._dec_emb, self._coords, self._labels, self._logits, self._iou)):
             ctx.set_tensor_address(name, b.device)
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: str, stream) -> None:
@@ -201,38 +228,61 @@ class TensorrtBackend(Backend):
         image = np.asarray(image)
         if image.shape != self._image.host.shape:
             raise InputError(f"image of shape {image.shape}: this encoder engine takes {self._image.host.shape}")
-        stream, slot = self._streams[0], self._generation % 2
+        stream = self._streams[0]
+        with self._lock:
+            generation = self._generation
+            self._generation += 1
+            slot = generation % self.embedding_slots
+            # From here no decode may start reading the slot, and the overwrite below waits
+            # for every copy out of it that a decode has already queued.
+            self._slot_generation[slot] = -1
+            _ok(self._cudart, self._cudart.cudaStreamWaitEvent(stream, self._events[slot], 0), "cudaStreamWaitEvent")
         np.copyto(self._image.host, image, casting="same_kind")
         self._copy(self._image.device, self._image.host.ctypes.data, self._image.nbytes, "HostToDevice", stream)
         self._enc_ctx.set_tensor_address(EMBEDDING, self._emb[slot].device)
         self._execute(self._enc_ctx, stream, "encoder")
         self._sync(stream)
-        self._generation += 1
-        return DeviceEmbedding(id(self), self._generation - 1, slot)
+        with self._lock:
+            self._slot_generation[slot] = generation
+        return DeviceEmbedding(id(self), generation, slot)
 
-    def _embedding_ptr(self, embedding) -> int:
+    def embedding_valid(self, embedding) -> bool:
+        return (isinstance(embedding, DeviceEmbedding) and embedding.owner == id(self)
+                and self._slot_generation[embedding.slot] == embedding.generation)
+
+    def _copy_out(self, embedding, dst: int, stream) -> None:
+        """Queue a copy of the embedding's slot on `stream`, or refuse an expired one."""
         if not isinstance(embedding, DeviceEmbedding) or embedding.owner != id(self):
             raise InputError("tensorrt decode() takes the embedding returned by this backend's encode()")
-        if self._generation - 1 - embedding.generation > 1:
-            raise InputError("this embedding was overwritten by two later encode() calls; encode the frame again")
-        return self._emb[embedding.slot].device
+        with self._lock:
+            if not self.embedding_valid(embedding):
+                raise ExpiredEmbedding(f"embedding {embedding.generation} was overwritten by a later encode() "
+                                       f"({self.embedding_slots} slots); encode the frame again")
+            self._copy(dst, self._emb[embedding.slot].device, self._dec_emb.nbytes, "DeviceToDevice", stream)
+            _ok(self._cudart, self._cudart.cudaEventRecord(self._events[embedding.slot], stream), "cudaEventRecord")
 
-    def decode(self, embedding, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        boxes = np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)
-        stream, n, m = self._streams[1], len(boxes), self.max_boxes
+    def decode(self, embedding, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        coords = np.ascontiguousarray(coords, np.float32)
+        labels = np.ascontiguousarray(labels, np.float32)
+        n, points = labels.shape
+        stream, m = self._streams[1], self.max_prompts
         logits = np.empty((n,) + self._logits.host.shape[1:], np.float32)
         iou = np.empty((n,) + self._iou.host.shape[1:], np.float32)
         if n == 0:
             return logits, iou
-        src = self._embedding_ptr(embedding)
-        self._copy(self._dec_emb.device, src, self._dec_emb.nbytes, "DeviceToDevice", stream)
-        # More boxes than the profile's maximum run in chunks rather than failing.
+        if points > self.max_points:
+            raise InputError(f"{points} tokens per prompt: these engines take at most {self.max_points}; "
+                             f"rebuild with `medsam-edge build --max-points {points}`")
+        self._copy_out(embedding, self._dec_emb.device, stream)
+        # More prompts than the profile's maximum run in chunks rather than failing.
         for start in range(0, n, m):
             k = min(m, n - start)
-            np.copyto(self._boxes.host[:k], boxes[start : start + k], casting="same_kind")
-            bx = self._boxes
-            self._copy(bx.device, bx.host.ctypes.data, bx.nbytes * k // m, "HostToDevice", stream)
-            self._run_decoder(k, stream)
+            for buf, src in ((self._coords, coords), (self._labels, labels)):
+                flat = buf.host.reshape(-1)
+                size = src[start:start + k].size
+                flat[:size] = src[start:start + k].reshape(-1)
+                self._copy(buf.device, buf.host.ctypes.data, size * 4, "HostToDevice", stream)
+            self._run_decoder(k, points, stream)
             for b in (self._logits, self._iou):
                 self._copy(b.host.ctypes.data, b.device, b.nbytes * k // m, "DeviceToHost", stream)
             self._sync(stream)
@@ -240,23 +290,29 @@ class TensorrtBackend(Backend):
             iou[start : start + k] = self._iou.host[:k]
         return logits, iou
 
-    def _run_decoder(self, k: int, stream) -> None:
+    def _run_decoder(self, k: int, points: int, stream) -> None:
+        shape = (k, points)
         if self.cuda_graphs:
-            graph = self._graphs.get(k) or self._capture(k, stream)
+            graph = self._graphs.get(shape) or self._capture(shape, stream)
             if graph is not None:
                 _ok(self._cudart, self._cudart.cudaGraphLaunch(graph[2], stream), "cudaGraphLaunch")
                 return
-        if k != self._last_n:
-            self._dec_ctx.set_input_shape(BOXES, (k, 4))
-            self._last_n = k
+        if shape != self._last_shape:
+            self._set_shape(self._dec_ctx, shape)
+            self._last_shape = shape
         self._execute(self._dec_ctx, stream, "decoder")
 
-    def _capture(self, k: int, stream):
-        """Capture the decoder for k boxes in its own context (a graph fixes shapes and addresses)."""
+    @staticmethod
+    def _set_shape(ctx, shape: tuple[int, int]) -> None:
+        ctx.set_input_shape(POINT_COORDS, (*shape, 2))
+        ctx.set_input_shape(POINT_LABELS, shape)
+
+    def _capture(self, shape: tuple[int, int], stream):
+        """Capture the decoder for (prompts, points) in its own context (a graph fixes shapes and addresses)."""
         cudart = self._cudart
         ctx = self._dec.create_execution_context()
         self._bind_decoder(ctx)
-        ctx.set_input_shape(BOXES, (k, 4))
+        self._set_shape(ctx, shape)
         # One ordinary run first: TensorRT does shape-dependent setup on the first enqueue,
         # which must not end up inside the graph.
         self._execute(ctx, stream, "decoder")
@@ -269,21 +325,25 @@ class TensorrtBackend(Backend):
             finally:  # the stream must leave capture mode whatever happened
                 graph = _ok(cudart, cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
             if not ok:
-                raise InputError(f"decoder execution failed during capture for {k} boxes")
+                raise InputError(f"decoder execution failed during capture for {shape} prompts x points")
             exec_ = _ok(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
         except Exception as e:  # some engines cannot be captured; plain execution still works
             log.warning("tensorrt: CUDA graph capture failed (%s); the decoder runs without graphs", e)
             self.cuda_graphs = False
             return None
-        self._graphs[k] = (ctx, graph, exec_)
-        return self._graphs[k]
+        self._graphs[shape] = (ctx, graph, exec_)
+        return self._graphs[shape]
 
     def embedding_to_numpy(self, embedding) -> np.ndarray:
-        b = self._dec_emb
-        out = np.empty(tuple(self._enc.get_tensor_shape(EMBEDDING)), b.dtype)
-        self._copy(out.ctypes.data, self._embedding_ptr(embedding), b.nbytes, "DeviceToHost", self._streams[1])
+        out = np.empty(tuple(self._enc.get_tensor_shape(EMBEDDING)), self._dec_emb.dtype)
+        self._copy_out(embedding, self._dec_emb.device, self._streams[1])
+        self._copy(out.ctypes.data, self._dec_emb.device, self._dec_emb.nbytes, "DeviceToHost", self._streams[1])
         self._sync(self._streams[1])
         return out.astype(np.float32, copy=False)
+
+    def sync(self) -> None:
+        for s in self._streams:
+            self._sync(s)
 
     def describe(self) -> dict:
         return {
@@ -291,24 +351,31 @@ class TensorrtBackend(Backend):
             "tensorrt": self._trt.__version__,
             "gpu": f"{self.gpu.name} ({self.gpu.sm})",
             "engines": str(self.engine_dir),
-            "max_boxes": self.max_boxes,
+            "max_prompts": self.max_prompts,
+            "max_points": self.max_points,
+            "embedding_slots": self.embedding_slots,
             "cuda_graphs": self.cuda_graphs,
             "rebuilt": self.rebuilt,
         }
 
     def close(self) -> None:
+        """Free what exists; safe after an __init__ that stopped half-way, and twice."""
         cudart = getattr(self, "_cudart", None)
-        if cudart is None or not getattr(self, "_streams", None):
+        if cudart is None:
             return
-        for s in self._streams:
+        for s in getattr(self, "_streams", []):
             cudart.cudaStreamSynchronize(s)
-        for _, graph, exec_ in self._graphs.values():
+        for _, graph, exec_ in getattr(self, "_graphs", {}).values():
             cudart.cudaGraphExecDestroy(exec_)
             cudart.cudaGraphDestroy(graph)
         self._graphs = {}
         self._enc_ctx = self._dec_ctx = None  # contexts go before the memory they point at
-        for b in self._buffers:
+        for b in getattr(self, "_buffers", []):
             b.free()
-        for s in self._streams:
+        self._buffers = []
+        for e in getattr(self, "_events", []):
+            cudart.cudaEventDestroy(e)
+        self._events = []
+        for s in getattr(self, "_streams", []):
             cudart.cudaStreamDestroy(s)
         self._streams = []

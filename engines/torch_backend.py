@@ -122,7 +122,7 @@ class TorchBackend(Backend):
         self.compiled = compile and self.device == "cuda"
         self._encoder = self.sam.image_encoder
         if self.compiled:
-            # "reduce-overhead" replays CUDA graphs; the decoder recompiles once per box count.
+            # "reduce-overhead" replays CUDA graphs; the decoder recompiles once per prompt shape.
             self._encoder = torch.compile(self._encoder, mode="reduce-overhead")
             self._decode_fn = torch.compile(self._decode_impl, mode="reduce-overhead")
         else:
@@ -139,18 +139,24 @@ class TorchBackend(Backend):
             out = self._encoder(x)
         return out.clone() if self.compiled else out  # compiled CUDA graphs reuse their output memory
 
-    def _decode_impl(self, embedding, boxes):
-        from medsam_edge.export.wrappers import decode_boxes
+    def _decode_impl(self, embedding, coords, labels):
+        # The official PromptEncoder given boxes and clicks as its own arguments: the reference.
+        from medsam_edge.export.wrappers import decode_official
 
-        return decode_boxes(self.sam, embedding, boxes)
+        return decode_official(self.sam, embedding, coords, labels)
 
-    def decode(self, embedding, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, embedding, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         emb = torch.as_tensor(embedding).to(self._dev)
-        b = torch.as_tensor(np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)).to(self._dev)
+        c = torch.as_tensor(np.ascontiguousarray(coords, np.float32)).to(self._dev)
+        lab = torch.as_tensor(np.ascontiguousarray(labels, np.float32)).to(self._dev)
         with torch.inference_mode(), self._autocast():
-            logits, iou = self._decode_fn(emb, b)
+            logits, iou = self._decode_fn(emb, c, lab)
         return logits.float().cpu().numpy(), iou.float().cpu().numpy()
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self._torch.cuda.synchronize()
 
     def embedding_to_numpy(self, embedding) -> np.ndarray:
         return self._torch.as_tensor(embedding).float().cpu().numpy()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medsam_edge.atomic import write_bytes
-from medsam_edge.contract import BOXES_MAX
+from medsam_edge.contract import POINTS_MAX, PROMPTS_MAX
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
@@ -26,7 +26,8 @@ def build_engines(
     model_dir: str | Path | ModelDir,
     precisions: tuple[str, ...] = ("fp32",),
     workspace_gib: float = 4.0,
-    max_boxes: int = BOXES_MAX,
+    max_prompts: int = PROMPTS_MAX,
+    max_points: int = POINTS_MAX,
     timing_cache: bool = True,
     progress: bool = True,
 ) -> Path:
@@ -34,7 +35,7 @@ def build_engines(
     md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
     if workspace_gib <= 0:
         raise InputError(f"--workspace {workspace_gib}: expected a positive size in GiB")
-    shapes = em.profiles(md, max_boxes)
+    shapes = em.profiles(md, max_prompts, max_points)
     # Every input file is checked before TensorRT spends minutes on the first one.
     jobs = [(p, part, em.onnx_for(md, part, p)) for p in precisions for part in em.PARTS]
     try:

@@ -9,25 +9,29 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
 from medsam_edge.atomic import atomic_path
 from medsam_edge.contract import (
-    BOXES,
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     EMBED_DIM,
     EMBED_HW,
     ENCODER_OUTPUTS,
+    POINT_COORDS,
+    POINT_LABELS,
     encoder_inputs,
+    prompt_tokens,
 )
 from medsam_edge.export.graph_fixes import reorder_gelu
 from medsam_edge.export.wrappers import DecoderForExport, EncoderForExport
 
 OPSET = 18
-# Upper bound for the dynamic box axis in the traced graph (not a runtime limit in onnxruntime).
-_MAX_TRACE_BOXES = 256
+# Upper bounds of the dynamic axes in the traced graph (not runtime limits in onnxruntime).
+_MAX_TRACE_PROMPTS = 256
+_MAX_TRACE_POINTS = 64
 
 
 @contextlib.contextmanager
@@ -74,17 +78,23 @@ def export_encoder(sam: torch.nn.Module, size: int, dest: str | os.PathLike) -> 
 @torch.no_grad()
 def export_decoder(sam: torch.nn.Module, dest: str | os.PathLike) -> None:
     embedding = torch.zeros(1, EMBED_DIM, EMBED_HW, EMBED_HW)
-    # Two boxes so the tracer does not specialise the box axis to 1.
-    boxes = torch.tensor([[10.0, 20.0, 200.0, 220.0], [50.0, 40.0, 120.0, 160.0]])
-    num_boxes = torch.export.Dim(DECODER_OUTPUTS[0].shape[0], min=1, max=_MAX_TRACE_BOXES)
+    # Two prompts of three tokens (a click and a box; a click, a negative click and padding),
+    # so the tracer specialises neither axis and every label takes part.
+    tokens = [prompt_tokens([10.0, 20.0, 200.0, 220.0], [[90.0, 100.0]], [1]),
+              prompt_tokens(None, [[60.0, 70.0], [100.0, 120.0]], [1, 0])]
+    coords = torch.from_numpy(np.stack([c for c, _ in tokens]))
+    labels = torch.from_numpy(np.stack([lab for _, lab in tokens]))
+    prompts = torch.export.Dim(DECODER_OUTPUTS[0].shape[0], min=1, max=_MAX_TRACE_PROMPTS)
+    points = torch.export.Dim(DECODER_INPUTS[1].shape[1], min=1, max=_MAX_TRACE_POINTS)
     with _quiet_exporter():
         program = torch.onnx.export(
             DecoderForExport(sam).eval(),
-            (embedding, boxes),
+            (embedding, coords, labels),
             input_names=[i.name for i in DECODER_INPUTS],
             output_names=[o.name for o in DECODER_OUTPUTS],
             opset_version=OPSET,
             dynamo=True,
-            dynamic_shapes={DECODER_INPUTS[0].name: None, BOXES: {0: num_boxes}},
+            dynamic_shapes={DECODER_INPUTS[0].name: None, POINT_COORDS: {0: prompts, 1: points},
+                            POINT_LABELS: {0: prompts, 1: points}},
         )
     _save(program, Path(dest))

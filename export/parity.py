@@ -14,16 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsam_edge.contract import BOXES, EMBEDDING, IMAGE, Preprocess
+from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, Preprocess, box_tokens, prompt_tokens
 from medsam_edge.errors import ParityError
-from medsam_edge.metrics import cosine, dice, rel_err
 from medsam_edge.export.reference import ReferencePredictor, logits_to_masks
+from medsam_edge.export.wrappers import decode_official
+from medsam_edge.metrics import cosine, dice, rel_err
 from medsam_edge.runtime.geometry import boxes_to_model
 
 # Per output, the statistic and the bound it must meet.
 TOLERANCES = {
     "embedding_rel_err": ("max", 1e-4),
     "logits_rel_err": ("max", 1e-4),
+    "point_logits_rel_err": ("max", 1e-4),
     "mask_dice_min": ("min", 0.999),
 }
 
@@ -68,10 +70,23 @@ def check_parity(
     opts.log_severity_level = 3
     enc = ort.InferenceSession(str(encoder_onnx), opts, providers=["CPUExecutionProvider"])
     dec = ort.InferenceSession(str(decoder_onnx), opts, providers=["CPUExecutionProvider"])
+
+    def run_decoder(embedding, coords, labels):
+        return dec.run(None, {EMBEDDING: embedding, POINT_COORDS: coords, POINT_LABELS: labels})
+
     emb = enc.run(None, {IMAGE: p.tensor.numpy()})[0]
-    logits_same_emb, iou_same = dec.run(None, {EMBEDDING: ref_emb.numpy(), BOXES: model_boxes})
-    logits, _ = dec.run(None, {EMBEDDING: emb, BOXES: model_boxes})
+    # Box-only prompts, the MedSAM path: the traced decoder against the reference's own call.
+    logits_same_emb, iou_same = run_decoder(ref_emb.numpy(), *box_tokens(model_boxes))
+    logits, _ = run_decoder(emb, *box_tokens(model_boxes))
     masks = logits_to_masks(torch.from_numpy(logits), p, pre)
+    # Clicks with and without a box, against segment-anything's PromptEncoder given the same.
+    point_logits = []
+    for tokens in _click_prompts(model_boxes):
+        coords, labels = (np.stack(t) for t in zip(*tokens))
+        got, _ = run_decoder(ref_emb.numpy(), coords, labels)
+        with torch.no_grad():
+            want, _ = decode_official(ref.sam, ref_emb, torch.from_numpy(coords), torch.from_numpy(labels))
+        point_logits.append(rel_err(got, want.numpy()))
 
     dices = [dice(a, b) for a, b in zip(masks, ref_masks)]
     figures = {
@@ -79,6 +94,7 @@ def check_parity(
         "embedding_max_abs": float(np.abs(emb - ref_emb.numpy()).max()),
         "embedding_cosine": cosine(emb, ref_emb.numpy()),
         "logits_rel_err": rel_err(logits_same_emb, ref_logits.numpy()),
+        "point_logits_rel_err": max(point_logits),
         "iou_max_abs": float(np.abs(iou_same - ref_iou.numpy()).max()),
         "mask_dice": [round(d, 6) for d in dices],
         "mask_dice_min": min(dices),
@@ -93,6 +109,15 @@ def check_parity(
     ]
     figures["passed"] = not figures["failed"]
     return figures
+
+
+def _click_prompts(model_boxes: np.ndarray) -> list[list[tuple]]:
+    """Groups of same-layout prompts: each box with its centre as a positive click, and a
+    positive centre click with a negative click at a corner, without a box."""
+    centres = (model_boxes[:, :2] + model_boxes[:, 2:]) / 2
+    with_box = [prompt_tokens(b, [c], [1]) for b, c in zip(model_boxes, centres)]
+    clicks = [prompt_tokens(None, [c, b[:2]], [1, 0]) for b, c in zip(model_boxes, centres)]
+    return [with_box, clicks]
 
 
 def require_parity(figures: dict, where: str) -> None:

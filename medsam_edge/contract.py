@@ -9,13 +9,28 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 # SAM's prompt encoder and mask decoder are shared by every model id.
 EMBED_DIM = 256
 EMBED_HW = 64
 LOW_RES_HW = 256
 
-# Decoder box count: TensorRT optimisation profiles use these as min/opt/max.
-BOXES_MIN, BOXES_OPT, BOXES_MAX = 1, 1, 16
+# The decoder's two dynamic axes, (min, opt, max): TensorRT optimisation profiles and the
+# Triton configs read them from here. A prompt is one object to segment; its points are
+# its clicks plus, for a box, the box's two corners. The runtime sends more prompts than
+# PROMPTS_MAX in chunks; more points than POINTS_MAX in one prompt is refused.
+PROMPTS_RANGE = (1, 1, 16)
+POINTS_RANGE = (1, 2, 10)
+PROMPTS_MAX = PROMPTS_RANGE[2]
+POINTS_MAX = POINTS_RANGE[2]
+AXES = {"num_prompts": PROMPTS_RANGE, "num_points": POINTS_RANGE}
+
+# Point labels, as SAM's own ONNX export encodes prompts: a box is two corner points
+# labelled BOX_TOP_LEFT and BOX_BOTTOM_RIGHT after the prompt's clicks; a prompt without
+# a box ends with one PADDING point (what SAM's prompt encoder appends itself).
+PADDING, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+CLICK_LABELS = (NEGATIVE, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -32,7 +47,8 @@ class TensorSpec:
 
 IMAGE = "image"
 EMBEDDING = "embedding"
-BOXES = "boxes"
+POINT_COORDS = "point_coords"
+POINT_LABELS = "point_labels"
 LOW_RES_LOGITS = "low_res_logits"
 IOU = "iou"
 
@@ -45,13 +61,38 @@ def encoder_inputs(size: int) -> tuple[TensorSpec, ...]:
 ENCODER_OUTPUTS = (TensorSpec(EMBEDDING, "float32", (1, EMBED_DIM, EMBED_HW, EMBED_HW)),)
 DECODER_INPUTS = (
     TensorSpec(EMBEDDING, "float32", (1, EMBED_DIM, EMBED_HW, EMBED_HW)),
-    # Boxes x0, y0, x1, y1 in the model's input pixel frame (after resize), N dynamic.
-    TensorSpec(BOXES, "float32", ("num_boxes", 4)),
+    # x, y in the model's input pixel frame (after resize), per prompt and point.
+    TensorSpec(POINT_COORDS, "float32", ("num_prompts", "num_points", 2)),
+    # One of the labels above per point; float, as in SAM's ONNX export.
+    TensorSpec(POINT_LABELS, "float32", ("num_prompts", "num_points")),
 )
 DECODER_OUTPUTS = (
-    TensorSpec(LOW_RES_LOGITS, "float32", ("num_boxes", 1, LOW_RES_HW, LOW_RES_HW)),
-    TensorSpec(IOU, "float32", ("num_boxes", 1)),
+    TensorSpec(LOW_RES_LOGITS, "float32", ("num_prompts", 1, LOW_RES_HW, LOW_RES_HW)),
+    TensorSpec(IOU, "float32", ("num_prompts", 1)),
 )
+
+
+def prompt_tokens(box, points=None, labels=None) -> tuple[np.ndarray, np.ndarray]:
+    """One prompt -> (coords (P, 2) float32, labels (P,) float32), in whatever pixel frame
+    the inputs are in: the clicks first, then the box's two corners, or a padding point
+    when there is no box. The order and the padding are segment-anything's PromptEncoder's,
+    so a box-only prompt is exactly the two tokens the MedSAM reference feeds its decoder.
+    """
+    pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+    lab = np.zeros(0, np.float32) if labels is None else np.asarray(labels, np.float32).reshape(-1)
+    if box is None:
+        tail_c, tail_l = np.zeros((1, 2), np.float32), np.array([PADDING], np.float32)
+    else:
+        tail_c = np.asarray(box, np.float32).reshape(2, 2)
+        tail_l = np.array([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], np.float32)
+    return np.concatenate([pts, tail_c]), np.concatenate([lab, tail_l])
+
+
+def box_tokens(boxes) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) boxes -> the decoder's (N, 2, 2) coords and (N, 2) labels for box-only prompts."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    labels = np.tile(np.array([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], np.float32), (len(b), 1))
+    return b.reshape(-1, 2, 2), labels
 
 
 @dataclass(frozen=True)
@@ -149,3 +190,50 @@ def model_spec(model_id: str) -> ModelSpec:
         from medsam_edge.errors import InputError
 
         raise InputError(f"unknown model id {model_id!r}; expected one of {', '.join(MODELS)}") from None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One precision a user can ask for, and the files that carry it.
+
+    files: per part, the ONNX files that run it, preferred first (a reduced-precision
+        decoder is optional: the FP32 one stands in). "bf16" has no files of its own: it
+        is an inference precision a backend applies to the FP32 files.
+    made_by: the command that writes the files ("export", "calibrate"; "runtime" for bf16).
+    runs_on: backend families that execute it as written.
+    """
+
+    name: str
+    files: dict
+    made_by: str
+    runs_on: tuple
+    description: str
+
+
+_ALL_ENGINES = ("onnxruntime", "openvino", "tensorrt", "triton")
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", {"encoder": ("encoder.onnx",), "decoder": ("decoder.onnx",)}, "export", _ALL_ENGINES,
+                  "the exported FP32 files"),
+        Precision("fp16", {"encoder": ("encoder.fp16.onnx",), "decoder": ("decoder.fp16.onnx", "decoder.onnx")},
+                  "calibrate", _ALL_ENGINES, "FP16 mixed precision (FP32 I/O, fragile nodes FP32 by measurement)"),
+        Precision("int8", {"encoder": ("encoder.int8.onnx",), "decoder": ("decoder.int8.onnx", "decoder.onnx")},
+                  "calibrate", _ALL_ENGINES, "INT8 Q/DQ on the Conv/MatMul inputs (TensorRT's explicit quantization)"),
+        Precision("int8dyn", {"encoder": ("encoder.int8dyn.onnx",), "decoder": ("decoder.onnx",)}, "calibrate",
+                  ("onnxruntime",), "dynamic INT8 (MatMulInteger): onnxruntime's CPU provider only"),
+        Precision("bf16", {"encoder": ("encoder.onnx",), "decoder": ("decoder.onnx",)}, "runtime", ("openvino",),
+                  "the FP32 files run at BF16 inference precision (CPUs with AVX-512 BF16 or AMX)"),
+    )
+}
+
+
+def parse_precisions(text: str, allowed=tuple(PRECISIONS), option: str = "--precision") -> tuple[str, ...]:
+    """'fp32,fp16' -> ('fp32', 'fp16'), in the order given; anything outside `allowed` is a one-line error."""
+    out = tuple(dict.fromkeys(p.strip().lower() for p in str(text).split(",") if p.strip()))
+    bad = [p for p in out if p not in allowed]
+    if bad or not out:
+        from medsam_edge.errors import InputError
+
+        raise InputError(f"{option} {text!r}: expected a comma-separated list of {', '.join(allowed)}")
+    return out

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsam_edge.atomic import write_json
-from medsam_edge.contract import Preprocess
+from medsam_edge.contract import PRECISIONS, Preprocess
 from medsam_edge.errors import InputError
 
 FORMAT = "medsam-edge/model-dir"
-FORMAT_VERSION = 1
+# 2: the decoder takes point prompts (point_coords, point_labels) instead of boxes.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -37,9 +38,17 @@ class ModelDir:
         return Preprocess.from_json(self.manifest["preprocess"])
 
     def onnx(self, part: str, precision: str = "fp32") -> Path:
-        """Path of encoder/decoder ONNX for a precision ("fp32" is the exported file)."""
-        name = f"{part}.onnx" if precision == "fp32" else f"{part}.{precision}.onnx"
-        return self.path / name
+        """The encoder/decoder file that runs `precision` here: the first of the contract's
+        candidates that exists (a reduced-precision decoder is optional), else the first
+        candidate, so a message can name the file that is missing."""
+        try:
+            names = PRECISIONS[precision].files[part]
+        except KeyError:
+            raise InputError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}") from None
+        for name in names:
+            if (self.path / name).is_file():
+                return self.path / name
+        return self.path / names[0]
 
     def save(self) -> None:
         write_json(self.path / MANIFEST, self.manifest)
@@ -59,6 +68,11 @@ def load_model_dir(path: str | Path) -> ModelDir:
         raise InputError(f"{mf}: unreadable manifest ({e}); export the model again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(f"{mf}: not a medsam-edge manifest (format {manifest.get('format')!r})")
+    if manifest.get("format_version") == 1:
+        raise InputError(
+            f"{mf}: exported by an earlier medsam-edge whose decoder takes boxes only; export the model "
+            "again (medsam-edge export ... --overwrite) for the decoder with point prompts"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise InputError(
             f"{mf}: manifest format version {manifest.get('format_version')!r}, this medsam-edge reads "

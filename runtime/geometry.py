@@ -29,3 +29,11 @@ def boxes_to_model(boxes: np.ndarray, original_hw: tuple[int, int], resized: tup
     rh, rw = resized
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return (b * np.array([rw / w, rh / h, rw / w, rh / h])).astype(np.float32)
+
+
+def points_to_model(points: np.ndarray, original_hw: tuple[int, int], resized: tuple[int, int]) -> np.ndarray:
+    """(K, 2) x, y in original pixels -> the model's input frame, float32 (as boxes_to_model)."""
+    h, w = original_hw
+    rh, rw = resized
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return (p * np.array([rw / w, rh / h])).astype(np.float32)

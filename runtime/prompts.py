@@ -1,7 +1,8 @@
-"""Box prompts: from the command line, from a per-frame file, or propagated from the last mask.
+"""Prompts: a box, clicks, or both per object; from the command line, from a per-frame
+file, or propagated from the last mask.
 
-Boxes are x0, y0, x1, y1 in the frame's pixels. Validation happens against the frame
-they are used on, because only then is the image size known.
+Boxes are x0, y0, x1, y1 and points x, y in the frame's pixels. Validation happens
+against the frame they are used on, because only then is the image size known.
 """
 
 from __future__ import annotations
@@ -11,13 +12,83 @@ import json
 import logging
 import math
 from bisect import bisect_right
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medsam_edge.contract import CLICK_LABELS, POINTS_MAX
 from medsam_edge.errors import InputError
 
 log = logging.getLogger(__name__)
+
+# Prompts (objects) per frame at most: each costs a decoder pass and its masks' memory.
+MAX_PROMPTS = 64
+
+
+def _no_points() -> np.ndarray:
+    return np.zeros((0, 2), np.float32)
+
+
+def _no_labels() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One object to segment, in frame pixels.
+
+    box: (4,) float32 x0, y0, x1, y1, or None.
+    points: (K, 2) float32 x, y clicks; labels: (K,) int64, 1 positive, 0 negative.
+    The medical models (MedSAM, LiteMedSAM) were trained on boxes: for them a click
+    refines a box, and clicks alone give poor or empty masks.
+    """
+
+    box: np.ndarray | None = None
+    points: np.ndarray = field(default_factory=_no_points)
+    labels: np.ndarray = field(default_factory=_no_labels)
+
+    @classmethod
+    def of(cls, box=None, points=None, labels=None) -> "Prompt":
+        pts = _no_points() if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+        lab = (np.ones(len(pts), np.int64) if labels is None
+               else np.asarray(labels, np.float64).reshape(-1).astype(np.int64))
+        return cls(None if box is None else np.asarray(box, np.float32).reshape(4), pts, lab)
+
+    @property
+    def layout(self) -> tuple[int, bool]:
+        """(clicks, has a box): prompts of one layout share a decoder call without padding."""
+        return len(self.points), self.box is not None
+
+    def with_points(self, points, labels) -> "Prompt":
+        """This prompt with more clicks appended."""
+        pts = np.concatenate([self.points, np.asarray(points, np.float32).reshape(-1, 2)])
+        lab = np.concatenate([self.labels, np.asarray(labels, np.int64).reshape(-1)])
+        return Prompt(self.box, pts, lab)
+
+    def to_json(self) -> dict:
+        out: dict = {}
+        if self.box is not None:
+            out["box"] = [round(float(v), 2) for v in self.box]
+        if len(self.points):
+            out["points"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.points]
+            out["labels"] = [int(v) for v in self.labels]
+        return out
+
+
+def parse_point(text: str) -> tuple[list[float], int]:
+    """'x,y' or 'x,y,label' (label 1 positive, 0 negative) -> ([x, y], label)."""
+    parts = [p for p in text.replace(" ", "").split(",") if p != ""]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise InputError(f"point {text!r}: expected x,y or x,y,label with numbers") from None
+    if len(values) not in (2, 3):
+        raise InputError(f"point {text!r}: expected x,y or x,y,label, got {len(values)} numbers")
+    label = 1 if len(values) == 2 else values[2]
+    if label not in CLICK_LABELS:
+        raise InputError(f"point {text!r}: label {label:g} is not 1 (positive) or 0 (negative)")
+    return values[:2], int(label)
 
 
 def parse_box(text: str) -> list[float]:
@@ -54,6 +125,56 @@ def validate_boxes(boxes, height: int, width: int, where: str = "box") -> np.nda
             log.warning("%s: clipped to the %dx%d image", desc, width, height)
         out.append((cx0, cy0, cx1, cy1))
     return np.asarray(out, np.float32).reshape(-1, 4)
+
+
+def validate_prompts(prompts, height: int, width: int, where: str = "prompt") -> list[Prompt]:
+    """Check prompts against an image: boxes as validate_boxes does, clicks finite, inside
+    the image (a click outside it has no pixel to point at) and labelled 0 or 1."""
+    prompts = list(prompts)
+    if len(prompts) > MAX_PROMPTS:
+        raise InputError(f"{where}: {len(prompts)} prompts on one frame; at most {MAX_PROMPTS} "
+                         "(split the objects over several runs)")
+    out = []
+    for k, p in enumerate(prompts):
+        if not isinstance(p, Prompt):
+            raise InputError(f"{where} {k}: expected a Prompt, got {type(p).__name__}")
+        desc = f"{where} {k}"
+        box = None if p.box is None else validate_boxes([p.box], height, width, f"{desc} box")[0]
+        if box is None and not len(p.points):
+            raise InputError(f"{desc}: neither a box nor a point")
+        room = POINTS_MAX - (2 if box is not None else 1)
+        if len(p.points) > room:
+            raise InputError(f"{desc}: {len(p.points)} points; at most {room} "
+                             f"{'beside a box' if box is not None else 'without a box'}")
+        if len(p.labels) != len(p.points):
+            raise InputError(f"{desc}: {len(p.points)} points but {len(p.labels)} labels")
+        for (x, y), lab in zip(p.points, p.labels):
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise InputError(f"{desc} point [{x:g},{y:g}]: not a finite number")
+            if not (0 <= x < width and 0 <= y < height):
+                raise InputError(f"{desc} point [{x:g},{y:g}]: outside the {width}x{height} image")
+            if int(lab) not in CLICK_LABELS:
+                raise InputError(f"{desc} point [{x:g},{y:g}]: label {lab} is not 1 (positive) or 0 (negative)")
+        out.append(Prompt(box, p.points, p.labels))
+    return out
+
+
+def as_prompts(prompts_or_boxes) -> list[Prompt]:
+    """A list of Prompts as is; (N, 4) boxes (array or nested lists) as box-only prompts."""
+    if prompts_or_boxes is None:
+        return []
+    items = list(prompts_or_boxes) if not isinstance(prompts_or_boxes, np.ndarray) else None
+    if items is not None and all(isinstance(p, Prompt) for p in items):
+        return items
+    try:
+        boxes = np.asarray(prompts_or_boxes, np.float64)
+    except (TypeError, ValueError):
+        raise InputError("prompts: expected Prompt objects or boxes [[x0, y0, x1, y1], ...]") from None
+    if boxes.size == 0:
+        return []
+    if boxes.ndim not in (1, 2) or boxes.shape[-1] != 4:
+        raise InputError(f"boxes of shape {boxes.shape}: expected [[x0, y0, x1, y1], ...]")
+    return [Prompt.of(b) for b in boxes.reshape(-1, 4)]
 
 
 class BoxSchedule:

@@ -1,7 +1,10 @@
-"""The core both the Predictor and the Stream use: encode a frame once, decode many boxes.
+"""The core every stream and the Predictor use: encode a frame once, decode many prompts.
 
-It owns the model's geometry (preprocess, box mapping, mask postprocess) so nothing
-else needs to know which model it is.
+It owns the model's geometry (preprocess, prompt mapping, mask postprocess) so nothing
+else needs to know which model it is. Prompts of one layout (same number of clicks,
+with or without a box) share a decoder call, at most PROMPTS_MAX at a time: no prompt is
+ever padded, so a box-only prompt is exactly what the MedSAM reference decodes, and a
+frame with many objects costs bounded memory.
 """
 
 from __future__ import annotations
@@ -12,16 +15,22 @@ from typing import Any
 
 import numpy as np
 
-from medsam_edge.contract import Preprocess
+from medsam_edge.contract import LOW_RES_HW, PROMPTS_MAX, Preprocess, prompt_tokens
 from medsam_edge.engines.base import Backend
-from medsam_edge.runtime.geometry import boxes_to_model
+from medsam_edge.runtime.geometry import boxes_to_model, points_to_model
 from medsam_edge.runtime.postprocess import masks_from_logits
 from medsam_edge.runtime.preprocess import preprocess
+from medsam_edge.runtime.prompts import Prompt, as_prompts
 
 
 @dataclass
 class Encoded:
-    """An embedding with the geometry of the frame it came from."""
+    """An embedding with the geometry of the frame it came from.
+
+    embedding: the backend's own handle (a host array, a device slot, a server key).
+    original_hw / resized_hw: the frame's size and its size inside the model's input.
+    frame_index: the frame the embedding was computed from (-1: not from a stream).
+    """
 
     embedding: Any
     original_hw: tuple[int, int]
@@ -35,31 +44,58 @@ class Segmenter:
         self.pre = pre
 
     def encode(self, image: np.ndarray, frame_index: int = -1, timings: dict | None = None) -> Encoded:
+        """image: HxWx3 uint8 RGB -> its embedding; timings gains "preprocess" and "encode" (ms)."""
         t0 = time.perf_counter()
         prepared = preprocess(image, self.pre)
         t1 = time.perf_counter()
         embedding = self.backend.encode(prepared.tensor)
+        self.backend.sync()
         t2 = time.perf_counter()
         if timings is not None:
             timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0) * 1e3
             timings["encode"] = (t2 - t1) * 1e3
         return Encoded(embedding, prepared.original_hw, prepared.resized_hw, frame_index)
 
-    def decode(
-        self, enc: Encoded, boxes: np.ndarray, timings: dict | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """boxes (N,4) in original pixels -> masks (N,H,W) bool, scores (N,), logits (N,1,256,256)."""
-        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        if len(boxes) == 0:
+    def decode_logits(self, enc: Encoded, prompts: list[Prompt]) -> tuple[np.ndarray, np.ndarray]:
+        """Prompts in frame pixels -> logits (N, 1, 256, 256) float32 and scores (N,) float32."""
+        n = len(prompts)
+        logits = np.empty((n, 1, LOW_RES_HW, LOW_RES_HW), np.float32)
+        scores = np.empty(n, np.float32)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p.layout, []).append(i)
+        for members in groups.values():
+            tokens = [self._tokens(enc, prompts[i]) for i in members]
+            coords = np.stack([c for c, _ in tokens])
+            labels = np.stack([lab for _, lab in tokens])
+            for start in range(0, len(members), PROMPTS_MAX):
+                part = members[start:start + PROMPTS_MAX]
+                lg, iou = self.backend.decode(enc.embedding, coords[start:start + PROMPTS_MAX],
+                                              labels[start:start + PROMPTS_MAX])
+                logits[part] = lg
+                scores[part] = np.asarray(iou, np.float32).reshape(-1)
+        return logits, scores
+
+    def _tokens(self, enc: Encoded, p: Prompt) -> tuple[np.ndarray, np.ndarray]:
+        box = None if p.box is None else boxes_to_model(p.box, enc.original_hw, enc.resized_hw)
+        return prompt_tokens(box, points_to_model(p.points, enc.original_hw, enc.resized_hw), p.labels)
+
+    def decode(self, enc: Encoded, prompts, timings: dict | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Prompts (or (N, 4) boxes) in original pixels -> masks (N, H, W) bool, scores (N,),
+        logits (N, 1, 256, 256); timings gains "decode" and "postprocess" (ms)."""
+        prompts = as_prompts(prompts)
+        if not prompts:
             h, w = enc.original_hw
-            return np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros((0, 1, 256, 256), np.float32)
+            return (np.zeros((0, h, w), bool), np.zeros(0, np.float32),
+                    np.zeros((0, 1, LOW_RES_HW, LOW_RES_HW), np.float32))
         t0 = time.perf_counter()
-        # One decoder call for all boxes of the frame.
-        logits, iou = self.backend.decode(enc.embedding, boxes_to_model(boxes, enc.original_hw, enc.resized_hw))
+        logits, scores = self.decode_logits(enc, prompts)
+        self.backend.sync()
         t1 = time.perf_counter()
         masks = masks_from_logits(logits, enc.original_hw, enc.resized_hw, self.pre)
         t2 = time.perf_counter()
         if timings is not None:
             timings["decode"] = (t1 - t0) * 1e3
             timings["postprocess"] = (t2 - t1) * 1e3
-        return masks, np.asarray(iou, np.float32).reshape(-1), logits
+        return masks, scores, logits

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from medsam_edge.cli import main
-from medsam_edge.contract import BOXES, BOXES_MAX, EMBEDDING, IMAGE
+from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, PROMPTS_MAX, box_tokens
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines.select import AUTO_ORDER, probe, resolve
 from medsam_edge.engines.trt_build import network_flags, summarize
@@ -37,12 +37,12 @@ def md(tiny_model_dir, tmp_path):
     return load_model_dir(tmp_path / "m")
 
 
-def _fake_build(md, gpu=H100, trt=TRT, precision="fp32", max_boxes=BOXES_MAX) -> Path:
+def _fake_build(md, gpu=H100, trt=TRT, precision="fp32", max_prompts=PROMPTS_MAX) -> Path:
     """Write an engine set as trt_build does, with stand-in plan bytes."""
     out = em.engine_dir(md.path, gpu, trt)
     out.mkdir(parents=True, exist_ok=True)
     manifest = em.load(out) or em.new_manifest(md, gpu, trt)
-    shapes = em.profiles(md, max_boxes)
+    shapes = em.profiles(md, max_prompts)
     for part in em.PARTS:
         plan = out / em.plan_name(part, precision)
         plan.write_bytes(f"plan {part} {precision}".encode() * 100)
@@ -59,10 +59,13 @@ def test_engine_directory_is_named_after_gpu_compute_capability_and_tensorrt(tmp
 
 
 def test_precisions_parse_and_unknown_ones_are_refused():
-    assert em.parse_precisions("fp16, fp32,fp16") == ("fp16", "fp32")
-    for bad in ("fp64", "", "fp16,bf16"):
+    from medsam_edge.contract import parse_precisions
+
+    assert parse_precisions("fp16, fp32,fp16", em.PRECISIONS) == ("fp16", "fp32")
+    assert em.PRECISIONS == ("fp32", "fp16", "int8")  # what TensorRT builds: no CPU-only or runtime-only ones
+    for bad in ("fp64", "", "fp16,bf16", "int8dyn"):
         with pytest.raises(InputError, match="--precision"):
-            em.parse_precisions(bad)
+            parse_precisions(bad, em.PRECISIONS)
 
 
 def test_profiles_come_from_the_contract_and_match_the_exported_onnx(tiny_model_dir):
@@ -70,12 +73,17 @@ def test_profiles_come_from_the_contract_and_match_the_exported_onnx(tiny_model_
 
     p = em.profiles(tiny_model_dir)
     assert p["encoder"] == {IMAGE: {k: [1, 3, 1024, 1024] for k in ("min", "opt", "max")}}
-    assert p["decoder"][BOXES] == {"min": [1, 4], "opt": [1, 4], "max": [BOXES_MAX, 4]}
+    # Opt is one box: one prompt of two corner tokens.
+    assert p["decoder"][POINT_COORDS] == {"min": [1, 1, 2], "opt": [1, 2, 2], "max": [PROMPTS_MAX, POINTS_MAX, 2]}
+    assert p["decoder"][POINT_LABELS] == {"min": [1, 1], "opt": [1, 2], "max": [PROMPTS_MAX, POINTS_MAX]}
     assert p["decoder"][EMBEDDING]["max"] == [1, 256, 64, 64]
-    assert em.profiles(tiny_model_dir, max_boxes=64)["decoder"][BOXES]["max"] == [64, 4]
+    big = em.profiles(tiny_model_dir, max_prompts=64, max_points=3)["decoder"]
+    assert big[POINT_COORDS]["max"] == [64, 3, 2] and em.profile_maxima(big) == {"num_prompts": 64, "num_points": 3}
     for n in (0, 5000):
-        with pytest.raises(InputError, match="--max-boxes"):
-            em.profiles(tiny_model_dir, max_boxes=n)
+        with pytest.raises(InputError, match="--max-prompts"):
+            em.profiles(tiny_model_dir, max_prompts=n)
+    with pytest.raises(InputError, match="--max-points 65"):
+        em.profiles(tiny_model_dir, max_points=65)
     for part in em.PARTS:
         sess = ort.InferenceSession(str(tiny_model_dir.onnx(part)), providers=["CPUExecutionProvider"])
         assert {i.name for i in sess.get_inputs()} == set(p[part])
@@ -230,7 +238,8 @@ def test_without_tensorrt_usable_says_why_and_build_exits_2_with_one_line(tiny_m
 def test_build_refuses_bad_options_before_looking_for_tensorrt(tiny_model_dir, tmp_path, capsys):
     for argv, text in (
         (["--precision", "fp64"], "--precision 'fp64'"),
-        (["--max-boxes", "0"], "--max-boxes 0"),
+        (["--max-prompts", "0"], "--max-prompts 0"),
+        (["--max-points", "100"], "--max-points 100"),
     ):
         assert main(["build", str(tiny_model_dir.path), *argv]) == 2
         assert text in capsys.readouterr().err
@@ -251,7 +260,7 @@ def test_torch_backend_reproduces_the_exported_model_on_the_cpu(tiny_model_dir):
     emb = ref.encode(x)
     e_ort = ort_b.encode(x)
     assert np.abs(ref.embedding_to_numpy(emb) - e_ort).max() <= 1e-4 * np.abs(e_ort).max()
-    (l_t, i_t), (l_o, i_o) = ref.decode(emb, boxes), ort_b.decode(e_ort, boxes)
+    (l_t, i_t), (l_o, i_o) = ref.decode(emb, *box_tokens(boxes)), ort_b.decode(e_ort, *box_tokens(boxes))
     assert l_t.shape == (2, 1, 256, 256) and i_t.shape == (2, 1) and l_t.dtype == np.float32
     assert np.abs(l_t - l_o).max() <= 1e-4 * np.abs(l_o).max() and np.abs(i_t - i_o).max() <= 1e-4
     # Giving the arena back after each call (benchmarks of big encoders) changes no value.
@@ -325,15 +334,15 @@ def test_tensorrt_builds_and_matches_onnxruntime(md):
     from medsam_edge.engines.tensorrt_backend import TensorrtBackend
     from medsam_edge.engines.trt_build import build_engines
 
-    out = build_engines(md, ("fp32",), max_boxes=4, progress=False)
+    out = build_engines(md, ("fp32",), max_prompts=4, progress=False)
     assert (out / "encoder.fp32.plan").is_file() and (out / em.TIMING_CACHE).is_file()
     x = np.random.default_rng(2).random((1, 3, 1024, 1024), dtype=np.float32)
-    boxes = np.array([[100, 120, 600, 700]] * 6, np.float32)  # more than max_boxes: runs in chunks
+    boxes = np.array([[100, 120, 600, 700]] * 6, np.float32)  # more than max_prompts: runs in chunks
     ref = OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder"))
-    l_ref, _ = ref.decode(ref.encode(x), boxes)
+    l_ref, _ = ref.decode(ref.encode(x), *box_tokens(boxes))
     for graphs in (False, True):
         with TensorrtBackend(md, "fp32", rebuild=False, cuda_graphs=graphs) as trt_b:
-            logits, iou = trt_b.decode(trt_b.encode(x), boxes)
+            logits, iou = trt_b.decode(trt_b.encode(x), *box_tokens(boxes))
             assert logits.shape == l_ref.shape and np.abs(logits - l_ref).max() <= 1e-2 * np.abs(l_ref).max()
 
 
@@ -342,7 +351,7 @@ def test_tensorrt_refuses_a_truncated_plan_with_rebuild_off(md):
     from medsam_edge.engines.tensorrt_backend import TensorrtBackend
     from medsam_edge.engines.trt_build import build_engines
 
-    out = build_engines(md, ("fp32",), max_boxes=2, progress=False)
+    out = build_engines(md, ("fp32",), max_prompts=2, progress=False)
     (out / "encoder.fp32.plan").write_bytes((out / "encoder.fp32.plan").read_bytes()[:1000])
     with pytest.raises(InputError, match=r"encoder\.fp32\.plan differs from the build"):
         TensorrtBackend(md, "fp32", rebuild=False)
@@ -359,7 +368,7 @@ def test_torch_fast_path_on_cuda_stays_close_to_the_reference(tiny_model_dir):
     ref = TorchBackend(tiny_model_dir, device="cuda")
     fast = TorchBackend(tiny_model_dir, device="cuda", fast=True)
     assert fast.describe()["precision"] == "fp16" and fast.sdpa_modules == 9
-    l_ref, _ = ref.decode(ref.encode(x), boxes)
-    l_fast, _ = fast.decode(fast.encode(x), boxes)
+    l_ref, _ = ref.decode(ref.encode(x), *box_tokens(boxes))
+    l_fast, _ = fast.decode(fast.encode(x), *box_tokens(boxes))
     agree = ((l_ref > 0) == (l_fast > 0)).mean()
     assert agree > 0.99

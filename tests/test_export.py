@@ -45,20 +45,20 @@ def test_model_directory_follows_the_contract(tiny_model_dir):
     assert not [p for p in md.path.parent.iterdir() if p.name.startswith(".")]
 
 
-def test_decoder_is_mask_token_zero_for_any_box_count(tiny_model_dir):
+def test_decoder_is_mask_token_zero_for_any_prompt_count(tiny_model_dir):
     import onnxruntime as ort
 
+    from medsam_edge.contract import box_tokens
+
     md = tiny_model_dir
-    sam = build_model("medsam_vit_tiny")
-    # The export wrote random weights with seed 0: rebuild them the same way.
-    torch.manual_seed(0)
-    sam.load_state_dict(build_model("medsam_vit_tiny", seed=0).state_dict())
+    sam = build_model("medsam_vit_tiny", seed=0)  # the weights the export wrote
     dec = ort.InferenceSession(str(md.onnx("decoder")), providers=["CPUExecutionProvider"])
     emb = torch.randn(1, 256, 64, 64)
     for n in (1, 3, 7):
         boxes = torch.rand(n, 4) * 500
         boxes[:, 2:] += boxes[:, :2] + 20
-        logits, iou = dec.run(None, {"embedding": emb.numpy(), "boxes": boxes.numpy()})
+        coords, labels = box_tokens(boxes.numpy())
+        logits, iou = dec.run(None, {"embedding": emb.numpy(), "point_coords": coords, "point_labels": labels})
         with torch.no_grad():
             sparse, dense = sam.prompt_encoder(points=None, boxes=boxes[:, None], masks=None)
             all_masks, all_iou = sam.mask_decoder.predict_masks(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense)
@@ -66,6 +66,55 @@ def test_decoder_is_mask_token_zero_for_any_box_count(tiny_model_dir):
         np.testing.assert_allclose(logits[:, 0], all_masks[:, 0].numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(iou[:, 0], all_iou[:, 0].numpy(), rtol=1e-4, atol=1e-5)
         assert not np.allclose(logits[:, 0], all_masks[:, 1].numpy(), atol=1e-3)
+
+
+def test_decoder_takes_clicks_as_segment_anythings_prompt_encoder_does(tiny_model_dir):
+    """Clicks with and without a box, several prompts per call, padding where SAM pads."""
+    import onnxruntime as ort
+
+    from medsam_edge.contract import prompt_tokens
+
+    sam = build_model("medsam_vit_tiny", seed=0)
+    dec = ort.InferenceSession(str(tiny_model_dir.onnx("decoder")), providers=["CPUExecutionProvider"])
+    emb = torch.randn(1, 256, 64, 64)
+    box = np.array([200.0, 150.0, 700.0, 650.0], np.float32)
+    clicks = np.array([[450.0, 400.0], [210.0, 640.0]], np.float32)
+    cases = [  # (tokens for our decoder, the official PromptEncoder's own arguments)
+        (prompt_tokens(box, clicks, [1, 0]), dict(points=(clicks[None], torch.tensor([[1.0, 0.0]])), boxes=box[None])),
+        (prompt_tokens(None, clicks[:1], [1]), dict(points=(clicks[None, :1], torch.tensor([[1.0]])), boxes=None)),
+        (prompt_tokens(box), dict(points=None, boxes=box[None])),
+    ]
+    for (coords, labels), official in cases:
+        got, _ = dec.run(None, {"embedding": emb.numpy(), "point_coords": coords[None].repeat(2, 0),
+                                "point_labels": labels[None].repeat(2, 0)})
+        pts = official["points"]
+        with torch.no_grad():
+            sparse, dense = sam.prompt_encoder(
+                points=None if pts is None else (torch.as_tensor(pts[0]), pts[1]),
+                boxes=None if official["boxes"] is None else torch.as_tensor(official["boxes"]), masks=None)
+            want, _ = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                       sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                       multimask_output=False)
+        assert got.shape == (2, 1, 256, 256)
+        np.testing.assert_allclose(got[0], want[0].numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(got[0], got[1])
+    # The click changes the mask: it is not ignored.
+    with_click, _ = dec.run(None, dict(zip(("embedding", "point_coords", "point_labels"),
+                                           (emb.numpy(), *(t[None] for t in prompt_tokens(box, clicks[:1], [0]))))))
+    box_only, _ = dec.run(None, dict(zip(("embedding", "point_coords", "point_labels"),
+                                         (emb.numpy(), *(t[None] for t in prompt_tokens(box))))))
+    assert np.abs(with_click - box_only).max() > 1e-3
+
+
+def test_a_model_directory_from_before_point_prompts_says_to_export_again(tiny_model_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_model_dir.path, tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"decoder takes boxes only; export the model again"):
+        load_model_dir(tmp_path / "old")
 
 
 def test_random_checkpoint_is_a_plain_state_dict(tmp_path):

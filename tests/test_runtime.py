@@ -178,9 +178,9 @@ def test_several_boxes_decode_in_one_call(tiny_model_dir):
     calls = []
 
     class Counting(OnnxruntimeBackend):
-        def decode(self, embedding, boxes):
-            calls.append(len(boxes))
-            return super().decode(embedding, boxes)
+        def decode(self, embedding, coords, labels):
+            calls.append(len(coords))
+            return super().decode(embedding, coords, labels)
 
     from medsam_edge.runtime.segmenter import Segmenter
 
