@@ -13,7 +13,7 @@ DEMO_OUT ?= out/demo
 # A chamber of the heart in pydicom's bundled echocardiography cine (320x240, 30 frames).
 DEMO_SOURCE ?= pydicom:examples_ybr_color.dcm
 DEMO_BOX ?= 160,60,210,125
-# Benchmarks read real clips from ../shared/data (see bench/standard.py); ViT-B uses your
+# Benchmarks read real clips from ../shared/data (see medsam_edge.bench.standard); ViT-B uses your
 # checkpoint if MEDSAM_CKPT is set, random weights of the same shape otherwise.
 DATA ?= ../shared/data
 MEDSAM_CKPT ?=
@@ -48,7 +48,7 @@ $(MODELS)/medsam_vit_b/manifest.json: | setup
 
 # Measures, then regenerates BENCHMARKS.md (about 11 min with --quick on 2 cores).
 bench: setup $(MODELS)/lite_medsam/manifest.json $(MODELS)/medsam_vit_b/manifest.json
-	$(PY) bench/standard.py --lite $(MODELS)/lite_medsam --vitb $(MODELS)/medsam_vit_b --data $(DATA) $(BENCH_FLAGS)
+	$(PY) -m medsam_edge.bench.standard --lite $(MODELS)/lite_medsam --vitb $(MODELS)/medsam_vit_b --data $(DATA) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(MODELS) out .pytest_cache

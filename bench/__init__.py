@@ -1,13 +1,14 @@
-"""The benchmark: every backend against the PyTorch reference, in one process, one run.
+"""medsam_edge.bench: every backend against the PyTorch reference, in one process, one run.
 
-bench/ stays outside the installed package (DESIGN.md: only export/, engines/,
-calibration/ and runtime/ ship). `medsam-edge bench` therefore works from a source
-checkout (an editable install): medsam_edge/bench_command.py loads this folder as the
-package `bench` from the path next to medsam_edge/, without putting the repository root
-on sys.path. The scripts here (reuse.py, standard.py, benchmarks_md.py) run directly:
-`python bench/<script>.py`.
+It ships with the package (the folder bench/ is mapped to medsam_edge.bench like
+export/, engines/, calibration/ and runtime/), so `medsam-edge bench` works from a wheel
+on the machine that is to be measured. Its dependencies beyond the runtime's are the
+`bench` extra (psutil, matplotlib) and, for the PyTorch reference, the `export` extra.
+The scripts run as modules: `python -m medsam_edge.bench.standard`, `...bench.reuse`,
+`...bench.benchmarks_md`, `...bench.ground_truth`, `...bench.gpu_check`.
 
 Modules, one job each:
+  command.py   the `medsam-edge bench` command line
   frames.py    frame sources and boxes, read once with their read times
   rows.py      which rows to run (reference, backends x precisions) and opening them
   runners.py   one frame through one row, stage by stage

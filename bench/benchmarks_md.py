@@ -21,12 +21,12 @@ INT8_SPEEDUP_TARGET = 2.0
 
 
 def render(reports: list[dict], command: str) -> str:
-    from bench.report import markdown
+    from medsam_edge.bench.report import markdown
 
     lines = ["# Benchmarks", "",
              f"Generated on {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `{command}` from the reports listed below "
              "(each with its own machine, date and command). Nothing here is typed by hand: regenerate with "
-             "`python bench/standard.py` (measures, then runs this script) or this script alone on saved reports.",
+             "`python -m medsam_edge.bench.standard` (measures, then runs this script) or this script alone on saved reports.",
              "", "## Targets (issue 6)", "", "| target | measured | verdict | report |", "|---|---|---|---|"]
     lines += targets(reports)
     lines += repeatability(reports)
@@ -153,12 +153,9 @@ def _title(rep: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("reports", nargs="+", type=Path, help="report.json files written by medsam-edge bench")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "BENCHMARKS.md")
+    ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="default ./BENCHMARKS.md")
     args = ap.parse_args(argv)
     from medsam_edge.atomic import write_text
-    from medsam_edge.bench_command import load_bench
-
-    load_bench()
     reports = []
     for p in args.reports:
         try:
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, json.JSONDecodeError) as e:
             print(f"benchmarks_md: {p}: unreadable report ({e})", file=sys.stderr)
             return 2
-    command = shlex.join(["python", "bench/benchmarks_md.py", *map(str, args.reports)])
+    command = shlex.join(["python", "-m", "medsam_edge.bench.benchmarks_md", *map(str, args.reports)])
     write_text(args.out, render(reports, command))
     print(f"wrote {args.out}")
     return 0

@@ -13,10 +13,10 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from bench import fidelity
-from bench.frames import BenchFrame
-from bench.rows import REFERENCE, RowSpec
-from bench.timing import MemorySampler, mb
+from medsam_edge.bench import fidelity
+from medsam_edge.bench.frames import BenchFrame
+from medsam_edge.bench.rows import REFERENCE, RowSpec
+from medsam_edge.bench.timing import MemorySampler, mb
 
 # Reduced-precision rows are also compared with this row: it separates the precision's
 # cost from the preprocessing difference every runtime row shares.

@@ -1,6 +1,6 @@
 """One call on a GPU machine: every backend that runs here, against the FP32 PyTorch reference.
 
-    python bench/gpu_check.py [--model-dir DIR] [--out gpu_check.json]
+    python -m medsam_edge.bench.gpu_check [--model-dir DIR] [--out gpu_check.json]
 
 Reports which backends import (and why not), builds TensorRT engines if TensorRT is
 usable, then times each backend's encoder and decoder on the same frames and boxes as

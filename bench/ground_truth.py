@@ -4,7 +4,7 @@ Each image is prompted with its ground-truth mask's bounding box. The ONNX path 
 runtime's (OpenCV preprocessing, onnxruntime); the reference is the PyTorch predictor
 that reproduces the published inference script.
 
-    python bench/ground_truth.py models/lite_medsam --data ../shared/data --out out/ground_truth.json
+    python -m medsam_edge.bench.ground_truth models/lite_medsam --data ../shared/data --out out/ground_truth.json
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ regenerated from a saved report without measuring again.
 
 from __future__ import annotations
 
-from bench import fidelity, flops
-from bench.compare import RowState
-from bench.timing import mb, paired_ratio, summarize
+from medsam_edge.bench import fidelity, flops
+from medsam_edge.bench.compare import RowState
+from medsam_edge.bench.timing import mb, paired_ratio, summarize
 
 STAGES = ("read", "preprocess", "encode", "decode", "postprocess")
 FORMAT = "medsam-edge/bench"

@@ -6,7 +6,7 @@ Reports frames per second, reuse rate, dropped frames, capture-to-mask latency (
 and second half of the clip, to show it stays flat), and the Dice of every
 reused-embedding mask against the fresh-embedding mask of the same frame.
 
-    python bench/reuse.py models/lite_medsam ../shared/data/ultrasound/video/busi_sweep.mp4 \
+    python -m medsam_edge.bench.reuse models/lite_medsam ../shared/data/ultrasound/video/busi_sweep.mp4 \
         --box 100,160,240,300 --frames 150 --out out/reuse_busi.json
 
 `measure()` is the same scenario as a function; `medsam-edge bench --stream` calls it.
@@ -25,7 +25,8 @@ import numpy as np
 from medsam_edge.atomic import write_json
 from medsam_edge.metrics import dice
 from medsam_edge.runtime import Predictor
-from medsam_edge.runtime.pipeline import Prompter, Stream
+from medsam_edge.runtime.pipeline import Stream
+from medsam_edge.runtime.prompts import Prompter
 from medsam_edge.runtime.prompts import BoxSchedule, parse_box
 from medsam_edge.runtime.realtime import RealtimeStream
 from medsam_edge.runtime.reuse import ReusePolicy

@@ -82,7 +82,7 @@ def plan(md, wanted: list[str] | None, checkpoint=None) -> list[RowSpec]:
 
 
 def _open_reference(md, checkpoint):
-    from bench.runners import ReferenceRunner
+    from medsam_edge.bench.runners import ReferenceRunner
 
     return ReferenceRunner(md, checkpoint)
 
@@ -90,7 +90,7 @@ def _open_reference(md, checkpoint):
 def _open_engine(md, family: str, precision: str):
     from medsam_edge.engines.select import open_backend
 
-    from bench.runners import BackendRunner
+    from medsam_edge.bench.runners import BackendRunner
 
     from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
 
@@ -103,7 +103,7 @@ def _open_engine(md, family: str, precision: str):
 def _open_torch_fast(md, checkpoint):
     from medsam_edge.engines.torch_backend import TorchBackend
 
-    from bench.runners import BackendRunner
+    from medsam_edge.bench.runners import BackendRunner
 
     return BackendRunner(f"{TORCH_FAST}-fp16", TorchBackend(md, checkpoint, device="cuda", fast=True), md.preprocess)
 

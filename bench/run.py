@@ -14,8 +14,8 @@ from pathlib import Path
 from medsam_edge.atomic import write_json, write_text
 from medsam_edge.errors import InputError
 
-from bench import fidelity, machine, plots, report, rows, streaming
-from bench.timing import MemorySampler, process_peak_rss_mb
+from medsam_edge.bench import fidelity, machine, plots, report, rows, streaming
+from medsam_edge.bench.timing import MemorySampler, process_peak_rss_mb
 
 # (frames, runs) by input size class; --quick keeps a run to a few minutes on 2 cores.
 PRESETS = {("quick", "small"): (6, 2), ("quick", "large"): (2, 1), ("full", "small"): (24, 5), ("full", "large"): (6, 2)}
@@ -89,7 +89,7 @@ def run(args) -> int:
 
 
 def _load_frames(specs, n):
-    from bench import frames
+    from medsam_edge.bench import frames
 
     return frames.load(list(specs), n)
 
@@ -99,7 +99,7 @@ def _boxes_per_frame(bench_frames) -> int:
 
 
 def _comparison(specs, bench_frames, runs, warmup, sampler):
-    from bench.compare import Comparison
+    from medsam_edge.bench.compare import Comparison
 
     return Comparison(specs, bench_frames, runs, warmup, sampler, say)
 
@@ -112,7 +112,7 @@ def _summarize_rows(rep: dict, comparison, sampler) -> None:
 
 def _compute(model_id: str, boxes: int, mode: str) -> dict | None:
     """The floor needs torch (for the FLOP counter); without it the report says so."""
-    from bench import flops
+    from medsam_edge.bench import flops
 
     try:
         return report.compute_json(model_id, boxes, flops.matmul_rate(2048, 3 if mode == "quick" else 5))

@@ -1,6 +1,6 @@
 """The standard benchmark scenarios, then BENCHMARKS.md from their reports.
 
-    python bench/standard.py --lite models/lite_medsam --vitb models/medsam_vit_b --quick
+    python -m medsam_edge.bench.standard --lite models/lite_medsam --vitb models/medsam_vit_b --quick
 
 1. LiteMedSAM: every backend against the reference on real ultrasound and endoscopy
    frames, run `--repeat` times (default 2) so BENCHMARKS.md can show whether two runs
@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 VIDEO = "ultrasound/video"
 # Boxes around the object in each clip (the lesion in busi_sweep, a chamber in the echo cine).
 BUSI = f"{VIDEO}/busi_sweep.mp4@100,160,240,300"
@@ -59,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lite", type=Path, help="LiteMedSAM model directory")
     ap.add_argument("--vitb", type=Path, help="MedSAM ViT-B model directory")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data (default ../shared/data)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--long-frames", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each comparison command (default 2)")
-    ap.add_argument("--out", type=Path, default=REPO / "out" / "bench")
-    ap.add_argument("--benchmarks", type=Path, default=REPO / "BENCHMARKS.md")
+    ap.add_argument("--out", type=Path, default=Path("out/bench"))
+    ap.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
     args = ap.parse_args(argv)
     if not args.lite and not args.vitb:
         ap.error("give --lite and/or --vitb model directories")
@@ -73,15 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         full = [sys.executable, "-m", "medsam_edge.cli", *cmd]
         print(f"== {name}: {shlex.join(['medsam-edge', *cmd])}", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call(full, cwd=REPO)
+        rc = subprocess.call(full)
         print(f"== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
         report = args.out / name / "report.json"
         if report.is_file():
             reports.append(str(report))
     if not reports:
         return 2
-    return subprocess.call([sys.executable, str(REPO / "bench" / "benchmarks_md.py"), *reports,
-                            "--out", str(args.benchmarks)], cwd=REPO)
+    return subprocess.call([sys.executable, "-m", "medsam_edge.bench.benchmarks_md", *reports,
+                            "--out", str(args.benchmarks)])
 
 
 if __name__ == "__main__":

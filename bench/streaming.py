@@ -12,8 +12,8 @@ from itertools import islice
 
 import numpy as np
 
-from bench import reuse
-from bench.frames import centre_box, parse_spec
+from medsam_edge.bench import reuse
+from medsam_edge.bench.frames import centre_box, parse_spec
 
 
 def scenario(predictor, spec: str, n_frames: int, thresholds, say=lambda s: None, realtime_predictor=None) -> dict:
@@ -29,7 +29,7 @@ def scenario(predictor, spec: str, n_frames: int, thresholds, say=lambda s: None
 
 def long_run(predictor, spec: str, n_frames: int, fresh_by_index: dict | None = None, say=lambda s: None) -> dict:
     """Real-time mode over `n_frames` of a looped clip; Dice against fresh masks by clip position."""
-    from medsam_edge.runtime.pipeline import Prompter
+    from medsam_edge.runtime.prompts import Prompter
     from medsam_edge.runtime.prompts import BoxSchedule
     from medsam_edge.runtime.realtime import RealtimeStream
     from medsam_edge.runtime.sources import open_source

@@ -26,7 +26,8 @@ from medsam_edge.errors import InputError
 from medsam_edge.runtime.geometry import resized_hw
 # The runtime's own resize choice, so cached frames are resized exactly as it would.
 from medsam_edge.runtime.preprocess import interpolation, preprocess
-from medsam_edge.runtime.sources import is_blank, open_source
+from medsam_edge.runtime.frame import is_blank
+from medsam_edge.runtime.sources import open_source
 
 CACHE_VERSION = 1
 MIN_FRAMES = 8  # below this a calibration histogram and a held-out figure mean little

@@ -21,7 +21,7 @@ COMMANDS = (
     "medsam_edge.engines.command",
     "medsam_edge.calibration.command",
     "medsam_edge.info",
-    "medsam_edge.bench_command",
+    "medsam_edge.bench.command",
 )
 
 
@@ -34,14 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            # A subcommand whose module is not there yet (or whose package is absent) is left out.
-            if e.name and e.name.startswith("medsam_edge"):
-                continue
-            raise
-        module.add_parser(sub)
+        # Every subcommand module imports only the standard library at the top, so a
+        # failure here is a broken install and must say so, not drop the subcommand.
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 

@@ -86,9 +86,9 @@ def _policy(args) -> ReusePolicy:
 def run(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from medsam_edge.runtime.pipeline import Prompter, Stream
+    from medsam_edge.runtime.pipeline import Stream
     from medsam_edge.runtime.predictor import Predictor
-    from medsam_edge.runtime.prompts import BoxTracker
+    from medsam_edge.runtime.prompts import BoxTracker, Prompter
     from medsam_edge.runtime.realtime import RealtimeStream
     from medsam_edge.runtime.sinks import open_sinks
     from medsam_edge.runtime.sources import open_source

@@ -1,4 +1,4 @@
-"""A frame as it travels from a source through the pipeline."""
+"""A frame as it travels from a source through the pipeline, and the blank-frame policy."""
 
 from __future__ import annotations
 
@@ -35,3 +35,17 @@ class Frame:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
+
+
+def is_blank(image: np.ndarray, *, level: int = 8, fraction: float = 0.98) -> bool:
+    """True if at least `fraction` of the pixels are darker than `level` in every channel.
+
+    Blank frames are valid (an ultrasound probe lifted off the skin gives one), so sources
+    never drop them; the pipeline may. The fraction leaves room for the text and rulers
+    an ultrasound machine draws on an otherwise black screen.
+    """
+    if image.size == 0:
+        return True
+    sample = image[::4, ::4]  # a blank test doesn't need every pixel
+    dark = (sample <= level).all(axis=-1) if sample.ndim == 3 else sample <= level
+    return bool(dark.mean() >= fraction)

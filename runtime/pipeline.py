@@ -14,12 +14,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from medsam_edge.runtime.frame import Frame
-from medsam_edge.runtime.prompts import BoxSchedule, BoxTracker, validate_boxes
+from medsam_edge.runtime.frame import Frame, is_blank
+from medsam_edge.runtime.prompts import Prompter
 from medsam_edge.runtime.result import FrameResult
 from medsam_edge.runtime.reuse import EmbeddingCache, ReusePolicy
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
-from medsam_edge.runtime.sources import is_blank
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +42,6 @@ class Stats:
             "bad_frames_skipped": skipped,
             "dropped": self.dropped,
         }
-
-
-class Prompter:
-    """Boxes for each frame: the schedule's, or the tracker's once a track is running."""
-
-    def __init__(self, schedule: BoxSchedule | None, tracker: BoxTracker | None) -> None:
-        self.schedule = schedule
-        self.tracker = tracker
-
-    def boxes_for(self, frame: Frame) -> np.ndarray:
-        where = f"{frame.source} frame {frame.index} box"
-        if self.tracker is not None:
-            if self.tracker.current() is None or (self.schedule and self.schedule.starts_at(frame.index)):
-                given = self.schedule.boxes_for(frame.index) if self.schedule else np.zeros((0, 4))
-                if len(given):
-                    self.tracker.reset(validate_boxes(given, frame.height, frame.width, where))
-            current = self.tracker.current()
-            return current if current is not None else np.zeros((0, 4), np.float32)
-        given = self.schedule.boxes_for(frame.index) if self.schedule else np.zeros((0, 4))
-        return validate_boxes(given, frame.height, frame.width, where)
-
-    def observe(self, masks: np.ndarray, scores: np.ndarray) -> list[bool]:
-        if self.tracker is None:
-            return [False] * len(masks)
-        return self.tracker.update(masks, scores)
 
 
 class Stream:

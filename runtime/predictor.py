@@ -15,8 +15,8 @@ import numpy as np
 
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
-from medsam_edge.runtime.pipeline import Prompter, Stream
-from medsam_edge.runtime.prompts import BoxSchedule, BoxTracker, validate_boxes
+from medsam_edge.runtime.pipeline import Stream
+from medsam_edge.runtime.prompts import BoxSchedule, BoxTracker, Prompter, validate_boxes
 from medsam_edge.runtime.realtime import RealtimeStream, split_threads
 from medsam_edge.runtime.reuse import ReusePolicy
 from medsam_edge.runtime.segmenter import Encoded, Segmenter

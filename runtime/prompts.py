@@ -276,3 +276,28 @@ class BoxTracker:
             self.boxes[i] = (max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my))
             lost.append(False)
         return lost
+
+
+class Prompter:
+    """Boxes for each frame: the schedule's, or the tracker's once a track is running."""
+
+    def __init__(self, schedule: BoxSchedule | None, tracker: BoxTracker | None) -> None:
+        self.schedule = schedule
+        self.tracker = tracker
+
+    def boxes_for(self, frame) -> np.ndarray:
+        where = f"{frame.source} frame {frame.index} box"
+        if self.tracker is not None:
+            if self.tracker.current() is None or (self.schedule and self.schedule.starts_at(frame.index)):
+                given = self.schedule.boxes_for(frame.index) if self.schedule else np.zeros((0, 4))
+                if len(given):
+                    self.tracker.reset(validate_boxes(given, frame.height, frame.width, where))
+            current = self.tracker.current()
+            return current if current is not None else np.zeros((0, 4), np.float32)
+        given = self.schedule.boxes_for(frame.index) if self.schedule else np.zeros((0, 4))
+        return validate_boxes(given, frame.height, frame.width, where)
+
+    def observe(self, masks: np.ndarray, scores: np.ndarray) -> list[bool]:
+        if self.tracker is None:
+            return [False] * len(masks)
+        return self.tracker.update(masks, scores)

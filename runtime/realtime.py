@@ -16,9 +16,9 @@ import time
 from collections import deque
 from typing import Iterable, Iterator
 
-from medsam_edge.runtime.frame import Frame
-from medsam_edge.runtime.pipeline import Prompter, Stats, make_result
-from medsam_edge.runtime.sources import is_blank
+from medsam_edge.runtime.frame import Frame, is_blank
+from medsam_edge.runtime.pipeline import Stats, make_result
+from medsam_edge.runtime.prompts import Prompter
 from medsam_edge.runtime.result import FrameResult
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
 

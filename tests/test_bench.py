@@ -128,10 +128,7 @@ def test_streaming_and_long_run_are_reported(bench_run):
 
 
 def test_benchmarks_md_is_generated_from_the_report(bench_run, tmp_path):
-    from medsam_edge.bench_command import load_bench
-
-    load_bench()
-    from bench import benchmarks_md
+    from medsam_edge.bench import benchmarks_md
 
     _, rep, out = bench_run
     dest = tmp_path / "BENCHMARKS.md"
@@ -164,10 +161,7 @@ def test_no_frames_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys, frames):
 def test_repeatability_compares_two_runs_of_the_same_command(bench_run):
     import copy
 
-    from medsam_edge.bench_command import load_bench
-
-    load_bench()
-    from bench import benchmarks_md
+    from medsam_edge.bench import benchmarks_md
 
     _, rep, out = bench_run
     again = copy.deepcopy(rep)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -298,11 +297,8 @@ def test_sdpa_attention_matches_the_official_modules(tiny_model_dir):
 
 
 def test_gpu_check_runs_on_the_cpu_and_reports_skips(tiny_model_dir, tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.pop(0)
+    from medsam_edge.bench import gpu_check
+
     out = tmp_path / "check.json"
     assert gpu_check.main(["--model-dir", str(tiny_model_dir.path), "--out", str(out), "--frames", "1",
                            "--iters", "1", "--boxes", "2"]) == 0

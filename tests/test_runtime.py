@@ -9,7 +9,8 @@ import torch
 from medsam_edge.contract import MODELS
 from medsam_edge.errors import InputError
 from medsam_edge.metrics import dice
-from medsam_edge.runtime.pipeline import Prompter, Stream
+from medsam_edge.runtime.pipeline import Stream
+from medsam_edge.runtime.prompts import Prompter
 from medsam_edge.runtime.postprocess import masks_from_logits
 from medsam_edge.runtime.preprocess import preprocess
 from medsam_edge.runtime.prompts import BoxSchedule, BoxTracker, parse_box, validate_boxes

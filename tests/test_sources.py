@@ -20,16 +20,10 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
 from medsam_edge.errors import InputError
-from medsam_edge.runtime.dicom import DicomSource
-from medsam_edge.runtime.sources import (
-    ArraySource,
-    ImageSource,
-    frame_problem,
-    is_blank,
-    open_source,
-    to_rgb8,
-)
-from medsam_edge.runtime.video import VideoSource
+from medsam_edge.runtime.sources.dicom import DicomSource
+from medsam_edge.runtime.frame import is_blank
+from medsam_edge.runtime.sources import ArraySource, ImageSource, frame_problem, open_source, to_rgb8
+from medsam_edge.runtime.sources.video import VideoSource
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)  # RGB
 

@@ -40,7 +40,7 @@ from pydicom.pixels.utils import get_expected_length
 
 from medsam_edge.errors import InputError
 
-from .sources import Item, Source, to_uint8
+from .base import Item, Source, to_uint8
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,5 @@
-"""Frame sources: video files and live streams, DICOM, image folders and numpy arrays.
-
-Every source yields `Frame`s with an HxWx3 uint8 RGB image, so nothing downstream
-cares where pictures came from. `open_source(spec)` picks the kind; the classes can
-also be built directly from Python (e.g. `ArraySource(frames, fps=30)`).
+"""What every source shares: the Source base (one-pass readers, probing, looping, skipped
+frames) and the conversion of whatever was read to an HxWx3 uint8 RGB picture.
 
 Bad frames in the middle of an input are skipped, counted in `Source.skipped` and
 logged with their index; an input that is unusable from the start raises InputError
@@ -14,28 +11,23 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
-import re
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
 import numpy as np
 
 from medsam_edge.errors import InputError
-
-from .frame import Frame
+from medsam_edge.runtime.frame import Frame
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # A live capture that fails this many reads in a row has ended (cable pulled, stream
 # closed); fewer are dropped frames. Opening gives up sooner: nobody waits 30 timeouts.
 MAX_LIVE_FAILURES = 30
 MAX_LIVE_PROBE_FAILURES = 5
-_LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt")
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt")
 
 # What a source's one-pass reader yields: (position in the input, picture or the reason
 # it is unusable, seconds from the start or None for "use the wall clock").
@@ -89,20 +81,6 @@ def to_rgb8(picture: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     if bgr:
         return cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
     return picture
-
-
-def is_blank(image: np.ndarray, *, level: int = 8, fraction: float = 0.98) -> bool:
-    """True if at least `fraction` of the pixels are darker than `level` in every channel.
-
-    Blank frames are valid (an ultrasound probe lifted off the skin gives one), so sources
-    never drop them; the pipeline may. The fraction leaves room for the text and rulers
-    an ultrasound machine draws on an otherwise black screen.
-    """
-    if image.size == 0:
-        return True
-    sample = image[::4, ::4]  # a blank test doesn't need every pixel
-    dark = (sample <= level).all(axis=-1) if sample.ndim == 3 else sample <= level
-    return bool(dark.mean() >= fraction)
 
 
 class Source:
@@ -219,148 +197,3 @@ class Source:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.description!r})"
-
-
-class ArraySource(Source):
-    """numpy input: one HxW / HxWx3 / HxWx4 picture, a (T,H,W[,C]) stack or a sequence.
-
-    A 3-D array whose last axis is 3 or 4 is one colour picture, not a 3- or 4-frame
-    stack. Timestamps are position / fps, or the position when fps is not given.
-    """
-
-    def __init__(self, frames: np.ndarray | Sequence[np.ndarray], *, fps: float | None = None,
-                 loop: bool = False, description: str = "numpy array") -> None:
-        super().__init__(description, loop=loop)
-        if isinstance(frames, np.ndarray):
-            if frames.size == 0:
-                raise InputError(f"{description}: zero-size array, shape {frames.shape}: "
-                                 "give at least one HxW or HxWx3 picture")
-            single = frames.ndim == 2 or (frames.ndim == 3 and frames.shape[2] in (3, 4))
-            frames = [frames] if single else list(frames)
-        self._frames = list(frames)
-        self.frame_count = len(self._frames)
-        self._set_rate(fps)
-        self._probe()
-
-    def _read_pass(self) -> Iterator[Item]:
-        for position, picture in enumerate(self._frames):
-            yield position, picture, self._stamp(position)
-
-
-class ImageSource(Source):
-    """Image files in the given order (one file is a one-frame source), via OpenCV.
-
-    Files are read unchanged (16-bit stays 16-bit, alpha stays) and then normalised:
-    grey -> RGB, alpha dropped, non-8-bit stretched min-max over the picture.
-    `paths` is public: calibration names its frames after the files.
-    """
-
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], *, fps: float | None = None,
-                 loop: bool = False, description: str | None = None) -> None:
-        self.paths = [Path(p) for p in paths]
-        super().__init__(description or (str(self.paths[0]) if self.paths else "images"),
-                         loop=loop)
-        self.frame_count = len(self.paths)
-        self._set_rate(fps)
-        self._probe()
-
-    def _read_pass(self) -> Iterator[Item]:
-        for position, path in enumerate(self.paths):
-            stamp = self._stamp(position)
-            try:
-                # imdecode(fromfile) instead of imread: works for any path encoding, and
-                # distinguishes a missing file from an undecodable one.
-                picture = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-            except (OSError, cv2.error) as exc:
-                yield position, f"{path.name}: cannot be read ({exc})", stamp
-                continue
-            if picture is None:
-                yield position, f"{path.name}: not a decodable image", stamp
-            else:
-                yield position, picture, stamp
-
-    def _convert(self, picture: np.ndarray) -> np.ndarray:
-        return to_rgb8(picture, bgr=True)
-
-
-def image_folder(folder: str | os.PathLike[str], *, loop: bool = False) -> ImageSource:
-    """A folder's images (by extension), in natural name order (frame2 before frame10)."""
-    root = Path(folder)
-    paths = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not paths:
-        raise InputError(f"{root}: folder holds no images "
-                         f"({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
-    paths.sort(key=lambda p: [int(t) if t.isdigit() else t.lower()
-                              for t in re.split(r"(\d+)", p.name)])
-    return ImageSource(paths, loop=loop, description=str(root))
-
-
-def _is_dicom(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return handle.read(132)[128:] == b"DICM"
-
-
-def _pydicom_test_file(name: str) -> str:
-    from pydicom.data import get_testdata_file
-
-    if not name or re.search(r"[\\/*?\[\]]", name):
-        raise InputError(f"pydicom:{name}: give a bare file name, e.g. pydicom:examples_ybr_color.dcm")
-    # download=False: a runtime never fetches data behind the user's back.
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        raise InputError(f"pydicom:{name}: not among pydicom's bundled test files; "
-                         "try pydicom:examples_ybr_color.dcm (an ultrasound cine)")
-    return str(path)
-
-
-def open_source(spec: Any, *, loop: bool = False) -> Source:
-    """Open `spec` as the matching source.
-
-    spec: a numpy array or a sequence of arrays (or of image paths); a path to a video,
-    DICOM file, image or folder of images; a camera index ("0"); a URL (rtsp://, http://);
-    a GStreamer pipeline (contains " ! "); or "pydicom:NAME" for pydicom's bundled files.
-    loop: start replayable inputs again at their end (ignored for live inputs).
-    Raises InputError naming the input if it cannot be used at all.
-    """
-    if isinstance(spec, np.ndarray):
-        return ArraySource(spec, loop=loop)
-    if isinstance(spec, (list, tuple)):
-        if spec and all(isinstance(s, (str, os.PathLike)) for s in spec):
-            return ImageSource(spec, loop=loop)
-        return ArraySource(spec, loop=loop)
-    if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
-    if not isinstance(spec, str):
-        raise InputError(f"cannot open a source from a {type(spec).__name__}: give a path, "
-                         "URL, camera index, GStreamer pipeline or numpy array")
-    text = spec.strip()
-    if not text:
-        raise InputError("empty source: give a path, URL, camera index or pipeline")
-    if text.startswith("pydicom:"):
-        from .dicom import DicomSource
-
-        return DicomSource(_pydicom_test_file(text[len("pydicom:"):]), loop=loop)
-    from .video import VideoSource
-
-    if text.isascii() and text.isdigit():
-        return VideoSource(int(text), kind="device")
-    if " ! " in text:
-        return VideoSource(text, kind="gstreamer")
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
-        return VideoSource(text, kind="url", loop=loop)
-    path = Path(text)
-    if not path.exists():
-        raise InputError(f"{text}: no such file or folder")
-    if path.is_dir():
-        return image_folder(path, loop=loop)
-    try:
-        dicom = _is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom")
-    except OSError as exc:
-        raise InputError(f"{text}: cannot be read ({exc.strerror})") from None
-    if dicom:
-        from .dicom import DicomSource
-
-        return DicomSource(path, loop=loop)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageSource([path], loop=loop)
-    return VideoSource(text, kind="file", loop=loop)

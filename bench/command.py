@@ -1,21 +1,16 @@
 """`medsam-edge bench`: every backend against the PyTorch reference, in one process.
 
-The benchmark's code lives in the repository's bench/ folder, which is not part of the
-installed package (DESIGN.md). This module only defines the command line and loads
-bench/ from next to the package, which works in a source checkout (`pip install -e .`,
-`make setup`); an installed wheel has no bench/ and the command says so in one line.
+medsam_edge.bench ships with the package (its extra dependencies: the `bench` extra for
+memory and plots, the `export` extra for the PyTorch reference), so a user measures on
+their own cart from a wheel exactly what the repository's BENCHMARKS.md measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 from medsam_edge.errors import InputError
-
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 EPILOG = """\
 rows: the reference (PyTorch FP32 eager, MedSAM's inference path) always runs; the others
@@ -61,27 +56,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_bench():
-    """Import the repository's bench/ as the package `bench` (once), or say why it can't be."""
-    if "bench" in sys.modules and Path(getattr(sys.modules["bench"], "__file__", "") or "").parent == BENCH_DIR:
-        return sys.modules["bench"]
-    init = BENCH_DIR / "__init__.py"
-    if not init.is_file():
-        raise InputError(f"medsam-edge bench runs from a source checkout: {BENCH_DIR} not found "
-                         "(clone the repository and pip install -e .)")
-    spec = importlib.util.spec_from_file_location("bench", init, submodule_search_locations=[str(BENCH_DIR)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(args: argparse.Namespace) -> int:
     for name in ("runs", "max_frames", "stream_frames", "long_frames", "stream_threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} {value}: expected a positive number")
-    load_bench()
-    from bench.run import run as bench_run
+    from medsam_edge.bench.run import run as bench_run
 
     return bench_run(args)

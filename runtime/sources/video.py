@@ -12,7 +12,7 @@ import numpy as np
 
 from medsam_edge.errors import InputError
 
-from .sources import _LIVE_SCHEMES, MAX_LIVE_FAILURES, Item, Source, to_rgb8
+from .base import LIVE_SCHEMES, MAX_LIVE_FAILURES, Item, Source, to_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class VideoSource(Source):
         self._fresh = True  # the capture above has not been read from yet
         if kind == "file":
             self.is_live = False
-        elif kind == "url" and str(target).split("://")[0].lower() not in _LIVE_SCHEMES:
+        elif kind == "url" and str(target).split("://")[0].lower() not in LIVE_SCHEMES:
             # http(s) may be a plain file on a server (has a frame count) or a live stream.
             self.is_live = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 0
         else:
