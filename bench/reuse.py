@@ -25,10 +25,7 @@ import numpy as np
 from medsam_edge.atomic import write_json
 from medsam_edge.metrics import dice
 from medsam_edge.runtime import Predictor
-from medsam_edge.runtime.pipeline import Stream
-from medsam_edge.runtime.prompts import Prompter
-from medsam_edge.runtime.prompts import BoxSchedule, parse_box
-from medsam_edge.runtime.realtime import RealtimeStream
+from medsam_edge.runtime.prompts import parse_box
 from medsam_edge.runtime.reuse import ReusePolicy
 from medsam_edge.runtime.sources import ArraySource, open_source
 
@@ -67,7 +64,7 @@ def _row(mode: str, results: list, seconds: float, dices: list[float], **extra) 
             "reuse_rate": sum(not r.fresh for r in results) / n,
             "dice_mean": float(np.mean(dices)) if dices else 1.0, "dice_min": float(np.min(dices)) if dices else 1.0,
             "dice_count": len(dices), **latency_rows(results), **extra,
-            "samples": [{"index": r.frame.index, "embedding": r.embedding, "staleness": r.staleness,
+            "samples": [{"index": r.frame.index, "reuse": r.reuse, "staleness": r.staleness,
                          **{k: round(v, 2) for k, v in r.latency_ms.items()}} for r in results]}
 
 
@@ -79,14 +76,14 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
     realtime_predictor: the one opened for real-time mode (its threads split between encoder
     and decoder); `predictor` if not given.
     """
-    frames = [f.image for f in islice(open_source(clip), n_frames)]
-    src = open_source(clip)
-    fps = src.fps or 30.0
-    src.close()
-    schedule = BoxSchedule.constant(np.asarray(boxes, np.float32).reshape(-1, 4))
+    with open_source(clip) as src:
+        fps = src.fps or 30.0
+        frames = [f.image for f in islice(src, n_frames)]
+    prompts = np.asarray(boxes, np.float32).reshape(-1, 4)
 
     def stream(policy):
-        return Stream(predictor.segmenter, ArraySource(np.asarray(frames), fps=fps), Prompter(schedule, None), policy)
+        return predictor.stream(ArraySource(np.asarray(frames), fps=fps), prompts=prompts, reuse=policy,
+                                realtime=False)
 
     fresh, t_fresh = _timed(stream(ReusePolicy.off()))
     by_index = {f.frame.index: f for f in fresh}
@@ -97,11 +94,11 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
         rows.append(_row(f"reuse on, threshold {th}", res, t, dice_vs(res, by_index, only_reused=True),
                          dropped=0, encoded=sum(r.fresh for r in res)))
     if realtime:
-        rt = RealtimeStream((realtime_predictor or predictor).segmenter, ArraySource(np.asarray(frames), fps=fps),
-                            Prompter(schedule, None), pace=True)
+        rt = (realtime_predictor or predictor).stream(ArraySource(np.asarray(frames), fps=fps), prompts=prompts,
+                                                      realtime=True, pace=True)
         res, t = _timed(rt)
         rows.append(_row(f"real-time at {fps:g} fps", res, t, dice_vs(res, by_index, only_reused=False),
-                         dropped=rt.stats.dropped, encoded=rt.encoded))
+                         dropped=rt.stats.dropped, encoded=rt.stats.encoded))
     return {"clip": str(clip), "frames": len(frames), "clip_fps": fps, "boxes": np.asarray(boxes).tolist(),
             "model": predictor.model_dir.model_id, "backend": predictor.backend.name, "rows": rows,
             "fresh_masks": by_index}

@@ -8,7 +8,6 @@ capture-to-mask latency, so flatness can be read from the first and last tenths.
 from __future__ import annotations
 
 import time
-from itertools import islice
 
 import numpy as np
 
@@ -29,9 +28,6 @@ def scenario(predictor, spec: str, n_frames: int, thresholds, say=lambda s: None
 
 def long_run(predictor, spec: str, n_frames: int, fresh_by_index: dict | None = None, say=lambda s: None) -> dict:
     """Real-time mode over `n_frames` of a looped clip; Dice against fresh masks by clip position."""
-    from medsam_edge.runtime.prompts import Prompter
-    from medsam_edge.runtime.prompts import BoxSchedule
-    from medsam_edge.runtime.realtime import RealtimeStream
     from medsam_edge.runtime.sources import open_source
 
     clip, boxes = parse_spec(spec)
@@ -39,8 +35,7 @@ def long_run(predictor, spec: str, n_frames: int, fresh_by_index: dict | None = 
     source = open_source(clip, loop=True)
     fps = source.fps or 30.0
     say(f"long run {clip}: {n_frames} frames in real-time mode at {fps:g} fps, about {n_frames / fps:.0f} s")
-    stream = RealtimeStream(predictor.segmenter, islice(source, n_frames),
-                            Prompter(BoxSchedule.constant(boxes), None), pace=True)
+    stream = predictor.stream(source, prompts=boxes, realtime=True, pace=True, max_frames=n_frames)
     lat, stale, dices = [], [], []
     t0 = time.perf_counter()
     try:
@@ -54,7 +49,7 @@ def long_run(predictor, spec: str, n_frames: int, fresh_by_index: dict | None = 
         source.close()
     wall = time.perf_counter() - t0
     return {"clip": clip, "frames_requested": n_frames, "frames": len(lat), "clip_fps": fps, "seconds": round(wall, 2),
-            "fps": len(lat) / wall if wall else 0.0, "dropped": stream.stats.dropped, "encoded": stream.encoded,
+            "fps": len(lat) / wall if wall else 0.0, "dropped": stream.stats.dropped, "encoded": stream.stats.encoded,
             "reuse_rate": stream.stats.summary()["reuse_rate"],
             "staleness_mean": float(np.mean(stale)) if stale else None,
             "dice_vs_fresh_mean": float(np.mean(dices)) if dices else None,

@@ -150,6 +150,9 @@ class ModelSpec:
     preprocess: Preprocess
     description: str = ""
     test_only: bool = False
+    # Fine-tuned on box prompts only (MedSAM, LiteMedSAM): a click refines a box, and
+    # clicks alone give poor or empty masks. SAM itself was trained on clicks too.
+    box_trained: bool = True
 
 
 _MEDSAM = Preprocess(
@@ -174,10 +177,11 @@ _SAM = Preprocess(
 MODELS: dict[str, ModelSpec] = {
     "medsam_vit_b": ModelSpec("medsam_vit_b", _MEDSAM, "MedSAM, SAM ViT-B fine-tuned on medical images"),
     "lite_medsam": ModelSpec("lite_medsam", _LITE, "LiteMedSAM, TinyViT encoder at 256x256"),
-    "sam_vit_b": ModelSpec("sam_vit_b", _SAM, "original SAM ViT-B"),
+    "sam_vit_b": ModelSpec("sam_vit_b", _SAM, "original SAM ViT-B", box_trained=False),
     # Same code as medsam_vit_b at a fraction of the width and depth, for tests on a 2-core CPU.
     "medsam_vit_tiny": ModelSpec("medsam_vit_tiny", _MEDSAM, "tiny ViT, tests only", test_only=True),
-    "sam_vit_tiny": ModelSpec("sam_vit_tiny", _SAM, "tiny ViT with SAM preprocessing, tests only", test_only=True),
+    "sam_vit_tiny": ModelSpec("sam_vit_tiny", _SAM, "tiny ViT with SAM preprocessing, tests only", test_only=True,
+                              box_trained=False),
 }
 
 USER_MODELS = tuple(k for k, v in MODELS.items() if not v.test_only)

@@ -1,15 +1,20 @@
-"""`medsam-edge run`: a model directory and a source in, overlay video, masks and JSONL out."""
+"""`medsam-edge run`: a model directory and a source in, overlay video, masks and JSONL out.
+
+What a user can rely on in --out: a run is complete exactly when summary.json says
+`"complete": true`. Every exit that can still write (the end, an error, Ctrl-C, SIGTERM)
+writes summary.json with `complete`, `stopped` (why) and the last frame written; what was
+written before stays valid (files are renamed from their .partial names as the sinks
+close). A run killed outright leaves no summary.json and only .partial names.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
-import numpy as np
-
+from medsam_edge.contract import PRECISIONS
 from medsam_edge.errors import InputError
 from medsam_edge.runtime.reuse import ReusePolicy
 
@@ -19,25 +24,43 @@ SOURCE_HELP = (
     "video file, image file or folder, DICOM file (single image or cine), camera index (0), "
     "RTSP/HTTP URL, GStreamer pipeline, or pydicom:NAME for a DICOM that pydicom ships"
 )
-BOXES_HELP = (
-    'per-frame boxes: JSON {"0": [[x0,y0,x1,y1], ...], "40": [...]} or CSV with a header '
-    "frame,x0,y0,x1,y1; a frame's boxes hold until the next frame the file names"
+PROMPTS_HELP = (
+    'per-frame prompts: JSON {"0": [[x0,y0,x1,y1], {"box": [...], "points": [[x,y]], "labels": [1]}], '
+    '"40": [...]} or CSV with a header frame,x0,y0,x1,y1; a frame\'s prompts hold until the next frame the file '
+    "names"
 )
+EPILOG = """\
+Prompts: --box for each object; --point x,y[,label] adds a click (label 1 positive, the
+default; 0 negative) to the one --box given, or is a prompt of its own without a box.
+MedSAM and LiteMedSAM were trained on boxes: a click refines a box, and clicks alone give
+poor or empty masks. For several boxes each with its own clicks, use --prompts FILE.
+
+Outputs in --out: overlay.mp4, frames.jsonl (one record per frame), masks (--masks) and
+summary.json. A run is complete exactly when summary.json says "complete": true; a run
+that stopped early says why and where in summary.json, and what it wrote stays valid.
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="segment a video, DICOM cine, image folder or live stream",
-        description="Segment every frame of SOURCE with the model in MODEL_DIR, prompted by boxes.",
+        description="Segment every frame of SOURCE with the model in MODEL_DIR, prompted by boxes and clicks.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model_dir", type=Path, help="model directory written by `medsam-edge export`")
     p.add_argument("source", help=SOURCE_HELP)
     p.add_argument("--box", action="append", default=[], metavar="x0,y0,x1,y1",
                    help="a box prompt in frame pixels; repeat for several objects")
-    p.add_argument("--boxes", type=Path, metavar="FILE", help=BOXES_HELP)
+    p.add_argument("--point", action="append", default=[], metavar="x,y[,label]",
+                   help="a click in frame pixels (label 1 positive, default; 0 negative); repeatable")
+    p.add_argument("--prompts", "--boxes", dest="prompts", type=Path, metavar="FILE", help=PROMPTS_HELP)
     p.add_argument("--track", action="store_true",
-                   help="propagate each box from the previous frame's mask (lost tracks are reported)")
+                   help="propagate each prompt from the previous frame's mask (lost tracks are reported)")
+    p.add_argument("--track-centroid", action="store_true",
+                   help="with --track: also give the decoder each mask's centroid as a click")
+    p.add_argument("--refine", action="store_true",
+                   help="a second decoder pass adding each box's mask centroid as a positive click")
     p.add_argument("--reuse", choices=("on", "exact", "off"), default="on",
                    help="embedding reuse: on (exact and near repeats), exact (identical frames only), off")
     p.add_argument("--reuse-threshold", type=float, default=ReusePolicy.threshold,
@@ -50,12 +73,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default for live sources; files replay at their frame rate)")
     p.add_argument("--deterministic", action="store_true", help="every frame in order, even for a live source")
     p.add_argument("--backend", default="auto",
-                   help="auto, onnxruntime-cpu, onnxruntime-cuda, onnxruntime-trt, tensorrt (default auto)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8", "int8dyn"),
-                   help="model precision (int8dyn: the CPU-only dynamic INT8 encoder from `calibrate`)")
-    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all cores; real-time mode gives the "
+                   help="auto, or a backend `medsam-edge info` lists (default auto)")
+    p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
+                   help="model precision: " + "; ".join(f"{k}: {v.description}" for k, v in PRECISIONS.items()))
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores; real-time mode gives the "
                    "decoder one of them and the encoder the rest)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output directory (default ./out)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--masks", choices=("none", "png", "npz"), default="none", help="also write masks")
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -63,16 +87,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _schedule(args):
-    from medsam_edge.runtime.prompts import BoxSchedule, parse_box
+def _prompts(args):
+    """(constant prompts, prompts file) from --box/--point/--prompts; one of them is None."""
+    from medsam_edge.runtime.prompts import Prompt, parse_box, parse_point
 
-    if args.box and args.boxes:
-        raise InputError("give --box or --boxes, not both")
-    if args.boxes:
-        return BoxSchedule.from_file(args.boxes)
-    if args.box:
-        return BoxSchedule.constant([parse_box(b) for b in args.box])
-    raise InputError("no prompt: give at least one --box x0,y0,x1,y1 or a --boxes file")
+    if args.prompts and (args.box or args.point):
+        raise InputError("give --box/--point or --prompts, not both")
+    if args.prompts:
+        return None, args.prompts
+    boxes = [parse_box(b) for b in args.box]
+    clicks = [parse_point(p) for p in args.point]
+    if clicks and len(boxes) > 1:
+        raise InputError("--point with several --box: say which box each click belongs to in a --prompts file")
+    if clicks:
+        points, labels = [c[0] for c in clicks], [c[1] for c in clicks]
+        return [Prompt.of(box=boxes[0] if boxes else None, points=points, labels=labels)], None
+    if boxes:
+        return [Prompt.of(box=b) for b in boxes], None
+    raise InputError("no prompt: give at least one --box x0,y0,x1,y1 (or --point x,y), or a --prompts file")
 
 
 def _policy(args) -> ReusePolicy:
@@ -83,86 +115,51 @@ def _policy(args) -> ReusePolicy:
     return ReusePolicy(near=args.reuse == "on", threshold=args.reuse_threshold, max_consecutive=args.reuse_max)
 
 
-def run(args: argparse.Namespace) -> int:
-    from itertools import islice
+def _check_numbers(args) -> None:
+    for flag, value in (("--max-frames", args.max_frames), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: expected a whole number of at least 1")
+    if args.reuse_max < 0:
+        raise InputError(f"--reuse-max {args.reuse_max}: expected 0 or more")
+    if args.track_centroid and not args.track:
+        raise InputError("--track-centroid goes with --track")
 
-    from medsam_edge.runtime.pipeline import Stream
+
+def run(args: argparse.Namespace) -> int:
+    from medsam_edge.runtime.outputs import RunOutputs
     from medsam_edge.runtime.predictor import Predictor
-    from medsam_edge.runtime.prompts import BoxTracker, Prompter
-    from medsam_edge.runtime.realtime import RealtimeStream
-    from medsam_edge.runtime.sinks import open_sinks
     from medsam_edge.runtime.sources import open_source
 
-    schedule = _schedule(args)
+    _check_numbers(args)
+    prompts, prompts_file = _prompts(args)
     policy = _policy(args)
-    source = open_source(args.source, loop=args.loop)
     if args.loop and not args.max_frames:
         raise InputError("--loop needs --max-frames (otherwise it never ends)")
-    realtime = args.realtime or (source.is_live and not args.deterministic)
-    predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime)
-    prompter = Prompter(schedule, BoxTracker() if args.track else None)
-    seg = predictor.segmenter
-    frames = islice(source, args.max_frames) if args.max_frames else source
-    stream = (RealtimeStream(seg, frames, prompter, pace=not source.is_live) if realtime
-              else Stream(seg, frames, prompter, policy))
-    mode = "real-time" if realtime else "deterministic"
-    log.info("model %s, backend %s (%s, %s), %s mode, reuse %s",
-             predictor.model_dir.model_id, seg.backend.name, seg.backend.device, seg.backend.precision,
-             mode, "off" if realtime else args.reuse)
-    total = source.frame_count if not args.loop else args.max_frames
-    if total and args.max_frames:
-        total = min(total, args.max_frames)
-    sinks = open_sinks(args.out, video=not args.no_video, masks=None if args.masks == "none" else args.masks,
-                       jsonl=True, fps=source.fps)
-    latencies, writes = [], []
-    t_start = time.perf_counter()
-    bar = _progress(total, source.is_live)
+    outputs = RunOutputs(args.out, overwrite=args.overwrite)  # a bad --out fails before any work
+    source = open_source(args.source, loop=args.loop)
     try:
-        with sinks:
-            for result in stream:
-                t0 = time.perf_counter()
-                sinks.write(result)
-                writes.append((time.perf_counter() - t0) * 1e3)
-                latencies.append(result.latency_ms.get("capture_to_mask", result.latency_ms.get("total", 0.0)))
-                bar.update(1)
-                elapsed = time.perf_counter() - t_start
-                bar.set_postfix_str(f"{len(latencies) / elapsed:.1f} fps, {latencies[-1]:.0f} ms, {result.embedding}",
-                                    refresh=False)
-    finally:
-        bar.close()
+        realtime = args.realtime or (source.is_live and not args.deterministic)
+        predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime)
+    except BaseException:
         source.close()
-        predictor.close()
-    wall = time.perf_counter() - t_start
-    summary = {
-        "model": predictor.model_dir.model_id,
-        **seg.backend.describe(),
-        "mode": mode,
-        "source": source.description if hasattr(source, "description") else str(args.source),
-        "seconds": round(wall, 3),
-        "fps": round(len(latencies) / wall, 3) if wall > 0 else 0.0,
-        **stream.stats.summary(getattr(source, "skipped", 0)),
-        "latency_ms": _percentiles(latencies),
-        "write_ms": _percentiles(writes),
-        "outputs": [str(p) for p in getattr(sinks, "outputs", [])],
-    }
-    from medsam_edge.atomic import write_json
-
-    write_json(Path(args.out) / "summary.json", summary)
-    print(json.dumps({k: summary[k] for k in ("frames", "fps", "reuse_rate", "dropped", "bad_frames_skipped",
-                                              "blank_skipped", "backend", "precision")}))
+        raise
+    with predictor:
+        stream = predictor.stream(source, prompts=prompts, prompts_file=prompts_file, track=args.track,
+                                  track_centroid=args.track_centroid, reuse=policy, realtime=realtime,
+                                  refine=args.refine, max_frames=args.max_frames)
+        backend = predictor.backend
+        mode = "real-time" if realtime else "deterministic"
+        log.info("model %s, backend %s (%s, %s), %s mode, reuse %s", predictor.model_dir.model_id, backend.name,
+                 backend.device, backend.precision, mode, "off" if realtime else args.reuse)
+        total = source.frame_count if not args.loop else args.max_frames
+        if total and args.max_frames:
+            total = min(total, args.max_frames)
+        summary = {"model": predictor.model_dir.model_id, **backend.describe(), "mode": mode,
+                   "source": getattr(source, "description", str(args.source))}
+        outputs.open(video=not args.no_video, masks=None if args.masks == "none" else args.masks, fps=source.fps)
+        outputs.run(stream, summary, total=total, live=source.is_live)
+    print(json.dumps({k: outputs.summary.get(k) for k in ("complete", "frames", "fps", "reuse_rate", "dropped",
+                                                           "bad_frames_skipped", "blank_skipped", "backend",
+                                                           "precision")}))
     print(f"wrote {args.out}")
     return 0
-
-
-def _percentiles(values: list[float]) -> dict:
-    if not values:
-        return {}
-    a = np.asarray(values)
-    return {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)} | {"mean": round(float(a.mean()), 2)}
-
-
-def _progress(total: int | None, live: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=None if live else total, unit="frame", dynamic_ncols=True, leave=True,
-                desc="live" if live else "frames")

@@ -2,72 +2,187 @@
 
     from medsam_edge.runtime import Predictor
     p = Predictor("models/lite_medsam")
-    p.set_image(rgb)                      # the encoder runs once
-    masks, scores = p.predict([[x0, y0, x1, y1]])   # decoder only, as often as you like
+    p.set_image(rgb)                                   # the encoder runs once
+    masks, scores = p.predict(boxes=[[x0, y0, x1, y1]])  # decoder only, as often as you like
 
-    for result in p.stream("clip.mp4", boxes=[[x0, y0, x1, y1]], track=True):
-        ...                               # one FrameResult per frame
+    with p.session(prompts=[[x0, y0, x1, y1]], track=True) as s:   # push: your capture loop
+        result = s.process(frame)
+
+    for result in p.stream("clip.mp4", prompts=[[x0, y0, x1, y1]]):  # pull: a source
+        ...
+
+The predictor owns the backend; sessions and streams share it. Real-time sessions run
+encoder and decoder at once, so on a CPU the predictor gives each its own threads
+(runtime.realtime.split_threads) and reopens the backend when the mode changes; the log
+says so.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from medsam_edge.contract import model_spec
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
-from medsam_edge.runtime.pipeline import Stream
-from medsam_edge.runtime.prompts import BoxSchedule, BoxTracker, Prompter, validate_boxes
-from medsam_edge.runtime.realtime import RealtimeStream, split_threads
+from medsam_edge.runtime.image import to_rgb
+from medsam_edge.runtime.prompts import Prompt, Prompter, as_prompts, validate_prompts
+from medsam_edge.runtime.realtime import RealtimeSession, split_threads
 from medsam_edge.runtime.reuse import ReusePolicy
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
+from medsam_edge.runtime.session import Session
+from medsam_edge.runtime.stream import Stream
+
+log = logging.getLogger(__name__)
 
 
 class Predictor:
     def __init__(self, model_dir, backend: str = "auto", precision: str = "fp32", threads: int | None = None,
-                 realtime: bool = False) -> None:
-        """threads: CPU threads for onnxruntime (default every core). realtime: the predictor
-        will stream in real-time mode, where encoder and decoder run at once, so the threads
-        are split between them (runtime.realtime.split_threads)."""
+                 realtime: bool = False, rebuild: str | None = None) -> None:
+        """model_dir: a directory written by `medsam-edge export` (or its ModelDir).
+        backend: "auto" or a name `medsam-edge info` lists; precision: a key of contract.PRECISIONS.
+        threads: CPU threads (default every core). realtime: open the backend for real-time
+        sessions first (encoder and decoder threads split); either mode works later.
+        rebuild: TensorRT engines' rebuild policy (engines.select.open_backend)."""
+        self.model_dir: ModelDir = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
+        self._options = dict(name=backend, precision=precision, rebuild=rebuild)
+        self._threads = threads
+        self._warned_clicks = False
+        self._encoded: Encoded | None = None
+        self.backend = None
+        self._open(realtime)
+
+    @property
+    def box_trained(self) -> bool:
+        return model_spec(self.model_dir.model_id).box_trained
+
+    def _open(self, realtime: bool) -> None:
         from medsam_edge.engines.select import open_backend
 
-        self.model_dir: ModelDir = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
-        enc, dec = split_threads(threads) if realtime else (threads, None)
-        self.backend = open_backend(self.model_dir, backend, precision, threads=enc, decoder_threads=dec)
+        if self.backend is not None:
+            log.info("reopening the backend with %s threads", "real-time" if realtime else "deterministic")
+            self.backend.close()
+        enc, dec = split_threads(self._threads) if realtime else (self._threads, None)
+        options = {k: v for k, v in self._options.items() if v is not None}
+        self.backend = open_backend(self.model_dir, threads=enc, decoder_threads=dec, **options)
+        self.realtime = realtime
         self.segmenter = Segmenter(self.backend, self.model_dir.preprocess)
-        self._encoded: Encoded | None = None
+        self._encoded = None
 
-    def set_image(self, image: np.ndarray) -> None:
-        """image: HxWx3 uint8 RGB (grey HxW is accepted and repeated to 3 channels)."""
-        image = _as_rgb(image)
-        self._encoded = self.segmenter.encode(image)
+    def _mode(self, realtime: bool) -> None:
+        # Only CPU backends split threads; elsewhere one backend serves both modes.
+        if realtime != self.realtime and self.backend.device == "cpu":
+            self._open(realtime)
 
-    def predict(self, boxes) -> tuple[np.ndarray, np.ndarray]:
-        """boxes (N,4) x0,y0,x1,y1 in the image's pixels -> masks (N,H,W) bool, scores (N,)."""
+    # -- one image -------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """image: HxWx3 uint8 in `image_format` ("RGB", or "BGR" for OpenCV captures), HxW or
+        HxWx1 grey, or HxWx4 with alpha (ignored). The encoder runs once."""
+        self._mode(False)
+        self._encoded = self.segmenter.encode(to_rgb(image, image_format))
+
+    def predict(self, boxes=None, points=None, labels=None, prompts=None, return_logits: bool = False):
+        """Masks for the image set_image() was given, in its pixels.
+
+        boxes: (N, 4) x0, y0, x1, y1 -> N prompts. points (K, 2) x, y with labels (K,)
+        (1 positive, 0 negative; default all positive): with one box they refine that
+        box's prompt; without a box they are one prompt of clicks alone (poor on the
+        box-trained medical models: the log says so). prompts: Prompt objects, for
+        several objects each with its own clicks.
+        Returns masks (N, H, W) bool and scores (N,) float32, plus logits (N, 1, 256, 256)
+        float32 when return_logits.
+        """
         if self._encoded is None:
             raise InputError("predict() before set_image(): give the predictor an image first")
         h, w = self._encoded.original_hw
-        masks, scores, _ = self.segmenter.decode(self._encoded, validate_boxes(boxes, h, w))
-        return masks, scores
+        chosen = validate_prompts(self._prompts(boxes, points, labels, prompts), h, w)
+        if not chosen:
+            raise InputError("predict(): no prompt; give boxes, points or prompts")
+        self._warn_clicks_alone(chosen)
+        masks, scores, logits = self.segmenter.decode(self._encoded, chosen)
+        return (masks, scores, logits) if return_logits else (masks, scores)
 
-    def stream(self, source, boxes=None, boxes_file=None, track: bool = False,
-               reuse: ReusePolicy | None = None, realtime: bool = False):
-        """FrameResults for every frame of `source` (anything open_source accepts).
+    @staticmethod
+    def _prompts(boxes, points, labels, prompts) -> list[Prompt]:
+        if prompts is not None:
+            if boxes is not None or points is not None:
+                raise InputError("predict(): give prompts, or boxes/points, not both")
+            return as_prompts(prompts)
+        given = as_prompts(boxes)
+        if points is None:
+            if labels is not None:
+                raise InputError("predict(): labels without points")
+            return given
+        click = Prompt.of(points=points, labels=labels)
+        if len(click.points) != len(click.labels):
+            raise InputError(f"predict(): {len(click.points)} points but {len(click.labels)} labels")
+        if len(given) > 1:
+            raise InputError("predict(): points with several boxes: say which box each click belongs to with "
+                             "prompts=[Prompt.of(box=..., points=..., labels=...), ...]")
+        return [given[0].with_points(click.points, click.labels)] if given else [click]
 
-        realtime: see RealtimeStream; build the Predictor with realtime=True for it too,
-        so encoder and decoder get their own threads.
+    def _warn_clicks_alone(self, prompts: list[Prompt]) -> None:
+        if self.box_trained and not self._warned_clicks and any(p.box is None for p in prompts):
+            self._warned_clicks = True
+            log.warning("%s was trained on box prompts: clicks alone give poor or empty masks; give a box and "
+                        "let the clicks refine it", self.model_dir.model_id)
+
+    # -- streams ---------------------------------------------------------------------------
+    def session(self, prompts=None, prompts_file=None, track: bool = False, reuse=None, realtime: bool = False,
+                refine: bool = False, track_centroid: bool = False, on_result=None, keep_logits: bool = False,
+                image_format: str = "RGB", queue_size: int = 2, source: str = "session"):
+        """A push session over this predictor's backend (runtime.session.Session, or
+        runtime.realtime.RealtimeSession with realtime=True).
+
+        prompts: Prompt objects or (N, 4) boxes for every frame (set_prompts() changes them);
+        prompts_file: per-frame prompts (runtime.schedule formats); track: propagate each
+        prompt from its last mask (lost tracks reported), with the mask centroid as a click
+        when track_centroid; reuse: a ReusePolicy, "on", "exact" or "off" (default on;
+        deterministic mode only); refine: a second decoder pass with each mask's centroid;
+        on_result: real-time mode's callback (runs in the session's decoder thread).
         """
+        from medsam_edge.runtime.schedule import PromptSchedule
+        from medsam_edge.runtime.tracker import PromptTracker
+
+        if prompts is not None and prompts_file is not None:
+            raise InputError("give prompts or prompts_file, not both")
+        schedule = (PromptSchedule.from_file(prompts_file) if prompts_file is not None else
+                    PromptSchedule.constant(prompts) if prompts is not None else None)
+        if schedule is not None:
+            self._warn_clicks_alone([p for f in schedule.frames for p in schedule.by_frame[f]])
+        prompter = Prompter(schedule, PromptTracker(centroid=track_centroid) if track else None)
+        self._mode(realtime)
+        if realtime:
+            return RealtimeSession(self.segmenter, prompter, refine, keep_logits, on_result, queue_size, source,
+                                   image_format)
+        if on_result is not None:
+            raise InputError("on_result is for real-time sessions; a deterministic session returns each result")
+        return Session(self.segmenter, prompter, reuse_policy(reuse), refine, keep_logits, source, image_format)
+
+    def stream(self, source, prompts=None, prompts_file=None, track: bool = False, reuse=None,
+               realtime: bool | None = None, refine: bool = False, track_centroid: bool = False,
+               loop: bool = False, max_frames: int | None = None, pace: bool | None = None) -> Stream:
+        """FrameResults for every frame of `source` (a path, URL, camera index, array or an
+        open runtime.sources.Source). realtime None: real-time for live sources, else not.
+        A source this opens is closed when the stream ends or is closed."""
         from medsam_edge.runtime.sources import Source, open_source
 
-        src = source if isinstance(source, Source) else open_source(source)
-        schedule = BoxSchedule.from_file(boxes_file) if boxes_file else (
-            BoxSchedule.constant(boxes) if boxes is not None else None)
-        prompter = Prompter(schedule, BoxTracker() if track else None)
-        if realtime:
-            return RealtimeStream(self.segmenter, src, prompter, pace=not getattr(src, "is_live", False))
-        return Stream(self.segmenter, src, prompter, reuse or ReusePolicy())
+        owns = not isinstance(source, Source)
+        src = open_source(source, loop=loop) if owns else source
+        try:
+            live = realtime if realtime is not None else bool(getattr(src, "is_live", False))
+            session = self.session(prompts, prompts_file, track, reuse, live, refine, track_centroid,
+                                   source=getattr(src, "description", "stream"))
+        except BaseException:
+            if owns:
+                src.close()
+            raise
+        return Stream(session, src, owns_source=owns, pace=pace, max_frames=max_frames)
 
     def close(self) -> None:
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()
 
     def __enter__(self) -> "Predictor":
         return self
@@ -76,12 +191,14 @@ class Predictor:
         self.close()
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise InputError(f"image dtype {image.dtype}: expected uint8 RGB (convert 16-bit data to 8 bits first)")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) == 0:
-        raise InputError(f"image shape {image.shape}: expected HxWx3 RGB")
-    return np.ascontiguousarray(image[:, :, :3])
+def reuse_policy(reuse) -> ReusePolicy:
+    """A ReusePolicy from a policy, None (the default: on), "on", "exact" or "off"."""
+    if reuse is None or reuse == "on":
+        return ReusePolicy()
+    if isinstance(reuse, ReusePolicy):
+        return reuse
+    if reuse == "exact":
+        return ReusePolicy(near=False)
+    if reuse == "off":
+        return ReusePolicy.off()
+    raise InputError(f"reuse {reuse!r}: expected a ReusePolicy, 'on', 'exact' or 'off'")

@@ -1,19 +1,17 @@
-"""Prompts: a box, clicks, or both per object; from the command line, from a per-frame
-file, or propagated from the last mask.
+"""Prompts: a box, clicks, or both per object; parsed, validated, and chosen per frame.
 
 Boxes are x0, y0, x1, y1 and points x, y in the frame's pixels. Validation happens
-against the frame they are used on, because only then is the image size known.
+against the frame they are used on, because only then is the image size known. Where
+prompts come from: the caller, a file (runtime.schedule), or the last mask
+(runtime.tracker); the Prompter picks among them for each frame.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-from bisect import bisect_right
+import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -177,127 +175,51 @@ def as_prompts(prompts_or_boxes) -> list[Prompt]:
     return [Prompt.of(b) for b in boxes.reshape(-1, 4)]
 
 
-class BoxSchedule:
-    """Per-frame boxes; a frame's boxes hold until the next frame that names its own.
-
-    File formats:
-    - JSON: {"0": [[x0,y0,x1,y1], ...], "12": [...]} or [{"frame": 0, "boxes": [[...]]}, ...]
-    - CSV: a header with frame,x0,y0,x1,y1; one row per box.
-    """
-
-    def __init__(self, by_frame: dict[int, np.ndarray]) -> None:
-        self.frames = sorted(by_frame)
-        self.by_frame = by_frame
-
-    @classmethod
-    def constant(cls, boxes) -> "BoxSchedule":
-        return cls({0: np.asarray(boxes, np.float32).reshape(-1, 4)})
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "BoxSchedule":
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: boxes file not found")
-        try:
-            text = path.read_text()
-            entries = _read_csv(text) if path.suffix.lower() == ".csv" else _read_json(text)
-        except (ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{path}: not a boxes file ({e}); see `medsam-edge run --help` for the format") from None
-        if not entries:
-            raise InputError(f"{path}: no boxes in the file")
-        by_frame: dict[int, list] = {}
-        for frame, box in entries:
-            if frame < 0:
-                raise InputError(f"{path}: frame index {frame} is negative")
-            by_frame.setdefault(frame, []).append(box)
-        return cls({k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in by_frame.items()})
-
-    def boxes_for(self, index: int) -> np.ndarray:
-        i = bisect_right(self.frames, index) - 1
-        return self.by_frame[self.frames[i]] if i >= 0 else np.zeros((0, 4), np.float32)
-
-    def starts_at(self, index: int) -> bool:
-        """True where the file names boxes for exactly this frame (it overrides propagation)."""
-        return index in self.by_frame
-
-
-def _read_json(text: str) -> list[tuple[int, list[float]]]:
-    data = json.loads(text)
-    items = data.items() if isinstance(data, dict) else ((d["frame"], d["boxes"]) for d in data)
-    out = []
-    for frame, boxes in items:
-        boxes = boxes if boxes and isinstance(boxes[0], (list, tuple)) else [boxes]
-        out.extend((int(frame), [float(v) for v in b]) for b in boxes)
-    return out
-
-
-def _read_csv(text: str) -> list[tuple[int, list[float]]]:
-    rows = csv.DictReader(text.splitlines())
-    return [(int(r["frame"]), [float(r[k]) for k in ("x0", "y0", "x1", "y1")]) for r in rows]
-
-
-class BoxTracker:
-    """Propagates each box from its last mask: the mask's bounding box grown by a margin.
-
-    This is how LiteMedSAM's 3D inference carries a box from slice to slice. A track
-    whose mask vanishes (fewer than `min_area` pixels) or whose score falls below
-    `min_score` is reported lost and keeps its last good box, so it can be re-acquired
-    if the object comes back; it is never silently replaced by a wrong box.
-    """
-
-    def __init__(self, margin: float = 0.15, min_pixels: int = 5, min_area: int = 16, min_score: float = 0.3) -> None:
-        self.margin = margin
-        self.min_pixels = min_pixels
-        self.min_area = min_area
-        self.min_score = min_score
-        self.boxes: np.ndarray | None = None
-
-    def reset(self, boxes: np.ndarray) -> None:
-        self.boxes = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
-
-    def current(self) -> np.ndarray | None:
-        return self.boxes
-
-    def update(self, masks: np.ndarray, scores: np.ndarray) -> list[bool]:
-        """Move each box to its mask; returns which tracks are lost on this frame."""
-        if self.boxes is None:
-            return []
-        lost = []
-        h, w = masks.shape[1:] if masks.ndim == 3 else (0, 0)
-        for i, (mask, score) in enumerate(zip(masks, scores)):
-            ys, xs = np.nonzero(mask)
-            if len(xs) < self.min_area or float(score) < self.min_score:
-                lost.append(True)
-                continue
-            x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-            # Grow by a fraction of the box size, at least a few pixels, so motion stays inside.
-            mx = max(self.min_pixels, self.margin * (x1 - x0))
-            my = max(self.min_pixels, self.margin * (y1 - y0))
-            self.boxes[i] = (max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my))
-            lost.append(False)
-        return lost
-
-
 class Prompter:
-    """Boxes for each frame: the schedule's, or the tracker's once a track is running."""
+    """The prompts for each frame: set by the caller, from a schedule, or carried by a tracker.
 
-    def __init__(self, schedule: BoxSchedule | None, tracker: BoxTracker | None) -> None:
+    `set_prompts()` may be called from another thread at any time: the new prompts take
+    effect at the next frame whose prompts are asked for (a frame being decoded keeps
+    the prompts it started with), and a running tracker restarts from them. Prompts a
+    schedule names for exactly this frame override propagation likewise.
+    """
+
+    def __init__(self, schedule=None, tracker=None) -> None:
+        """schedule: a runtime.schedule.PromptSchedule or None; tracker: a runtime.tracker.PromptTracker or None."""
         self.schedule = schedule
         self.tracker = tracker
+        self._lock = threading.Lock()
+        self._pending: list[Prompt] | None = None
+        self._given: list[Prompt] | None = None  # the caller's prompts, once set
 
-    def boxes_for(self, frame) -> np.ndarray:
-        where = f"{frame.source} frame {frame.index} box"
-        if self.tracker is not None:
-            if self.tracker.current() is None or (self.schedule and self.schedule.starts_at(frame.index)):
-                given = self.schedule.boxes_for(frame.index) if self.schedule else np.zeros((0, 4))
-                if len(given):
-                    self.tracker.reset(validate_boxes(given, frame.height, frame.width, where))
-            current = self.tracker.current()
-            return current if current is not None else np.zeros((0, 4), np.float32)
-        given = self.schedule.boxes_for(frame.index) if self.schedule else np.zeros((0, 4))
-        return validate_boxes(given, frame.height, frame.width, where)
+    def set_prompts(self, prompts) -> None:
+        """Prompt objects or (N, 4) boxes; validated against the next frame."""
+        with self._lock:
+            self._pending = as_prompts(prompts)
 
-    def observe(self, masks: np.ndarray, scores: np.ndarray) -> list[bool]:
+    def prompts_for(self, frame) -> list[Prompt]:
+        where = f"{frame.source} frame {frame.index}"
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._given = validate_prompts(pending, frame.height, frame.width, where)
+        if self._given is not None:
+            given, restart = self._given, pending is not None
+        elif self.schedule is not None:
+            given = validate_prompts(self.schedule.prompts_for(frame.index), frame.height, frame.width, where)
+            restart = self.schedule.starts_at(frame.index)
+        else:
+            given, restart = [], False
+        if self.tracker is None:
+            return given
+        if restart or self.tracker.current() is None:
+            if given:
+                self.tracker.reset(given)
+        current = self.tracker.current()
+        return validate_prompts(current, frame.height, frame.width, where) if current else []
+
+    def observe(self, masks: np.ndarray, scores: np.ndarray, image: np.ndarray | None = None) -> list[bool]:
+        """Tell the tracker this frame's masks; returns which tracks are lost (all False without one)."""
         if self.tracker is None:
             return [False] * len(masks)
-        return self.tracker.update(masks, scores)
+        return self.tracker.update(masks, scores, image)

@@ -1,10 +1,16 @@
-"""Real-time mode: capture, encode and decode in separate threads with bounded queues.
+"""Real-time mode: the encoder works in the background on the newest frame; every frame is
+answered by the decoder with the newest embedding finished so far; nothing queues.
 
-The encoder always works on the newest captured frame; the decoder answers every frame
-with the newest embedding finished so far. When the encoder is slower than the video it
-simply skips frames (their masks come from a slightly older embedding, marked "newest"
-with its staleness). When even the decoder falls behind, the oldest waiting frame is
-dropped and counted: no queue grows, so capture-to-mask latency stays flat.
+    with predictor.session(prompts=[box], realtime=True, on_result=show) as s:
+        def on_frame(image):            # your SDK's capture callback
+            s.submit(image)             # never blocks; an older waiting frame is dropped
+        ...                             # show(result) runs in the session's decoder thread
+
+When the encoder is slower than the video it skips frames (their masks come from a
+slightly older embedding, marked "newest" with its staleness). When even the decoder
+falls behind, the oldest waiting frame is dropped and counted: capture-to-mask latency
+stays flat. Without on_result, the caller pulls: next_result() answers the oldest
+waiting frame in the caller's thread, latest() returns the newest answer.
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Iterable, Iterator
+from typing import Callable
 
+from medsam_edge.engines.base import ExpiredEmbedding
+from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import Frame, is_blank
-from medsam_edge.runtime.pipeline import Stats, make_result
 from medsam_edge.runtime.prompts import Prompter
-from medsam_edge.runtime.result import FrameResult
+from medsam_edge.runtime.result import FRESH, NEWEST, FrameResult
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
+from medsam_edge.runtime.session import Answerer, Stats, as_frame
 
 log = logging.getLogger(__name__)
-_END = object()
+# Attempts at a frame whose newest embedding expired before the decoder read it.
+_EXPIRY_RETRIES = 3
 
 
 def split_threads(threads: int | None = None, cores: int | None = None) -> tuple[int, int]:
@@ -34,11 +43,11 @@ def split_threads(threads: int | None = None, cores: int | None = None) -> tuple
     cores gave 7.5 masks/s that way and 12.6 with one thread each (BENCHMARKS.md). The
     decoder is small, so it gets one core and the encoder the rest.
     """
-    total = max(1, threads or cores or _usable_cores())
+    total = max(1, threads or cores or usable_cores())
     return max(1, total - 1), 1
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     # A container or taskset may allow fewer cores than the machine has.
     try:
         return len(os.sched_getaffinity(0))
@@ -46,129 +55,190 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-class RealtimeStream:
-    def __init__(
-        self,
-        segmenter: Segmenter,
-        frames: Iterable[Frame],
-        prompter: Prompter,
-        pace: bool = False,
-        queue_size: int = 2,
-    ) -> None:
-        """pace: replay a file at its own frame rate (frame.timestamp), as a live source would arrive."""
+class RealtimeSession:
+    """Real-time push API: submit() from the producer, results by callback or pull.
+
+    Safe for one producer thread (submit, end) and one consumer (next_result or the
+    callback, latest); set_prompts() from any thread takes effect at the next frame the
+    decoder starts. An error in the encoder or decoder thread is raised in the caller's
+    next submit(), next_result() or latest().
+    """
+
+    realtime = True
+
+    def __init__(self, segmenter: Segmenter, prompter: Prompter, refine: bool = False, keep_logits: bool = False,
+                 on_result: Callable[[FrameResult], None] | None = None, queue_size: int = 2,
+                 source: str = "session", image_format: str = "RGB") -> None:
+        if queue_size < 1:
+            raise InputError(f"queue_size {queue_size}: at least one frame must be able to wait")
         self.segmenter = segmenter
-        self.frames = frames
         self.prompter = prompter
-        self.pace = pace
+        self.answerer = Answerer(segmenter, prompter, refine, keep_logits)
         self.stats = Stats()
-        self.encoded = 0
-        self._queue: deque = deque()
+        self.source = source
+        self.image_format = image_format
+        self.on_result = on_result
+        self._queue: deque[Frame] = deque()
         self._queue_size = queue_size
         self._cond = threading.Condition()
         self._newest_frame: Frame | None = None
         self._newest_enc: Encoded | None = None
-        self._done = False
+        self._generation = 0  # embeddings finished so far
+        self._latest: FrameResult | None = None
+        self._ended = self._closed = False
         self._error: BaseException | None = None
+        self._next_index = 0
+        self._threads: list[threading.Thread] = []
 
-    # -- capture thread ---------------------------------------------------------------
-    def _capture(self) -> None:
-        start = time.perf_counter()
-        try:
-            for frame in self.frames:
-                if self.pace:
-                    delay = start + frame.timestamp - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                frame.captured_at = time.perf_counter()
-                with self._cond:
-                    if len(self._queue) >= self._queue_size:
-                        self._queue.popleft()
-                        self.stats.dropped += 1
-                    self._queue.append(frame)
-                    self._newest_frame = frame
-                    self._cond.notify_all()
-                if self._done:
-                    return
-        except BaseException as e:  # surfaced in the consumer's thread
-            self._error = e
-        finally:
+    # -- producer ------------------------------------------------------------------------
+    def set_prompts(self, prompts) -> None:
+        self.prompter.set_prompts(prompts)
+
+    def submit(self, image, timestamp: float | None = None) -> None:
+        """Hand over a frame; returns at once. An older frame still waiting is dropped (counted)."""
+        self._raise_error()
+        if self._closed or self._ended:
+            raise InputError("this real-time session is closed (or ended); open a new one with predictor.session()")
+        frame = as_frame(image, self._next_index, timestamp, self.source, self.image_format)
+        self._next_index = frame.index + 1
+        if not frame.captured_at:
+            frame.captured_at = time.perf_counter()
+        self._start()
+        with self._cond:
+            if len(self._queue) >= self._queue_size:
+                self._queue.popleft()
+                self.stats.dropped += 1
+            self._queue.append(frame)
+            if not is_blank(frame.image):
+                self._newest_frame = frame
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        """No more frames: next_result() answers what waits, then returns None."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    # -- consumer ------------------------------------------------------------------------
+    def next_result(self, timeout: float | None = None) -> FrameResult | None:
+        """Answer the oldest waiting frame (in this thread); None once ended and drained, or
+        on timeout. Blank frames are counted, not answered."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while True:
             with self._cond:
-                self._queue.append(_END)
-                self._cond.notify_all()
+                if not self._cond.wait_for(lambda: self._queue or self._ended or self._closed or self._error,
+                                           None if deadline is None else max(0.0, deadline - time.perf_counter())):
+                    return None
+                self._raise_error()
+                if not self._queue:
+                    return None
+                frame = self._queue.popleft()
+            if is_blank(frame.image):
+                self.stats.blank += 1
+                continue
+            result = self._answer(frame)
+            if result is not None:
+                with self._cond:
+                    self._latest = result
+                return result
 
-    # -- encoder thread ---------------------------------------------------------------
-    def _encode(self) -> None:
-        last_index = None
+    def latest(self) -> FrameResult | None:
+        """The newest answer so far (poll style), or None."""
+        self._raise_error()
+        with self._cond:
+            return self._latest
+
+    @property
+    def encoded(self) -> int:
+        return self.stats.encoded
+
+    # -- threads -------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._threads:
+            return
+        loops = [(self._encode_loop, "medsam-encoder")]
+        if self.on_result is not None:
+            loops.append((self._decode_loop, "medsam-decoder"))
+        self._threads = [threading.Thread(target=f, name=n, daemon=True) for f, n in loops]
+        for t in self._threads:
+            t.start()
+
+    def _fail(self, e: BaseException) -> None:
+        with self._cond:
+            self._error = self._error or e
+            self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _encode_loop(self) -> None:
+        last = None
         try:
             while True:
                 with self._cond:
-                    self._cond.wait_for(
-                        lambda: self._done or (self._newest_frame is not None and self._newest_frame.index != last_index)
-                    )
-                    if self._done:
+                    self._cond.wait_for(lambda: self._closed or self._error or (
+                        self._newest_frame is not None and self._newest_frame is not last))
+                    if self._closed or self._error:
                         return
-                    frame = self._newest_frame
-                last_index = frame.index
-                if is_blank(frame.image):
-                    continue
+                    frame = last = self._newest_frame
                 enc = self.segmenter.encode(frame.image, frame.index)
                 with self._cond:
                     self._newest_enc = enc
-                    self.encoded += 1
+                    self._generation += 1
+                    self.stats.encoded += 1
                     self._cond.notify_all()
-        except BaseException as e:
-            self._error = e
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
+        except BaseException as e:  # surfaced in the caller's thread
+            self._fail(e)
 
-    # -- decoder: the consumer's thread ----------------------------------------------------
-    def __iter__(self) -> Iterator[FrameResult]:
-        threads = [threading.Thread(target=f, name=n, daemon=True)
-                   for f, n in ((self._capture, "capture"), (self._encode, "encode"))]
-        for t in threads:
-            t.start()
+    def _decode_loop(self) -> None:
         try:
             while True:
-                with self._cond:
-                    self._cond.wait_for(lambda: self._queue or self._done)
-                    if self._error is not None:
-                        raise self._error
-                    item = self._queue.popleft() if self._queue else _END
-                if item is _END:
-                    break
-                result = self._answer(item)
-                if result is not None:
-                    yield result
-            if self._error is not None:
-                raise self._error
-        finally:
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
-            for t in threads:
-                t.join(timeout=5)
+                result = self.next_result()
+                if result is None:
+                    return
+                self.on_result(result)
+        except BaseException as e:
+            self._fail(e)
 
     def _answer(self, frame: Frame) -> FrameResult | None:
-        if is_blank(frame.image):
-            self.stats.blank += 1
-            return None
+        notes: list[str] = []
+        for attempt in range(_EXPIRY_RETRIES):
+            with self._cond:
+                # The first frames wait for the first embedding; a frame of another size than
+                # the newest embedding's waits for one of its own size.
+                self._cond.wait_for(lambda: self._closed or self._error or (
+                    self._newest_enc is not None and self._newest_enc.original_hw == frame.image.shape[:2]))
+                self._raise_error()
+                if self._closed:
+                    return None
+                enc, generation = self._newest_enc, self._generation
+            kind = FRESH if enc.frame_index == frame.index else NEWEST
+            try:
+                result = self.answerer.answer(frame, enc, kind, {}, notes)
+            except ExpiredEmbedding:
+                # Its slot was taken by an encode that finished since: wait for that one.
+                self.stats.reencoded += 1
+                notes.append("newest embedding expired before decoding; took the next one")
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed or self._error or self._generation != generation)
+                continue
+            self.stats.frames += 1
+            self.stats.embeddings[kind] += 1
+            return result
+        raise ExpiredEmbedding(f"frame {frame.index}: every embedding expired before the decoder could read it")
+
+    def close(self) -> None:
+        """Stop the threads (a frame being encoded finishes first); safe to call twice."""
         with self._cond:
-            # The first frames wait for the first embedding; a frame of another size than the
-            # newest embedding's waits for one of its own size.
-            self._cond.wait_for(lambda: self._done or (
-                self._newest_enc is not None and self._newest_enc.original_hw == frame.image.shape[:2]))
-            if self._error is not None:
-                raise self._error
-            enc = self._newest_enc
-        if enc is None:
-            return None
-        timings: dict = {}
-        boxes = self.prompter.boxes_for(frame)
-        masks, scores, _ = self.segmenter.decode(enc, boxes, timings)
-        lost = self.prompter.observe(masks, scores)
-        kind = "fresh" if enc.frame_index == frame.index else "newest"
-        self.stats.frames += 1
-        self.stats.embeddings[kind] += 1
-        timings["total"] = sum(timings.values())
-        return make_result(frame, boxes, masks, scores, enc, kind, lost, timings, self.segmenter.backend.name)
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=30)
+
+    def __enter__(self) -> "RealtimeSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

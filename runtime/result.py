@@ -1,61 +1,94 @@
-"""What the pipeline produces for each frame, and its one-line JSON record."""
+"""What a session produces for each frame, and its one-line JSON record."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medsam_edge.runtime.frame import Frame
+from medsam_edge.runtime.prompts import Prompt
 
-# Stages timed per frame, in pipeline order.
-STAGES = ("read", "preprocess", "encode", "decode", "postprocess", "write")
+if TYPE_CHECKING:
+    from medsam_edge.runtime.segmenter import Encoded
+
+# How the frame's embedding was obtained (FrameResult.reuse):
+FRESH = "fresh"  # encoded from this frame
+EXACT = "exact-repeat"  # a cached embedding of a byte-identical frame (frozen image, looping cine)
+NEAR = "near-repeat"  # the embedding of a recent, nearly identical frame
+NEWEST = "newest"  # real-time mode: the newest one the background encoder has finished
+REUSE_KINDS = (FRESH, EXACT, NEAR, NEWEST)
 
 
 @dataclass
 class FrameResult:
     """Masks for one frame, with how they were made.
 
-    boxes: (N, 4) float32 x0, y0, x1, y1 in the frame's pixels (the prompts used).
-    masks: (N, H, W) bool.
-    scores: (N,) the decoder's predicted IoU for each mask.
-    embedding: "fresh" (encoded from this frame), "prompt-only" (same frame, new boxes),
-        "exact-repeat" (cache hit by frame digest), "near-repeat" (a similar recent frame's)
-        or "newest" (real-time mode: the newest embedding the background encoder finished).
-    embedding_frame: index of the frame the embedding was computed from.
-    staleness: frames between this frame and `embedding_frame` (0 when fresh).
-    lost: per box, True where a propagated track lost its object (empty mask or low score).
-    latency_ms: per stage in STAGES that ran, plus "total"; "capture_to_mask" where known.
+    frame: the Frame (its image is HxWx3 uint8 RGB).
+    prompts: the N prompts used, in frame pixels (a tracked prompt's box is the propagated one).
+    masks: (N, H, W) bool, one per prompt.
+    scores: (N,) float32, the decoder's predicted IoU of each mask.
+    reuse: one of REUSE_KINDS.
+    embedding: the Encoded embedding the masks came from (its backend handle, frame size,
+        and the index of the frame it was computed from).
+    staleness: frames between this frame and the embedding's frame (0 when fresh).
+    lost: per prompt, True where a propagated track lost its object.
+    refined: per prompt, True where a second decoder pass added the mask's centroid.
+    logits: (N, 1, 256, 256) float32 low-res logits, when the session keeps them.
+    latency_ms: per stage ("read", "preprocess", "encode", "decode", "postprocess", ...),
+        "total", and "capture_to_mask" where the capture time is known.
+    backend: the backend that ran, as its describe() names it.
+    notes: what the record should say beyond the fields (e.g. "re-encoded: expired").
+    blank: the frame was blank (probe lifted): nothing was segmented.
     """
 
     frame: Frame
-    boxes: np.ndarray
+    prompts: list[Prompt]
     masks: np.ndarray
     scores: np.ndarray
-    embedding: str
-    embedding_frame: int
+    reuse: str
+    embedding: "Encoded | None" = None
     staleness: int = 0
     lost: list[bool] = field(default_factory=list)
+    refined: list[bool] = field(default_factory=list)
+    logits: np.ndarray | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     backend: str = ""
+    notes: list[str] = field(default_factory=list)
+    blank: bool = False
 
     @property
     def fresh(self) -> bool:
-        return self.embedding == "fresh"
+        return self.reuse == FRESH
+
+    @property
+    def embedding_frame(self) -> int:
+        """Index of the frame the embedding was computed from (-1 if none)."""
+        return -1 if self.embedding is None else int(self.embedding.frame_index)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(N, 4) float32 boxes of the prompts, NaN for a prompt without one."""
+        return np.asarray([p.box if p.box is not None else np.full(4, np.nan, np.float32) for p in self.prompts],
+                          np.float32).reshape(-1, 4)
 
     def record(self) -> dict:
         """The JSONL line: plain JSON types only, no pixels, no patient data."""
         return {
             "index": self.frame.index,
             "timestamp": round(float(self.frame.timestamp), 6),
-            "boxes": [[round(float(v), 2) for v in b] for b in np.asarray(self.boxes).reshape(-1, 4)],
+            "prompts": [p.to_json() for p in self.prompts],
             "mask_area": [int(m.sum()) for m in self.masks],
             "score": [round(float(s), 5) for s in self.scores],
             "lost": [bool(x) for x in self.lost],
-            "embedding": self.embedding,
+            "refined": [bool(x) for x in self.refined],
+            "reuse": self.reuse,
             "fresh": self.fresh,
-            "embedding_frame": int(self.embedding_frame),
+            "embedding_frame": self.embedding_frame,
             "staleness": int(self.staleness),
             "latency_ms": {k: round(float(v), 3) for k, v in self.latency_ms.items()},
             "backend": self.backend,
+            **({"notes": list(self.notes)} if self.notes else {}),
+            **({"blank": True} if self.blank else {}),
         }

@@ -82,10 +82,14 @@ def draw_overlay(result: FrameResult) -> np.ndarray:
         colour = PALETTE_BGR[i % len(PALETTE_BGR)]
         contours, _ = cv2.findContours(np.asarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(img, contours, -1, colour, thick, cv2.LINE_AA)
-    for i, box in enumerate(np.asarray(result.boxes, np.float64).reshape(-1, 4)):
-        if np.all(np.isfinite(box)):
-            x0, y0, x1, y1 = (int(round(v)) for v in box)
-            cv2.rectangle(img, (x0, y0), (x1, y1), PALETTE_BGR[i % len(PALETTE_BGR)], 1)
+    for i, prompt in enumerate(result.prompts):
+        colour = PALETTE_BGR[i % len(PALETTE_BGR)]
+        if prompt.box is not None and np.all(np.isfinite(prompt.box)):
+            x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+            cv2.rectangle(img, (x0, y0), (x1, y1), colour, 1)
+        for (x, y), label in zip(prompt.points, prompt.labels):
+            # A positive click is a filled dot, a negative one a ring.
+            cv2.circle(img, (int(round(x)), int(round(y))), thick + 2, colour, -1 if label else thick, cv2.LINE_AA)
     age = "fresh" if result.fresh else f"reused age {result.staleness}"
     lost = list(result.lost) + [False] * len(result.scores)  # lost may be empty for user boxes
     scores = " ".join(f"{float(s):.2f}" + ("(lost)" if x else "") for s, x in zip(result.scores, lost))

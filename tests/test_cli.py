@@ -26,12 +26,14 @@ def test_run_writes_video_masks_and_one_record_per_frame(tiny_model_dir, tmp_pat
     lines = (out / "frames.jsonl").read_text().splitlines()
     assert len(lines) == 30
     first = json.loads(lines[0])
-    assert first["index"] == 0 and first["fresh"] and len(first["boxes"]) == 2
+    assert first["index"] == 0 and first["fresh"] and len(first["prompts"]) == 2
+    assert first["prompts"][0] == {"box": [160.0, 60.0, 210.0, 125.0]}
     assert {"encode", "decode", "postprocess", "total"} <= set(first["latency_ms"])
     assert abs(json.loads(lines[1])["timestamp"] - 0.0333) < 1e-3  # from the DICOM FrameTime
     npz = np.load(out / "masks.npz")
     assert len(npz["index"]) == 30
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["stopped"] is None and summary["last_frame"] == 29
     assert summary["frames"] == 30 and summary["backend"] == "onnxruntime-cpu"
     assert summary["fresh"] + summary["reused"] == 30
     assert (out / "overlay.mp4").stat().st_size > 0
@@ -51,8 +53,8 @@ def test_bad_run_inputs_are_one_line_errors(tiny_model_dir, tmp_path):
         ((md, ECHO, "--box", "1,1,20,20", "--backend", "tensorrt"), "not available here"),
         ((md, ECHO, "--box", "1,1,20,20", "--backend", "magic"), "unknown backend"),
     ]
-    for argv, expected in cases:
-        r = _run("run", *argv, "--out", str(tmp_path / "o"))
+    for k, (argv, expected) in enumerate(cases):
+        r = _run("run", *argv, "--out", str(tmp_path / f"o{k}"))
         assert r.returncode == 2, (argv, r.stderr)
         last = r.stderr.strip().splitlines()[-1]
         assert expected in last, (argv, r.stderr)

@@ -1,4 +1,4 @@
-"""The runtime on its own: preprocessing, postprocessing, prompts, reuse, pipelines, Predictor."""
+"""The runtime on its own: preprocessing, postprocessing, prompts, reuse, sessions and streams, Predictor."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import torch
 from medsam_edge.contract import MODELS
 from medsam_edge.errors import InputError
 from medsam_edge.metrics import dice
-from medsam_edge.runtime.pipeline import Stream
-from medsam_edge.runtime.prompts import Prompter
 from medsam_edge.runtime.postprocess import masks_from_logits
 from medsam_edge.runtime.preprocess import preprocess
-from medsam_edge.runtime.prompts import BoxSchedule, BoxTracker, parse_box, validate_boxes
-from medsam_edge.runtime.realtime import RealtimeStream
+from medsam_edge.runtime.prompts import Prompt, Prompter, parse_box, parse_point, validate_boxes, validate_prompts
+from medsam_edge.runtime.realtime import RealtimeSession
 from medsam_edge.runtime.reuse import ReusePolicy
+from medsam_edge.runtime.schedule import PromptSchedule
+from medsam_edge.runtime.session import Session
 from medsam_edge.runtime.sources import ArraySource
+from medsam_edge.runtime.stream import Stream
+from medsam_edge.runtime.tracker import PromptTracker
 
 from conftest import ECHO_CHAMBER_BOX
 
@@ -84,21 +86,48 @@ def test_box_parsing_and_validation():
     np.testing.assert_array_equal(clipped, [[0, 5, 100, 40]])
 
 
-def test_box_files_hold_until_the_next_frame(tmp_path):
+def test_point_parsing_and_validation():
+    assert parse_point("3,4") == ([3.0, 4.0], 1) and parse_point("3, 4, 0") == ([3.0, 4.0], 0)
+    for bad, text in (("3", "expected x,y"), ("a,b", "with numbers"), ("1,2,2", "label 2 is not 1")):
+        with pytest.raises(InputError, match=text):
+            parse_point(bad)
+    ok = validate_prompts([Prompt.of(box=[0, 0, 50, 50], points=[[10, 10]], labels=[0])], 80, 100)
+    assert ok[0].labels.tolist() == [0] and ok[0].points.tolist() == [[10, 10]]
+    for prompt, text in (
+        (Prompt.of(points=[[100, 10]]), r"point \[100,10\]: outside the 100x80 image"),
+        (Prompt.of(points=[[float("nan"), 10]]), "not a finite number"),
+        (Prompt(None, np.array([[5, 5]], np.float32), np.array([2])), "label 2 is not 1"),
+        (Prompt.of(box=[0, 0, 50, 50], points=[[1, 1]] * 9), "9 points; at most 8 beside a box"),
+        (Prompt(), "neither a box nor a point"),
+    ):
+        with pytest.raises(InputError, match=text):
+            validate_prompts([prompt], 80, 100, "frame 3 prompt")
+    with pytest.raises(InputError, match="65 prompts on one frame; at most 64"):
+        validate_prompts([Prompt.of(box=[0, 0, 5, 5])] * 65, 80, 100)
+
+
+def test_prompt_files_hold_until_the_next_frame(tmp_path):
     (tmp_path / "b.json").write_text('{"0": [[1,2,30,40]], "5": [[5,5,50,50],[60,60,90,90]]}')
     (tmp_path / "b.csv").write_text("frame,x0,y0,x1,y1\n0,1,2,30,40\n5,5,5,50,50\n5,60,60,90,90\n")
     (tmp_path / "list.json").write_text('[{"frame": 2, "boxes": [1,2,30,40]}]')
     for name in ("b.json", "b.csv"):
-        s = BoxSchedule.from_file(tmp_path / name)
-        assert s.boxes_for(3).tolist() == [[1, 2, 30, 40]]
-        assert len(s.boxes_for(5)) == 2 and len(s.boxes_for(99)) == 2
-    s = BoxSchedule.from_file(tmp_path / "list.json")
-    assert len(s.boxes_for(1)) == 0 and len(s.boxes_for(2)) == 1
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(InputError, match="not a boxes file"):
-        BoxSchedule.from_file(tmp_path / "bad.json")
+        s = PromptSchedule.from_file(tmp_path / name)
+        assert [p.box.tolist() for p in s.prompts_for(3)] == [[1, 2, 30, 40]]
+        assert len(s.prompts_for(5)) == 2 and len(s.prompts_for(99)) == 2
+    s = PromptSchedule.from_file(tmp_path / "list.json")
+    assert len(s.prompts_for(1)) == 0 and len(s.prompts_for(2)) == 1
+    # Clicks beside boxes, and clicks alone, in the same file.
+    (tmp_path / "p.json").write_text('{"0": [{"box": [1,2,30,40], "points": [[10,10],[20,20]], "labels": [1,0]},'
+                                     ' {"points": [[50,50]]}, [5,5,9,9]]}')
+    a, b, c = PromptSchedule.from_file(tmp_path / "p.json").prompts_for(0)
+    assert a.box.tolist() == [1, 2, 30, 40] and a.labels.tolist() == [1, 0] and a.points.tolist() == [[10, 10], [20, 20]]
+    assert b.box is None and b.labels.tolist() == [1] and c.layout == (0, True)
+    for text in ("{not json", '{"0": [{"box": [1,2,3]}]}', '{"0": [{"bx": [1,2,3,4]}]}'):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(InputError, match="not a prompts file"):
+            PromptSchedule.from_file(tmp_path / "bad.json")
     with pytest.raises(InputError, match="not found"):
-        BoxSchedule.from_file(tmp_path / "missing.json")
+        PromptSchedule.from_file(tmp_path / "missing.json")
 
 
 def _disk(h, w, cx, cy, r):
@@ -107,16 +136,23 @@ def _disk(h, w, cx, cy, r):
 
 
 def test_tracker_follows_the_mask_and_reports_loss():
-    t = BoxTracker(margin=0.1, min_pixels=2)
-    t.reset(np.array([[10, 10, 50, 50]], np.float32))
+    t = PromptTracker(margin=0.1, min_margin=2)
+    t.reset([Prompt.of(box=[10, 10, 50, 50])])
     lost = t.update(_disk(100, 100, 60, 40, 10)[None], np.array([0.9]))
     assert lost == [False]
-    x0, y0, x1, y1 = t.current()[0]
+    x0, y0, x1, y1 = t.current()[0].box
     assert x0 < 50 < 70 < x1 and y0 < 30 < 50 < y1  # grown around the disk at (60, 40)
-    before = t.current().copy()
+    before = t.current()[0].box.copy()
     assert t.update(np.zeros((1, 100, 100), bool), np.array([0.9])) == [True]
-    np.testing.assert_array_equal(t.current(), before)  # a lost track keeps its last good box
+    np.testing.assert_array_equal(t.current()[0].box, before)  # a lost track keeps its last good box
     assert t.update(_disk(100, 100, 60, 40, 10)[None], np.array([0.05])) == [True]  # score collapsed
+    assert t.update(_disk(100, 100, 60, 40, 10)[None], np.array([0.9])) == [False]  # re-acquired
+    assert t.update(_disk(100, 100, 60, 40, 25)[None], np.array([0.9])) == [True]  # area jumped 6x
+    c = PromptTracker(centroid=True)
+    c.reset([Prompt.of(box=[10, 10, 50, 50], points=[[12, 12]])])
+    c.update(_disk(100, 100, 60, 40, 10)[None], np.array([0.9]))
+    (p,) = c.current()
+    assert p.points.tolist() == [[60, 40]] and p.labels.tolist() == [1]  # the user's click gave way to the centroid
 
 
 def _moving_frames(n: int, step: float, seed: int = 0) -> np.ndarray:
@@ -136,15 +172,15 @@ def _stream(md, frames, reuse, boxes=((60, 80, 140, 160),), track=False):
     from medsam_edge.runtime.segmenter import Segmenter
 
     backend = OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder"))
-    prompter = Prompter(BoxSchedule.constant(boxes), BoxTracker() if track else None)
-    return Stream(Segmenter(backend, md.preprocess), ArraySource(frames, fps=30), prompter, reuse)
+    prompter = Prompter(PromptSchedule.constant(boxes), PromptTracker() if track else None)
+    return Stream(Session(Segmenter(backend, md.preprocess), prompter, reuse), ArraySource(frames, fps=30))
 
 
 def test_a_still_clip_reuses_and_a_moving_clip_re_encodes(tiny_model_dir):
     still = _moving_frames(12, 0.0)
     s = _stream(tiny_model_dir, still, ReusePolicy(exact=False, near=True, max_consecutive=100))
     results = list(s)
-    assert [r.embedding for r in results] == ["fresh"] + ["near-repeat"] * 11
+    assert [r.reuse for r in results] == ["fresh"] + ["near-repeat"] * 11
     assert [r.staleness for r in results] == list(range(12))
     moving = _moving_frames(6, 12.0)
     s = _stream(tiny_model_dir, moving, ReusePolicy(exact=False, near=True))
@@ -155,11 +191,11 @@ def test_a_still_clip_reuses_and_a_moving_clip_re_encodes(tiny_model_dir):
 def test_reuse_cap_and_exact_repeats(tiny_model_dir):
     still = _moving_frames(7, 0.0)
     s = _stream(tiny_model_dir, still, ReusePolicy(exact=False, near=True, max_consecutive=2))
-    assert [r.embedding for r in s] == ["fresh", "near-repeat", "near-repeat"] * 2 + ["fresh"]
+    assert [r.reuse for r in s] == ["fresh", "near-repeat", "near-repeat"] * 2 + ["fresh"]
     # A looping cine: the second pass finds every frame by digest.
     loop = np.concatenate([_moving_frames(3, 15.0)] * 2)
     s = _stream(tiny_model_dir, loop, ReusePolicy(exact=True, near=False))
-    kinds = [r.embedding for r in s]
+    kinds = [r.reuse for r in s]
     assert kinds == ["fresh"] * 3 + ["exact-repeat"] * 3
     s = _stream(tiny_model_dir, loop, ReusePolicy.off())
     assert all(r.fresh for r in s)
@@ -187,8 +223,8 @@ def test_several_boxes_decode_in_one_call(tiny_model_dir):
 
     md = tiny_model_dir
     seg = Segmenter(Counting(md.onnx("encoder"), md.onnx("decoder")), md.preprocess)
-    prompter = Prompter(BoxSchedule.constant([[10, 10, 60, 60], [100, 100, 200, 200], [5, 5, 300, 230]]), None)
-    results = list(Stream(seg, ArraySource(_moving_frames(2, 5.0)), prompter))
+    prompter = Prompter(PromptSchedule.constant([[10, 10, 60, 60], [100, 100, 200, 200], [5, 5, 300, 230]]), None)
+    results = list(Stream(Session(seg, prompter), ArraySource(_moving_frames(2, 5.0))))
     assert calls == [3, 3]
     assert all(r.masks.shape == (3, 240, 320) and r.scores.shape == (3,) for r in results)
 
@@ -200,13 +236,13 @@ def test_realtime_answers_every_frame_with_the_newest_embedding(tiny_model_dir):
     md = tiny_model_dir
     seg = Segmenter(OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder")), md.preprocess)
     frames = _moving_frames(40, 2.0)
-    prompter = Prompter(BoxSchedule.constant([[60, 80, 140, 160]]), None)
+    prompter = Prompter(PromptSchedule.constant([[60, 80, 140, 160]]), None)
     # 400 fps is far faster than this encoder: it must skip frames, the decoder must not queue.
-    rt = RealtimeStream(seg, ArraySource(frames, fps=400), prompter, pace=True, queue_size=2)
+    rt = Stream(RealtimeSession(seg, prompter, queue_size=2), ArraySource(frames, fps=400), pace=True)
     results = list(rt)
     assert len(results) + rt.stats.dropped + rt.stats.blank == 40
-    assert rt.encoded < len(results)  # the encoder skipped frames; masks came from newer embeddings
-    assert {r.embedding for r in results} <= {"fresh", "newest"} and "newest" in {r.embedding for r in results}
+    assert rt.stats.encoded < len(results)  # the encoder skipped frames; masks came from newer embeddings
+    assert {r.reuse for r in results} <= {"fresh", "newest"} and "newest" in {r.reuse for r in results}
     assert [r.frame.index for r in results] == sorted(r.frame.index for r in results)
     assert all("capture_to_mask" in r.latency_ms for r in results)
 
@@ -224,6 +260,11 @@ def test_realtime_predictor_gives_encoder_and_decoder_their_own_threads(tiny_mod
         assert sessions(live.backend) == [2, 1]
         assert sessions(plain.backend) == [3, 3]
         assert live.backend.describe()["threads"] == {"encoder": 2, "decoder": 1}
+        # Asking the plain predictor for a real-time session splits its threads: said once, not twice.
+        plain.session(prompts=[[1, 1, 9, 9]], realtime=True).close()
+        assert sessions(plain.backend) == [2, 1]
+        plain.set_image(np.zeros((8, 8), np.uint8) + 9)
+        assert sessions(plain.backend) == [3, 3]
     finally:
         live.close()
         plain.close()

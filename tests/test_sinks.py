@@ -15,7 +15,9 @@ import pytest
 
 from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import Frame
+from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.result import FrameResult
+from medsam_edge.runtime.segmenter import Encoded
 from medsam_edge.runtime.sinks import (
     JsonlSink,
     MaskNpzSink,
@@ -35,15 +37,14 @@ def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def make_result(index: int, h: int = H, w: int = W, disks=((48, 40, 20),), embedding: str = "fresh",
+def make_result(index: int, h: int = H, w: int = W, disks=((48, 40, 20),), reuse: str = "fresh",
                 staleness: int = 0) -> FrameResult:
     """A grey frame with one mask and box per (cy, cx, r) in `disks`."""
     masks = np.stack([disk(h, w, cy, cx, r) for cy, cx, r in disks]) if disks else np.zeros((0, h, w), bool)
-    boxes = np.array([[cx - r - 4, cy - r - 4, cx + r + 4, cy + r + 4] for cy, cx, r in disks], np.float32)
-    boxes = boxes.reshape(-1, 4)
+    prompts = [Prompt.of(box=[cx - r - 4, cy - r - 4, cx + r + 4, cy + r + 4]) for cy, cx, r in disks]
     frame = Frame(np.full((h, w, 3), GREY, np.uint8), index=index, timestamp=index / 10, source="synthetic")
-    return FrameResult(frame=frame, boxes=boxes, masks=masks, scores=np.linspace(0.9, 0.8, len(masks)),
-                       embedding=embedding, embedding_frame=index - staleness, staleness=staleness,
+    return FrameResult(frame=frame, prompts=prompts, masks=masks, scores=np.linspace(0.9, 0.8, len(masks)),
+                       reuse=reuse, embedding=Encoded(None, (h, w), (h, w), index - staleness), staleness=staleness,
                        lost=[False] * len(masks), latency_ms={"decode": 1.5, "total": 3.25}, backend="test")
 
 
@@ -70,7 +71,7 @@ def test_overlay_video_reads_back_with_contour_colours(tmp_path, ext):
     two = ((48, 36, 18), (48, 92, 18))
     with OverlayVideoSink(path, fps=10) as sink:
         for i in range(4):
-            sink.write(make_result(i, disks=two, embedding="fresh" if i == 0 else "near-repeat", staleness=i))
+            sink.write(make_result(i, disks=two, reuse="fresh" if i == 0 else "near-repeat", staleness=i))
     frames = read_video(path)
     assert len(frames) == 4
     assert frames[0].shape == (H, W, 3)
@@ -165,7 +166,7 @@ def test_npz_rejects_a_size_change_but_keeps_earlier_frames(tmp_path):
 
 def test_jsonl_one_flushed_line_per_frame(tmp_path):
     path = tmp_path / "frames.jsonl"
-    results = [make_result(i, embedding="near-repeat" if i % 2 else "fresh", staleness=i % 2) for i in range(3)]
+    results = [make_result(i, reuse="near-repeat" if i % 2 else "fresh", staleness=i % 2) for i in range(3)]
     sink = JsonlSink(path)
     sink.write(results[0])
     sink.write(results[1])
@@ -177,10 +178,13 @@ def test_jsonl_one_flushed_line_per_frame(tmp_path):
     sink.close()
     lines = path.read_text().splitlines()
     assert len(lines) == 3
-    for line, res in zip(lines, results):
+    for i, (line, res) in enumerate(zip(lines, results)):
         rec = json.loads(line)
-        assert rec == json.loads(json.dumps(res.record()))
-        assert set(rec) >= {"index", "boxes", "mask_area", "score", "fresh", "staleness", "latency_ms"}
+        assert rec["index"] == i and rec["timestamp"] == pytest.approx(i / 10)
+        assert rec["mask_area"] == [int(res.masks[0].sum())] and rec["mask_area"][0] > 1000
+        assert rec["prompts"] == [{"box": [16.0, 24.0, 64.0, 72.0]}] and rec["score"] == [0.9]
+        assert rec["reuse"] == ("near-repeat" if i % 2 else "fresh") and rec["embedding_frame"] == i - i % 2
+        assert rec["latency_ms"] == {"decode": 1.5, "total": 3.25} and rec["backend"] == "test"
     assert json.loads(lines[1])["fresh"] is False and json.loads(lines[1])["staleness"] == 1
 
 

@@ -1,0 +1,107 @@
+"""Pull-style iteration: a source's frames through a session, one FrameResult per frame.
+
+The CLI, Predictor.stream() and the benchmarks all iterate this; the session (either
+mode) is the one place that wires prompts, reuse and the decoder. In real-time mode a
+capture thread feeds the session at the source's own pace (a file is replayed at its
+frame rate, as a live probe would deliver it) and the caller's thread decodes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from itertools import islice
+from typing import Iterator
+
+from medsam_edge.runtime.result import FrameResult
+
+
+class Stream:
+    """Iterate for FrameResults; close() (or leaving a with block, or breaking out of the
+    loop) stops the session's threads and closes the source if this stream opened it.
+
+    session: runtime.session.Session or runtime.realtime.RealtimeSession.
+    source: a runtime.sources.Source (or any iterable of Frames).
+    pace: real-time mode only: deliver frames at their timestamps (default: unless live).
+    max_frames: stop after this many frames of the source.
+    """
+
+    def __init__(self, session, source, *, owns_source: bool = True, pace: bool | None = None,
+                 max_frames: int | None = None) -> None:
+        self.session = session
+        self.source = source
+        self.owns_source = owns_source
+        self.pace = (not getattr(source, "is_live", False)) if pace is None else pace
+        self.max_frames = max_frames
+        self.frames_read = 0
+        self.ended_early = False  # the caller stopped iterating before the source ran out
+        self._error: BaseException | None = None
+
+    @property
+    def stats(self):
+        return self.session.stats
+
+    def _frames(self):
+        return islice(self.source, self.max_frames) if self.max_frames else iter(self.source)
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        finished = False
+        try:
+            yield from (self._realtime() if self.session.realtime else self._deterministic())
+            finished = True
+        finally:
+            self.ended_early = not finished
+            self.close()
+
+    def _deterministic(self) -> Iterator[FrameResult]:
+        frames = self._frames()
+        while True:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                return
+            self.frames_read += 1
+            result = self.session.process(frame, read_ms=(time.perf_counter() - t0) * 1e3)
+            if not result.blank:
+                yield result
+
+    def _realtime(self) -> Iterator[FrameResult]:
+        capture = threading.Thread(target=self._capture, name="medsam-capture", daemon=True)
+        capture.start()
+        while True:
+            result = self.session.next_result()
+            if result is None:
+                break
+            yield result
+        capture.join(timeout=5)
+        if self._error is not None:
+            raise self._error
+
+    def _capture(self) -> None:
+        start = time.perf_counter()
+        try:
+            for frame in self._frames():
+                if self.session._closed:
+                    return
+                if self.pace:
+                    delay = start + frame.timestamp - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                frame.captured_at = time.perf_counter()
+                self.frames_read += 1
+                self.session.submit(frame)
+        except BaseException as e:  # surfaced in the consumer's thread
+            self._error = e
+        finally:
+            self.session.end()
+
+    def close(self) -> None:
+        self.session.close()
+        if self.owns_source and hasattr(self.source, "close"):
+            self.source.close()
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
