@@ -82,30 +82,26 @@ def plan(md, wanted: list[str] | None, checkpoint=None) -> list[RowSpec]:
 
 
 def _open_reference(md, checkpoint):
-    from medsam_edge.bench.runners import ReferenceRunner
+    from medsam_edge.bench.runners import reference_runner
 
-    return ReferenceRunner(md, checkpoint)
+    return reference_runner(md, checkpoint)
 
 
 def _open_engine(md, family: str, precision: str):
-    from medsam_edge.engines.select import open_backend
-
-    from medsam_edge.bench.runners import BackendRunner
-
+    from medsam_edge.bench.runners import backend_runner
     from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
+    from medsam_edge.engines.select import open_backend
 
     # Every row stays open for the round-robin; big encoders give their memory back.
     release = md.preprocess.size >= LARGE_INPUT_SIDE
-    return BackendRunner(f"{family}-{precision}", open_backend(md, family, precision, release_memory=release),
-                         md.preprocess)
+    return backend_runner(f"{family}-{precision}", open_backend(md, family, precision, release_memory=release), md)
 
 
 def _open_torch_fast(md, checkpoint):
+    from medsam_edge.bench.runners import backend_runner
     from medsam_edge.engines.torch_backend import TorchBackend
 
-    from medsam_edge.bench.runners import BackendRunner
-
-    return BackendRunner(f"{TORCH_FAST}-fp16", TorchBackend(md, checkpoint, device="cuda", fast=True), md.preprocess)
+    return backend_runner(f"{TORCH_FAST}-fp16", TorchBackend(md, checkpoint, device="cuda", fast=True), md)
 
 
 def _cuda_reason() -> str:

@@ -1,21 +1,23 @@
-"""One frame through one row, stage by stage: preprocess, encode, decode, postprocess.
+"""One frame through one row: the runtime's own Segmenter over the row's backend.
 
-The reference runner is MedSAM's published inference path (export/reference.py:
-scikit-image/OpenCV/PIL preprocessing as the model's script does, FP32 eager modules,
-its postprocess). Every other row is the runtime's path (OpenCV preprocessing, an
-engines backend, the runtime's postprocess), which is what a user deploys.
+Every row, the reference included, is a runtime.segmenter.Segmenter, so the benchmark
+times the code a user deploys, stage by stage from the Segmenter's own timings (each
+stage's clock stops after the backend's sync(), so GPU work is counted where it ran).
+The reference row is the PyTorch backend (segment-anything's modules, FP32 eager) with
+the reference scripts' preprocessing and postprocessing (export.reference.ReferenceProcessing):
+MedSAM's published inference path. The other rows use the runtime's OpenCV processing.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from medsam_edge.contract import box_tokens
-from medsam_edge.runtime.geometry import boxes_to_model
+from medsam_edge.runtime.segmenter import Segmenter
+
+STAGES = ("preprocess", "encode", "decode", "postprocess")
 
 
 @dataclass
@@ -26,111 +28,39 @@ class FrameOutput:
 
 
 class Runner:
-    name = "?"
-    device = "cpu"
+    """A row: its name, its Segmenter, and what its backend says ran."""
 
-    def preprocess(self, image: np.ndarray) -> Any: ...
-    def encode(self, prepared: Any) -> Any: ...
-    def decode(self, embedding: Any, prepared: Any, boxes: np.ndarray) -> np.ndarray: ...
-    def postprocess(self, logits: np.ndarray, prepared: Any) -> np.ndarray: ...
-    def to_numpy(self, embedding: Any) -> np.ndarray: ...
-
-    def close(self) -> None:
-        pass
-
-    def sync(self) -> None:
-        """Wait for queued GPU work so a stage's clock stops when its work is done."""
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
+    def __init__(self, name: str, segmenter: Segmenter, extra: dict | None = None) -> None:
+        self.name = name
+        self.segmenter = segmenter
+        self.device = segmenter.backend.device
+        self.describe = {**segmenter.backend.describe(), "processing": segmenter.processing.name, **(extra or {})}
 
     def run(self, image: np.ndarray, boxes: np.ndarray) -> FrameOutput:
         t: dict[str, float] = {}
-        c0 = time.perf_counter()
-        prepared = self.preprocess(image)
-        c1 = time.perf_counter()
-        embedding = self.encode(prepared)
-        self.sync()
-        c2 = time.perf_counter()
-        logits = self.decode(embedding, prepared, boxes)
-        self.sync()
-        c3 = time.perf_counter()
-        masks = self.postprocess(logits, prepared)
-        c4 = time.perf_counter()
-        t.update(preprocess=(c1 - c0) * 1e3, encode=(c2 - c1) * 1e3, decode=(c3 - c2) * 1e3, postprocess=(c4 - c3) * 1e3)
-        return FrameOutput(t, masks, embedding)
+        enc = self.segmenter.encode(image, timings=t)
+        masks, _, _ = self.segmenter.decode(enc, boxes, t)
+        return FrameOutput({k: t[k] for k in STAGES}, masks, enc.embedding)
 
-
-class ReferenceRunner(Runner):
-    """PyTorch FP32 eager on the CPU, exactly the reference predictor's steps."""
-
-    name = "reference"
-
-    def __init__(self, md, checkpoint=None) -> None:
-        import torch
-
-        from medsam_edge.engines.torch_backend import load_sam
-        from medsam_edge.export.reference import ReferencePredictor
-
-        self._torch = torch
-        self.pre = md.preprocess
-        self.predictor = ReferencePredictor(load_sam(md, checkpoint), self.pre)
-        self.describe = {"backend": "torch", "device": "cpu", "precision": "fp32", "path": "MedSAM reference",
-                         "torch_threads": torch.get_num_threads()}
-
-    def preprocess(self, image):
-        from medsam_edge.export.reference import prepare
-
-        return prepare(image, self.pre)
-
-    def encode(self, prepared):
-        with self._torch.no_grad():
-            return self.predictor.sam.image_encoder(prepared.tensor)
-
-    def decode(self, embedding, prepared, boxes):
-        logits, _ = self.predictor.decode(embedding, boxes_to_model(boxes, prepared.original_hw, prepared.resized_hw))
-        return logits
-
-    def postprocess(self, logits, prepared):
-        from medsam_edge.export.reference import logits_to_masks
-
-        return logits_to_masks(logits, prepared, self.pre)
-
-    def to_numpy(self, embedding):
-        return embedding.float().cpu().numpy()
-
-
-class BackendRunner(Runner):
-    """The runtime's path around any engines backend (onnxruntime, TensorRT, torch fast path)."""
-
-    def __init__(self, name: str, backend, pre) -> None:
-        self.name = name
-        self.backend = backend
-        self.device = backend.device
-        self.pre = pre
-        self.describe = backend.describe()
-
-    def preprocess(self, image):
-        from medsam_edge.runtime.preprocess import preprocess
-
-        return preprocess(image, self.pre)
-
-    def encode(self, prepared):
-        return self.backend.encode(prepared.tensor)
-
-    def decode(self, embedding, prepared, boxes):
-        coords, labels = box_tokens(boxes_to_model(boxes, prepared.original_hw, prepared.resized_hw))
-        logits, _ = self.backend.decode(embedding, coords, labels)
-        return np.asarray(logits)
-
-    def postprocess(self, logits, prepared):
-        from medsam_edge.runtime.postprocess import masks_from_logits
-
-        return masks_from_logits(logits, prepared.original_hw, prepared.resized_hw, self.pre)
-
-    def to_numpy(self, embedding):
-        return np.asarray(self.backend.embedding_to_numpy(embedding), np.float32)
+    def to_numpy(self, embedding: Any) -> np.ndarray:
+        return np.asarray(self.segmenter.backend.embedding_to_numpy(embedding), np.float32)
 
     def close(self) -> None:
-        self.backend.close()
+        self.segmenter.backend.close()
+
+
+def reference_runner(md, checkpoint=None) -> Runner:
+    """PyTorch FP32 eager on the CPU with the reference scripts' pixels in and out."""
+    import torch
+
+    from medsam_edge.engines.torch_backend import TorchBackend
+    from medsam_edge.export.reference import ReferenceProcessing
+
+    backend = TorchBackend(md, checkpoint)
+    return Runner("reference", Segmenter(backend, md.preprocess, ReferenceProcessing(md.preprocess)),
+                  {"path": "MedSAM reference", "torch_threads": torch.get_num_threads()})
+
+
+def backend_runner(name: str, backend, md) -> Runner:
+    """The runtime's path around any engines backend (onnxruntime, OpenVINO, TensorRT, torch fast path)."""
+    return Runner(name, Segmenter(backend, md.preprocess))

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS, box_tokens
+from medsam_edge.contract import IMAGE, box_tokens
 from medsam_edge.metrics import cosine, dice, iou, rel_err
 from medsam_edge.runtime.geometry import boxes_to_model
 from medsam_edge.runtime.postprocess import masks_from_logits
@@ -24,34 +24,36 @@ from .boxes import Prompt, tighten
 from .frames import FrameSet
 
 
-class OrtPart:
-    """One ONNX file on onnxruntime's CPU provider; an encoder or a decoder by its inputs."""
+def open_part(path: str | Path, part: str, threads: int | None = None, release_memory: bool | None = None):
+    """One ONNX file as an encoder-only or decoder-only onnxruntime CPU backend: the same
+    engines backend the runtime uses, so what calibration judges is what runs.
 
-    def __init__(self, path: str | Path, threads: int | None = None, release_memory: bool | None = None) -> None:
-        """release_memory: give the working memory back after each call; None (default):
-        for big encoders only, since calibration keeps several of them open (the full
-        ViT-B's Q/DQ encoder alone works in 15 GB)."""
-        import onnxruntime as ort
+    release_memory None: for big encoders only (input side >= 1024), since calibration
+    keeps several of them open (the full ViT-B's Q/DQ encoder alone works in 15 GB)."""
+    from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE, OnnxruntimeBackend
 
-        from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE, release_options, session_options
+    path = Path(path)
+    if release_memory is None:
+        release_memory = part == "encoder" and _input_side(path) >= LARGE_INPUT_SIDE
+    backend = OnnxruntimeBackend(path if part == "encoder" else None, path if part == "decoder" else None,
+                                 threads=threads, release_memory=release_memory)
+    backend.path = path
+    return backend
 
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), session_options(ort, threads), providers=["CPUExecutionProvider"])
-        if release_memory is None:
-            side = [i.shape[-1] for i in self.session.get_inputs() if i.name == IMAGE]
-            release_memory = bool(side) and isinstance(side[0], int) and side[0] >= LARGE_INPUT_SIDE
-        self.releases_memory = release_memory
-        self._run_options = release_options(ort) if release_memory else None
 
-    def encode(self, tensor: np.ndarray) -> np.ndarray:
-        return self.session.run([EMBEDDING], {IMAGE: tensor}, self._run_options)[0]
+def _input_side(path: Path) -> int:
+    import onnx
 
-    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """boxes (N, 4) in the model frame, as box-only prompts."""
-        coords, labels = box_tokens(boxes)
-        logits, _ = self.session.run([LOW_RES_LOGITS, IOU], {EMBEDDING: embedding, POINT_COORDS: coords,
-                                                              POINT_LABELS: labels})
-        return logits
+    for i in onnx.load(str(path), load_external_data=False).graph.input:
+        if i.name == IMAGE:
+            return int(i.type.tensor_type.shape.dim[-1].dim_value or 0)
+    return 0
+
+
+def decode_boxes(backend, embedding, boxes: np.ndarray) -> np.ndarray:
+    """Logits (N, 1, 256, 256) for box-only prompts (N, 4) in the model frame, on any backend."""
+    logits, _ = backend.decode(embedding, *box_tokens(boxes))
+    return np.asarray(logits, np.float32)
 
 
 @dataclass
@@ -100,8 +102,7 @@ class _Ref:
 class Scorer:
     """Reference outputs for `indices` of `frames`, with the boxes in `prompts`.
 
-    reference: anything with encode(tensor) and decode(embedding, boxes) -> logits
-    (the FP32 ONNX pair, or the PyTorch reference predictor).
+    reference: an engines backend (the PyTorch reference, or the FP32 ONNX pair on onnxruntime).
     """
 
     def __init__(self, frames: FrameSet, indices: Sequence[int], prompts: dict[int, list[Prompt]],
@@ -109,15 +110,15 @@ class Scorer:
         self.frames = frames
         self.refs: list[_Ref] = []
         for i in indices:
-            emb = np.asarray(reference.encode(frames.tensor(i)), np.float32)
+            emb = np.asarray(reference.embedding_to_numpy(reference.encode(frames.tensor(i))), np.float32)
             boxes = np.stack([p.box for p in prompts[i]])
             derived = [p.origin == "derived" for p in prompts[i]]
             if any(derived):
                 # Tighten centre boxes onto what the reference segments there.
-                masks = self._masks(i, reference.decode(emb, self._model_boxes(i, boxes)))
+                masks = self._masks(i, decode_boxes(reference, emb, self._model_boxes(i, boxes)))
                 boxes = np.stack([tighten(b, mk) if d else b for b, mk, d in zip(boxes, masks, derived)])
             mb = self._model_boxes(i, boxes)
-            logits = np.asarray(reference.decode(emb, mb), np.float32)
+            logits = decode_boxes(reference, emb, mb)
             self.refs.append(_Ref(i, emb, mb, logits, self._masks(i, logits), [p.truth for p in prompts[i]]))
             if on_frame:
                 on_frame(1)
@@ -136,13 +137,14 @@ class Scorer:
         """Candidate parts; encoder None: the reference embeddings. `limit`: first frames only."""
         s = Scores()
         for r in self.refs[:limit]:
-            emb = r.embedding if encoder is None else encoder.encode(self.frames.tensor(r.index))
+            emb = (r.embedding if encoder is None
+                   else np.asarray(encoder.embedding_to_numpy(encoder.encode(self.frames.tensor(r.index))), np.float32))
             s.cosine.append(cosine(emb, r.embedding))
             s.rel_err.append(rel_err(emb, r.embedding))
             if masks:
                 if decoder is None:
                     raise ValueError("masks need a decoder to run")
-                logits = np.asarray(decoder.decode(np.asarray(emb, np.float32), r.boxes), np.float32)
+                logits = decode_boxes(decoder, emb, r.boxes)
                 s.logits_rel_err.append(rel_err(logits, r.logits))
                 got = self._masks(r.index, logits)
                 for g, want, truth in zip(got, r.masks, r.truths):
@@ -187,9 +189,10 @@ def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | 
     from .fp16 import Verdict
 
     def run(path: Path) -> Verdict:
-        cand = OrtPart(path, threads)
+        cand = open_part(path, part, threads)
         enc, dec = (cand, fp32_decoder) if part == "encoder" else (None, cand)
         s = scorer.score(enc, dec)
+        cand.close()
         d = stats(s.dice)
         loss = (1.0 - d["mean"]) + 1e-3 * ((_mean(s.rel_err) or 0.0) + (_mean(s.logits_rel_err) or 0.0))
         if not np.isfinite(loss):
@@ -203,7 +206,7 @@ def probe(scorer: Scorer, frames: int = 2, threads: int | None = None) -> Callab
     """Path -> 1 - mean embedding cosine on the first `frames` frames: the cheap sensitivity signal."""
 
     def run(path: Path) -> float:
-        s = scorer.score(OrtPart(path, threads), masks=False, limit=frames)
+        s = scorer.score(open_part(path, "encoder", threads), masks=False, limit=frames)
         c = float(np.mean(s.cosine))
         return 1.0 - c if np.isfinite(c) else float("inf")
 

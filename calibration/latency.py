@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import OrtPart
+from .evaluate import open_part
 
 
 def encoder_latency(files: dict[str, Path], tensor: np.ndarray, rounds: int = 7, warmup: int = 2,
                     threads: int | None = None) -> dict:
     """{precision: {"median_ms", "p90_ms", "vs_fp32"}} for each encoder file."""
-    # All files stay open so that rounds alternate; OrtPart has big encoders give their
+    # All files stay open so that rounds alternate; open_part has big encoders give their
     # working memory back after each call (three ViT-B encoders ran 24 GB out of memory).
-    parts = {p: OrtPart(f, threads) for p, f in files.items()}
+    parts = {p: open_part(f, "encoder", threads) for p, f in files.items()}
     release = any(part.releases_memory for part in parts.values())
     for _ in range(warmup):
         for part in parts.values():

@@ -23,10 +23,10 @@ from medsam_edge.progress import Steps
 
 from . import fp16, int8, report
 from .boxes import load_prompts
-from .evaluate import TARGETS, OrtPart, Scorer, judge, probe
+from .evaluate import TARGETS, Scorer, judge, open_part, probe
 from .frames import MIN_FRAMES, FrameReader, FrameSet, sample_frames
 from .latency import encoder_latency
-from .reference import OnnxPair, open_reference
+from .reference import fp32_pair, open_reference
 
 PRECISIONS = ("fp16", "int8")
 # precision -> (encoder, decoder) file precisions; INT8 runs with the FP32 decoder.
@@ -73,7 +73,7 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
     try:
         with steps.step("FP32 reference on calibration frames"):
             cal = _spread(fs.calibration, o.search_frames)
-            search = Scorer(fs, cal, load_prompts(fs, cal, o.box_files, o.mask_dirs), OnnxPair(md, o.threads))
+            search = Scorer(fs, cal, load_prompts(fs, cal, o.box_files, o.mask_dirs), fp32_pair(md, o.threads))
         record: dict = {"frames": fs.describe(), "targets": {p: o.target(p) for p in TARGETS}}
         written: dict[str, Path] = {}
         if "fp16" in o.precisions:
@@ -128,7 +128,7 @@ def _spread(indices: list[int], n: int) -> list[int]:
 
 
 def _fp16(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Options, log) -> dict:
-    fp32_dec = OrtPart(md.onnx("decoder"), o.threads)
+    fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
     feeds = [{IMAGE: fs.tensor(r.index)} for r in search.refs[: o.range_frames]]
     enc = staging / md.onnx("encoder", "fp16").name
     log("encoder:")
@@ -148,7 +148,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     src = md.onnx("encoder")
     model = onnx.load(str(src))
     nodes = int8.quantizable(model)
-    fp32_dec = OrtPart(md.onnx("decoder"), o.threads)
+    fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
     judged_path = judge(search, "encoder", fp32_dec, o.target("int8"), o.threads)
     trial = staging / "trial.int8.onnx"
     caches = {m: staging / f"ranges-{m}.json" for m in o.methods}
@@ -192,7 +192,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
 def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Options, log) -> dict:
     src = md.onnx("encoder")
     out = staging / md.onnx("encoder", "int8dyn").name
-    judged_path = judge(search, "encoder", OrtPart(md.onnx("decoder"), o.threads), o.target("int8"), o.threads)
+    judged_path = judge(search, "encoder", open_part(md.onnx("decoder"), "decoder", o.threads), o.target("int8"), o.threads)
     int8.quantize_dynamic_cpu(src, out)
     v, exclude, trials = judged_path(out), [], []
     if not v.passed and rec8.get("ranking"):
@@ -223,7 +223,8 @@ def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
         pair = [written.get(f"{part}.{q}", md.onnx(part, q)) for part, q in (("encoder", ep), ("decoder", dp))]
         if all(f.is_file() for f in pair):
             pairs[p] = tuple(pair)
-    scores = {p: sc.score(OrtPart(e, o.threads), OrtPart(d, o.threads)) for p, (e, d) in pairs.items()}
+    scores = {p: sc.score(open_part(e, "encoder", o.threads), open_part(d, "decoder", o.threads))
+              for p, (e, d) in pairs.items()}
     files = {p: {"encoder": e.name, "decoder": d.name} for p, (e, d) in pairs.items()}
     n_boxes = sum(len(prompts[i]) for i in ho)
     n_truth = sum(p.truth is not None for i in ho for p in prompts[i])

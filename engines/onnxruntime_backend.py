@@ -21,12 +21,6 @@ PROVIDERS = {
 }
 
 
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
 # Encoders whose input side is at least this keep GBs in onnxruntime's arena after a call
 # (ViT-B at 1024: measured 7 GB FP32, 15 GB with Q/DQ INT8, 6.6 GB dynamic INT8), more
 # than a 24 GB machine holds for three of them at once.
@@ -54,8 +48,8 @@ def release_options(ort):
 class OnnxruntimeBackend(Backend):
     def __init__(
         self,
-        encoder_onnx: Path,
-        decoder_onnx: Path,
+        encoder_onnx: Path | None,
+        decoder_onnx: Path | None,
         name: str = "onnxruntime-cpu",
         precision: str = "fp32",
         threads: int | None = None,
@@ -66,7 +60,10 @@ class OnnxruntimeBackend(Backend):
         """threads: onnxruntime intra-op threads of the encoder session (and of the decoder
         unless decoder_threads is given; None: onnxruntime's default, every core).
         release_memory: hand the encoder's working memory back after every call (see
-        release_options); for processes that keep several big encoders open."""
+        release_options); for processes that keep several big encoders open.
+        encoder_onnx or decoder_onnx None: a backend of one part (calibration pairs a
+        candidate encoder with the FP32 decoder, or the reference's embeddings with a
+        candidate decoder)."""
         import onnxruntime as ort
 
         wanted = PROVIDERS[name]
@@ -80,12 +77,17 @@ class OnnxruntimeBackend(Backend):
         self.device = "cpu" if name == "onnxruntime-cpu" else "cuda"
         self.precision = precision
         self.threads = {"encoder": threads, "decoder": decoder_threads or threads}
+        self.releases_memory = release_memory
         self._encode_options = release_options(ort) if release_memory else None
         providers = [self._provider_options(p, cache_dir) for p in wanted]
-        self.encoder = self._session(ort, encoder_onnx, session_options(ort, threads), providers)
-        self.decoder = self._session(ort, decoder_onnx, session_options(ort, decoder_threads or threads), providers)
+        if encoder_onnx is None and decoder_onnx is None:
+            raise ValueError("an onnxruntime backend needs an encoder, a decoder or both")
+        self.encoder = (self._session(ort, encoder_onnx, session_options(ort, threads), providers)
+                        if encoder_onnx is not None else None)
+        self.decoder = (self._session(ort, decoder_onnx, session_options(ort, decoder_threads or threads), providers)
+                        if decoder_onnx is not None else None)
         # What actually ran: onnxruntime silently drops a provider it cannot initialise.
-        self.providers = self.encoder.get_providers()
+        self.providers = (self.encoder or self.decoder).get_providers()
         if self.providers[0] != wanted[0]:
             log.warning("%s: onnxruntime fell back to %s", name, self.providers[0])
             self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else self.device
@@ -108,13 +110,17 @@ class OnnxruntimeBackend(Backend):
             raise InputError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
 
     def encode(self, image: np.ndarray) -> np.ndarray:
+        if self.encoder is None:
+            raise ValueError("this onnxruntime backend was opened without an encoder")
         return self.encoder.run([EMBEDDING], {IMAGE: np.ascontiguousarray(image, np.float32)},
                                 self._encode_options)[0]
 
     def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.decoder is None:
+            raise ValueError("this onnxruntime backend was opened without a decoder")
         logits, iou = self.decoder.run(
             [LOW_RES_LOGITS, IOU],
-            {EMBEDDING: embedding, POINT_COORDS: np.ascontiguousarray(coords, np.float32),
+            {EMBEDDING: np.asarray(embedding, np.float32), POINT_COORDS: np.ascontiguousarray(coords, np.float32),
              POINT_LABELS: np.ascontiguousarray(labels, np.float32)},
         )
         return logits, iou

@@ -28,7 +28,7 @@ from medsam_edge.runtime.geometry import boxes_to_model, longest_side_hw
 
 
 @dataclass
-class Prepared:
+class TorchPrepared:
     """A frame as the encoder sees it, with what is needed to map boxes and masks."""
 
     tensor: torch.Tensor  # (1, 3, S, S) float32
@@ -36,7 +36,7 @@ class Prepared:
     resized_hw: tuple[int, int]  # size of the image inside the S x S input before padding
 
 
-def prepare(image: np.ndarray, pre: Preprocess) -> Prepared:
+def prepare(image: np.ndarray, pre: Preprocess) -> TorchPrepared:
     """image: HxWx3 uint8 RGB (grey HxW is repeated to 3 channels, as MedSAM does)."""
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=-1)
@@ -66,7 +66,27 @@ def prepare(image: np.ndarray, pre: Preprocess) -> Prepared:
     t = torch.tensor(x, dtype=torch.float32).permute(2, 0, 1)[None]
     # Pad bottom/right after normalisation, as SAM and LiteMedSAM do.
     t = F.pad(t, (0, s - rw, 0, s - rh))
-    return Prepared(t, (h, w), (rh, rw))
+    return TorchPrepared(t, (h, w), (rh, rw))
+
+
+class ReferenceProcessing:
+    """The reference scripts' pixels in and out, for runtime.segmenter.Segmenter: with the
+    torch backend it is the PyTorch reference path, timed stage by stage like any row."""
+
+    name = "reference"
+
+    def __init__(self, pre: Preprocess) -> None:
+        self.pre = pre
+
+    def prepare(self, image: np.ndarray):
+        from medsam_edge.runtime.preprocess import Prepared
+
+        p = prepare(image, self.pre)
+        return Prepared(p.tensor.numpy(), p.original_hw, p.resized_hw)
+
+    def masks(self, logits: np.ndarray, original_hw: tuple[int, int], resized_hw: tuple[int, int]) -> np.ndarray:
+        return logits_to_masks(torch.from_numpy(np.asarray(logits, np.float32)),
+                               TorchPrepared(None, original_hw, resized_hw), self.pre)
 
 
 class ReferencePredictor:
@@ -75,7 +95,7 @@ class ReferencePredictor:
     def __init__(self, sam: nn.Module, pre: Preprocess) -> None:
         self.sam = sam.eval()
         self.pre = pre
-        self.prepared: Prepared | None = None
+        self.prepared: TorchPrepared | None = None
         self.embedding: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -99,7 +119,7 @@ class ReferencePredictor:
         return logits_to_masks(logits, p, self.pre), iou[:, 0].numpy()
 
 
-def logits_to_masks(logits: torch.Tensor, p: Prepared, pre: Preprocess) -> np.ndarray:
+def logits_to_masks(logits: torch.Tensor, p: TorchPrepared, pre: Preprocess) -> np.ndarray:
     """(N,1,256,256) logits -> (N,H,W) bool, following each reference script."""
     logits = torch.as_tensor(logits, dtype=torch.float32)
     hw = p.original_hw

@@ -19,7 +19,7 @@ from medsam_edge.contract import LOW_RES_HW, PROMPTS_MAX, Preprocess, prompt_tok
 from medsam_edge.engines.base import Backend
 from medsam_edge.runtime.geometry import boxes_to_model, points_to_model
 from medsam_edge.runtime.postprocess import masks_from_logits
-from medsam_edge.runtime.preprocess import preprocess
+from medsam_edge.runtime.preprocess import Prepared, preprocess
 from medsam_edge.runtime.prompts import Prompt, as_prompts
 
 
@@ -38,15 +38,34 @@ class Encoded:
     frame_index: int = -1
 
 
+class OpenCVProcessing:
+    """The runtime's pixels in and out: OpenCV preprocessing (runtime.preprocess) and the
+    mask postprocess of each model's script (runtime.postprocess). The PyTorch reference
+    swaps in the scripts' own libraries (export.reference.ReferenceProcessing)."""
+
+    name = "opencv"
+
+    def __init__(self, pre: Preprocess) -> None:
+        self.pre = pre
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        return preprocess(image, self.pre)
+
+    def masks(self, logits: np.ndarray, original_hw: tuple[int, int], resized_hw: tuple[int, int]) -> np.ndarray:
+        return masks_from_logits(logits, original_hw, resized_hw, self.pre)
+
+
 class Segmenter:
-    def __init__(self, backend: Backend, pre: Preprocess) -> None:
+    def __init__(self, backend: Backend, pre: Preprocess, processing=None) -> None:
+        """processing: how pictures become tensors and logits masks (default OpenCVProcessing)."""
         self.backend = backend
         self.pre = pre
+        self.processing = processing or OpenCVProcessing(pre)
 
     def encode(self, image: np.ndarray, frame_index: int = -1, timings: dict | None = None) -> Encoded:
         """image: HxWx3 uint8 RGB -> its embedding; timings gains "preprocess" and "encode" (ms)."""
         t0 = time.perf_counter()
-        prepared = preprocess(image, self.pre)
+        prepared = self.processing.prepare(image)
         t1 = time.perf_counter()
         embedding = self.backend.encode(prepared.tensor)
         self.backend.sync()
@@ -93,7 +112,7 @@ class Segmenter:
         logits, scores = self.decode_logits(enc, prompts)
         self.backend.sync()
         t1 = time.perf_counter()
-        masks = masks_from_logits(logits, enc.original_hw, enc.resized_hw, self.pre)
+        masks = self.processing.masks(logits, enc.original_hw, enc.resized_hw)
         t2 = time.perf_counter()
         if timings is not None:
             timings["decode"] = (t1 - t0) * 1e3
