@@ -14,6 +14,8 @@ from itertools import islice
 
 import numpy as np
 
+from medsam_edge.runtime.geometry import centre_box
+
 from medsam_edge.errors import InputError
 
 _BOX_SUFFIX = re.compile(r"^(?P<src>.+)@(?P<box>[-+0-9.eE]+(?:,[-+0-9.eE]+){3})$")
@@ -40,10 +42,6 @@ def parse_spec(spec: str) -> tuple[str, np.ndarray | None]:
     return m["src"], np.asarray([parse_box(m["box"])], np.float32)
 
 
-def centre_box(h: int, w: int) -> np.ndarray:
-    return np.asarray([[w * 0.25, h * 0.25, w * 0.75, h * 0.75]], np.float32)
-
-
 def load(specs: list[str], total: int) -> list[BenchFrame]:
     """About `total` frames spread evenly over each source, in source order."""
     from medsam_edge.runtime.prompts import validate_boxes
@@ -55,7 +53,7 @@ def load(specs: list[str], total: int) -> list[BenchFrame]:
     for spec, want in zip(specs, per_source):
         path, boxes = parse_spec(spec)
         for frame, ms in _read_spread(path, want):
-            b = centre_box(frame.height, frame.width) if boxes is None else boxes
+            b = centre_box(frame.height, frame.width)[None] if boxes is None else boxes
             b = validate_boxes(b, frame.height, frame.width, f"{path} frame {frame.index} box")
             out.append(BenchFrame(frame.image, b, path, frame.index, ms))
     return out

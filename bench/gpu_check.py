@@ -64,7 +64,7 @@ def _model_dir(path: Path | None, tmp: Path, report: dict):
     from medsam_edge.manifest import load_model_dir
 
     if path is None:
-        from medsam_edge.export.command import export_model
+        from medsam_edge.export.exporter import export_model
 
         path = tmp / "medsam_vit_tiny"
         export_model("medsam_vit_tiny", path, random_init=True, quiet=True, parity=False)

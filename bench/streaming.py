@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 from medsam_edge.bench import reuse
-from medsam_edge.bench.frames import centre_box, parse_spec
+from medsam_edge.bench.frames import parse_spec
+from medsam_edge.runtime.geometry import centre_box
 
 
 def scenario(predictor, spec: str, n_frames: int, thresholds, say=lambda s: None, realtime_predictor=None) -> dict:
@@ -84,4 +85,4 @@ def _centre(clip: str) -> np.ndarray:
 
     with open_source(clip) as src:
         frame = next(iter(src))
-    return centre_box(frame.height, frame.width)
+    return centre_box(frame.height, frame.width)[None]

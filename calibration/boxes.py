@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from medsam_edge.errors import InputError
+from medsam_edge.runtime.geometry import centre_box
 
 from .frames import FrameSet
 
@@ -58,10 +59,6 @@ def load_prompts(
             prompts = [Prompt(_clip(b, h, w), None, "file") for b in boxes]
         out[i] = prompts or [Prompt(centre_box(h, w), None, "derived")]
     return out
-
-
-def centre_box(h: int, w: int) -> np.ndarray:
-    return np.array([w * 0.25, h * 0.25, w * 0.75, h * 0.75], np.float32)
 
 
 def tighten(box: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ def open_reference(md: ModelDir, checkpoint: str | Path | None = None) -> tuple[
 
     source = md.manifest.get("checkpoint") or {}
     if checkpoint is not None:
-        from medsam_edge.export.checkpoint import sha256_file
+        from medsam_edge.manifest import sha256_file
 
         if source.get("sha256") and sha256_file(checkpoint) != source["sha256"]:
             raise InputError(f"--checkpoint {checkpoint}: not the checkpoint {md.path} was exported from (SHA-256 differs)")

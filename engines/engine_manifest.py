@@ -27,7 +27,7 @@ from medsam_edge.contract import (
 )
 from medsam_edge.contract import PRECISIONS as CONTRACT_PRECISIONS
 from medsam_edge.errors import InputError
-from medsam_edge.manifest import ModelDir
+from medsam_edge.manifest import ModelDir, sha256_file
 
 FORMAT = "medsam-edge/engine-set"
 FORMAT_VERSION = 1
@@ -144,14 +144,6 @@ def check_io(onnx: Path, part: str, size: int, inputs: dict[str, tuple], outputs
         problems.append(f"outputs {missing_out} missing")
     if problems:
         raise InputError(f"{onnx}: does not match the {part} contract ({'; '.join(problems)}); export it again")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_plan(engines: Path, entry: dict) -> bytes:

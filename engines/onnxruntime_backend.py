@@ -82,6 +82,8 @@ class OnnxruntimeBackend(Backend):
         providers = [self._provider_options(p, cache_dir) for p in wanted]
         if encoder_onnx is None and decoder_onnx is None:
             raise ValueError("an onnxruntime backend needs an encoder, a decoder or both")
+        # Which files ran: a reduced precision's decoder may be the FP32 one standing in.
+        self.files = {part: Path(f).name for part, f in (("encoder", encoder_onnx), ("decoder", decoder_onnx)) if f}
         self.encoder = (self._session(ort, encoder_onnx, session_options(ort, threads), providers)
                         if encoder_onnx is not None else None)
         self.decoder = (self._session(ort, decoder_onnx, session_options(ort, decoder_threads or threads), providers)
@@ -127,4 +129,4 @@ class OnnxruntimeBackend(Backend):
 
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.providers,
-                "threads": {k: v or "default" for k, v in self.threads.items()}}
+                "threads": {k: v or "default" for k, v in self.threads.items()}, "files": self.files}

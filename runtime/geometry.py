@@ -37,3 +37,8 @@ def points_to_model(points: np.ndarray, original_hw: tuple[int, int], resized: t
     rh, rw = resized
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     return (p * np.array([rw / w, rh / h])).astype(np.float32)
+
+
+def centre_box(h: int, w: int) -> np.ndarray:
+    """(4,) float32: the centre half of an h x w picture, the default prompt where none is given."""
+    return np.array([w * 0.25, h * 0.25, w * 0.75, h * 0.75], np.float32)

@@ -35,10 +35,3 @@ def masks_from_logits(
         # sigmoid(x) > 0.5 exactly when x > 0.
         out[i] = _resize(np.ascontiguousarray(lg), original_hw) > 0.0
     return out
-
-
-def mask_score(logits: np.ndarray) -> np.ndarray:
-    """Mean sigmoid inside each mask: a confidence that does not depend on the IoU head."""
-    p = _sigmoid(np.asarray(logits, np.float32)[:, 0])
-    inside = p > 0.5
-    return np.array([float(pi[m].mean()) if m.any() else 0.0 for pi, m in zip(p, inside)])

@@ -13,7 +13,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from medsam_edge.export.command import export_model
+    from medsam_edge.export.exporter import export_model
 
     out = tmp_path_factory.mktemp("models") / "medsam_vit_tiny"
     return export_model("medsam_vit_tiny", out, random_init=True, seed=0, quiet=True)
@@ -21,7 +21,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def lite_model_dir(tmp_path_factory):
-    from medsam_edge.export.command import export_model
+    from medsam_edge.export.exporter import export_model
 
     out = tmp_path_factory.mktemp("models") / "lite_medsam"
     return export_model("lite_medsam", out, quiet=True)
@@ -30,7 +30,7 @@ def lite_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def vit_b_model_dir(tmp_path_factory):
     """Full-size ViT-B with random weights: about a minute to export on 2 cores."""
-    from medsam_edge.export.command import export_model
+    from medsam_edge.export.exporter import export_model
 
     out = tmp_path_factory.mktemp("models") / "medsam_vit_b"
     return export_model("medsam_vit_b", out, random_init=True, seed=0, quiet=True)

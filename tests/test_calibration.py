@@ -53,7 +53,7 @@ def _pictures(folder: Path, masks: Path | None, n: int, seed: int = 0, prefix: s
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from medsam_edge.export.command import export_model
+    from medsam_edge.export.exporter import export_model
 
     out = tmp_path_factory.mktemp("model") / "tiny"
     export_model("medsam_vit_tiny", out, random_init=True, parity=False, quiet=True)

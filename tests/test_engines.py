@@ -21,7 +21,7 @@ from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines.select import AUTO_ORDER, probe, resolve
 from medsam_edge.engines.trt_build import network_flags, summarize
 from medsam_edge.errors import InputError
-from medsam_edge.manifest import load_model_dir
+from medsam_edge.manifest import load_model_dir, sha256_file
 
 H100 = em.GpuIdentity("NVIDIA H100 80GB HBM3", 9, 0)
 ORIN = em.GpuIdentity("Orin (nvgpu)", 8, 7)
@@ -127,7 +127,7 @@ def test_manifest_round_trip_and_fresh_engines_are_usable(md):
     assert m["format"] == em.FORMAT and m["tensorrt"] == TRT and m["model_id"] == md.model_id
     assert m["gpu"] == {"name": H100.name, "compute_capability": "9.0"}
     enc = m["engines"]["fp32"]["encoder"]
-    assert enc["onnx"] == "encoder.onnx" and enc["onnx_sha256"] == em.sha256_file(md.onnx("encoder"))
+    assert enc["onnx"] == "encoder.onnx" and enc["onnx_sha256"] == sha256_file(md.onnx("encoder"))
     assert enc["profile"] == em.profiles(md)["encoder"] and enc["build_seconds"] == 1.5
     assert json.loads((out / em.MANIFEST).read_text()) == m
     status = em.find_engines(md, H100, TRT, "fp32")
@@ -244,6 +244,28 @@ def test_build_refuses_bad_options_before_looking_for_tensorrt(tiny_model_dir, t
         assert text in capsys.readouterr().err
     assert main(["build", str(tmp_path / "nothing")]) == 2
     assert "model directory not found" in capsys.readouterr().err
+
+
+def test_a_reduced_precision_runs_with_the_fp32_decoder_standing_in(md, echo_frames):
+    """encoder.fp16.onnx without decoder.fp16.onnx: the runtime runs the FP16 encoder with the
+    FP32 decoder and says which files ran; a precision without files says to calibrate."""
+    from medsam_edge.calibration.fp16 import convert
+    from medsam_edge.runtime import Predictor
+
+    import onnx
+
+    onnx.save(convert(onnx.load(str(md.onnx("encoder"))), []), str(md.path / "encoder.fp16.onnx"))
+    fp16 = Predictor(md.path, backend="onnxruntime-cpu", precision="fp16")
+    fp32 = Predictor(md.path, backend="onnxruntime-cpu")
+    assert fp16.backend.describe()["files"] == {"encoder": "encoder.fp16.onnx", "decoder": "decoder.onnx"}
+    assert fp16.backend.describe()["precision"] == "fp16"
+    e16 = fp16.segmenter.encode(echo_frames[0]).embedding
+    e32 = fp32.segmenter.encode(echo_frames[0]).embedding
+    assert 0 < np.abs(e16 - e32).max() <= 1e-2 * np.abs(e32).max()  # FP16 arithmetic, FP32 interface
+    with pytest.raises(InputError, match=r"encoder\.int8\.onnx.*medsam-edge calibrate"):
+        Predictor(md.path, backend="onnxruntime-cpu", precision="int8")
+    fp16.close()
+    fp32.close()
 
 
 def test_torch_backend_reproduces_the_exported_model_on_the_cpu(tiny_model_dir):

@@ -12,7 +12,8 @@ import torch
 from medsam_edge.cli import main
 from medsam_edge.contract import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, IMAGE, MODELS
 from medsam_edge.errors import InputError, ParityError
-from medsam_edge.export.checkpoint import load_weights, read_state_dict, sha256_file, write_random_checkpoint
+from medsam_edge.export.checkpoint import load_weights, read_state_dict, write_random_checkpoint
+from medsam_edge.manifest import sha256_file
 from medsam_edge.export.models import build_model
 from medsam_edge.manifest import load_model_dir
 
@@ -39,10 +40,30 @@ def test_model_directory_follows_the_contract(tiny_model_dir):
     ins, outs = _io(md.onnx("decoder"))
     assert ins == {t.name: list(t.shape) for t in DECODER_INPUTS}
     assert outs == {t.name: list(t.shape) for t in DECODER_OUTPUTS}
-    assert m["parity"]["passed"] and m["parity"]["embedding_rel_err"] < 1e-4
-    assert m["parity"]["mask_dice_min"] >= 0.999
+    # The recorded parity is what an independent run of the same comparison finds.
+    recorded = m["parity"]
+    assert recorded["passed"] and set(recorded["tolerances"]) >= {"embedding_rel_err", "point_logits_rel_err"}
+    assert _independent_embedding_rel_err(md, "medsam_vit_tiny") == pytest.approx(recorded["embedding_rel_err"],
+                                                                                  rel=0.05, abs=1e-7)
     # No temporary directories left beside the result.
     assert not [p for p in md.path.parent.iterdir() if p.name.startswith(".")]
+
+
+def _independent_embedding_rel_err(md, model_id: str, seed: int = 0) -> float:
+    """onnxruntime's embedding against segment-anything's image encoder on the parity frame,
+    computed here with neither export.parity nor the runtime."""
+    import onnxruntime as ort
+
+    from medsam_edge.export.parity import parity_frame
+    from medsam_edge.export.reference import prepare
+
+    sam = build_model(model_id, seed=seed)
+    x = prepare(parity_frame(), md.preprocess).tensor
+    with torch.no_grad():
+        want = sam.image_encoder(x).numpy().astype(np.float64)
+    enc = ort.InferenceSession(str(md.onnx("encoder")), providers=["CPUExecutionProvider"])
+    got = enc.run(None, {IMAGE: x.numpy()})[0].astype(np.float64)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
 def test_decoder_is_mask_token_zero_for_any_prompt_count(tiny_model_dir):
@@ -234,9 +255,11 @@ def test_tinyvit_state_dict_matches_the_checkpoint_exactly():
 def test_full_size_vit_b_export_passes_parity(vit_b_model_dir):
     md = vit_b_model_dir
     p = md.manifest["parity"]
-    assert p["embedding_rel_err"] < 1e-4 and p["mask_dice_min"] >= 0.999
-    assert all(a > 0 for a in p["reference_mask_area"])
+    assert p["passed"] and all(a > 0 for a in p["reference_mask_area"])
     assert json.loads((md.path / "manifest.json").read_text())["encoder"]["inputs"][0]["shape"] == [1, 3, 1024, 1024]
+    # Full size, independently: onnxruntime's ViT-B embedding against segment-anything's.
+    err = _independent_embedding_rel_err(md, "medsam_vit_b")
+    assert err < 1e-4 and err == pytest.approx(p["embedding_rel_err"], rel=0.05, abs=1e-7)
 
 
 def _ort_optimized_ops(path, tmp_path) -> dict:

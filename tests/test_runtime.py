@@ -188,6 +188,30 @@ def test_a_still_clip_reuses_and_a_moving_clip_re_encodes(tiny_model_dir):
     assert s.stats.summary()["reuse_rate"] == 0.0
 
 
+def test_near_repeats_compare_with_the_embeddings_own_frame_so_drift_cannot_pile_up():
+    """Each frame is a little brighter than the one before (every step under the threshold),
+    so comparing with the previous frame would reuse forever; comparing with the frame the
+    embedding came from re-encodes once the drift adds up."""
+    from medsam_edge.runtime.reuse import EmbeddingCache, difference, thumbnail
+    from medsam_edge.runtime.segmenter import Encoded
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(40, 120, (64, 64, 3)).astype(np.int32)
+    frames = [np.clip(base + k, 0, 255).astype(np.uint8) for k in range(12)]  # +1 grey level per frame
+    policy = ReusePolicy(exact=False, near=True, threshold=3.5 / 255, max_consecutive=100)
+    step = difference(thumbnail(frames[1]), thumbnail(frames[0]))
+    assert step < policy.threshold  # any two neighbours look alike
+    cache = EmbeddingCache(policy)
+    kinds = []
+    for k, img in enumerate(frames):
+        enc, kind, keys = cache.lookup(img)
+        if enc is None:
+            cache.store(img, Encoded(None, img.shape[:2], img.shape[:2], k), keys)
+        kinds.append(kind)
+    # Fresh at 0, reused while within 3.5 levels of frame 0, fresh at 4, and so on.
+    assert kinds == ["fresh", "near-repeat", "near-repeat", "near-repeat"] * 3
+
+
 def test_reuse_cap_and_exact_repeats(tiny_model_dir):
     still = _moving_frames(7, 0.0)
     s = _stream(tiny_model_dir, still, ReusePolicy(exact=False, near=True, max_consecutive=2))
