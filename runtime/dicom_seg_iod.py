@@ -108,7 +108,8 @@ def _source_frame_item(source: Dataset, frame_number: int) -> Dataset:
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    ref.ReferencedFrameNumber = frame_number
+    if "NumberOfFrames" in source:  # a single-frame image is referenced as a whole
+        ref.ReferencedFrameNumber = frame_number
     ref.PurposeOfReferenceCodeSequence = [_code("121322", "DCM", "Source image for image processing operation")]
     ref.SpatialLocationsPreserved = "YES"
     derivation = Dataset()

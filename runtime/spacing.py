@@ -207,7 +207,7 @@ def _region(number: int, item, rows: int, columns: int) -> UltrasoundRegion:
     fmt = int(_number(item.get("RegionSpatialFormat")) or 0)
     units = [int(_number(item.get(k)) or 0) for k in ("PhysicalUnitsXDirection", "PhysicalUnitsYDirection")]
     if fmt != FORMAT_2D:
-        return unusable(f"is {SPATIAL_FORMATS.get(fmt, f'format {fmt}')}, not a 2D image region")
+        return unusable(f"has spatial format {SPATIAL_FORMATS.get(fmt, str(fmt))!r}, not '2D'")
     if units != [UNITS_CM, UNITS_CM]:
         names = " x ".join(UNITS.get(u, f"unit code {u}") for u in units)
         return unusable(f"is calibrated in {names}, not cm x cm")

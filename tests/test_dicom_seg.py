@@ -205,6 +205,17 @@ def test_a_frame_of_reference_without_positions_takes_the_pydicom_path(tmp_path)
     assert pydicom.dcmread(sink.path).FrameOfReferenceUID == pydicom.dcmread(path).FrameOfReferenceUID
 
 
+def test_a_source_highdicom_refuses_falls_back_to_pydicom_and_says_why(tmp_path):
+    private_class = "1.2.826.0.1.3680043.9.7433.9.1"  # not in highdicom's tables
+    path, _ = make_dicom(tmp_path / "private.dcm", frames=1, sop_class=private_class)
+    written = {1: random_masks(np.random.default_rng(8), 2, ROWS, COLS)}
+    sink = write_seg(tmp_path, path, written)
+    assert sink.writer == "pydicom" and sink.reason == "highdicom refused it (KeyError)"
+    check_round_trip(sink.path, path, written)
+    ref = pydicom.dcmread(sink.path).PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    assert "ReferencedFrameNumber" not in ref.SourceImageSequence[0]  # single-frame: the whole image
+
+
 def test_masks_whose_size_is_not_a_multiple_of_8_pack_across_frame_boundaries():
     from medsam_edge.runtime.dicom_seg_iod import pack_frames
 

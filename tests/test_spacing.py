@@ -58,7 +58,7 @@ def test_mixed_units_and_other_formats_are_reported_never_guessed(tmp_path, capl
         fields = spacing.measurements(np.stack([_rect(70, 80, 10, 20)]), calibration)
     assert fields["mask_area_mm2"] == [None] and "which is calibrated in cm x seconds" in caplog.text
     m_mode = _calibration(tmp_path)  # REGIONS: region 3 is M-mode
-    assert "ultrasound region 3 is M-mode, not a 2D image region" in m_mode.problems
+    assert "ultrasound region 3 has spatial format 'M-mode', not '2D'" in m_mode.problems
     assert spacing.measurements(np.stack([_rect(70, 80, 10, 20)]), m_mode)["mask_area_mm2"] == [None]
 
 
