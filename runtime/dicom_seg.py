@@ -34,17 +34,18 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from medsam_edge import __version__, atomic
 from medsam_edge.errors import InputError
 
-from .dicom_seg_iod import add_patient_orientation, build_segmentation, pack_frames
 from .result import FrameResult
 from .sinks import Sink
+
+if TYPE_CHECKING:  # pydicom and highdicom load when a sink is made, not for `--help`
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,9 @@ class DicomSegSink(Sink):
     def _with_highdicom(self, numbers: list[int], descriptions: list[Dataset]) -> Dataset:
         import highdicom as hd
         from highdicom.utils import get_plane_positions_of_image
+        from pydicom.uid import generate_uid
+
+        from .dicom_seg_iod import add_patient_orientation
 
         array = np.zeros((len(numbers), self.rows, self.columns, len(descriptions)), bool)
         for i, number in enumerate(numbers):
@@ -277,6 +281,10 @@ class DicomSegSink(Sink):
         return seg
 
     def _with_pydicom(self, numbers: list[int], descriptions: list[Dataset]) -> Dataset:
+        from pydicom.uid import generate_uid
+
+        from .dicom_seg_iod import build_segmentation, pack_frames
+
         frames = (self._mask(n, k) for k in range(len(descriptions)) for n in numbers)
         return build_segmentation(
             self._header, numbers, descriptions, pack_frames(frames), series_uid=generate_uid(),
