@@ -416,9 +416,10 @@ def test_unusable_dicom_inputs_raise_input_error(tmp_path):
 
 
 def test_missing_decoder_plugin_names_the_syntax_and_the_fix():
-    # A child interpreter where pylibjpeg cannot be imported, as on a machine that never
-    # installed it; JPEG-LS then has no decoder at all.
-    code = ("import sys; sys.modules['pylibjpeg'] = None\n"
+    # A child interpreter where neither pylibjpeg nor pyjpegls (which highdicom brings)
+    # can be imported, as on a machine that never installed them; JPEG-LS then has no
+    # decoder at all.
+    code = ("import sys; sys.modules['pylibjpeg'] = None; sys.modules['jpeg_ls'] = None\n"
             "from medsam_edge.errors import InputError\n"
             "from medsam_edge.runtime.sources import open_source\n"
             "try:\n    open_source(sys.argv[1])\n"

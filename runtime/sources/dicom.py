@@ -18,8 +18,12 @@ Frame times: FrameTime (0018,1063, ms per frame), else FrameTimeVector (0018,106
 ms increments), else CineRate or RecommendedDisplayFrameRate (frames/s), else the
 frame's position with fps unknown (time_source "index").
 
-Patient data: only the image pixel module, frame timing and transfer syntax are read.
-The description is the file path; no header value reaches a frame, log or error.
+Patient data: only the image pixel module, frame timing, transfer syntax and a small
+geometry record (`DicomGeometry`: ultrasound regions and pixel spacing as a calibration,
+frame count, whether a Frame of Reference exists, the SOP Instance UID so a writer can
+check it re-reads the same file) are read. The description is the file path; no header
+value reaches a frame, log or error. Writers that must copy identifiers (the DICOM
+Segmentation) re-read the file themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +44,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.pixels.utils import get_expected_length
 
 from medsam_edge.errors import InputError
+from medsam_edge.runtime.spacing import Calibration, calibration_from_dataset
 
 from .base import Item, Source, to_uint8
 
@@ -48,14 +54,17 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _REQUIRED = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation")
 
 
-def read_dataset(path: Path) -> Dataset:
-    """dcmread with every failure turned into a one-line InputError naming the file."""
+def read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
+    """dcmread with every failure turned into a one-line InputError naming the file.
+
+    stop_before_pixels: read the header only (a writer that needs the identifiers).
+    """
     try:
         # pydicom warns (rather than raises) when a file ends mid-element, and its
         # warnings can quote header values, so they are caught here and never re-shown.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except PermissionError:
@@ -118,6 +127,28 @@ def _scale_bits(picture: np.ndarray, bits: int) -> np.ndarray:
     return (np.clip(picture.astype(np.float32) * (255.0 / top), 0, 255) + 0.5).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class DicomGeometry:
+    """What measurements and a Segmentation writer need from the header; no patient data.
+
+    calibration: mm per pixel (ultrasound regions, PixelSpacing), see runtime.spacing.
+    sop_instance_uid: kept out of repr() so no log line can print it by accident.
+    """
+
+    rows: int
+    columns: int
+    frames: int
+    has_frame_of_reference: bool
+    calibration: Calibration
+    sop_instance_uid: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, frames: int, name: str) -> DicomGeometry:
+        uid = ds.get("SOPInstanceUID")
+        return cls(int(ds.Rows), int(ds.Columns), frames, "FrameOfReferenceUID" in ds,
+                   calibration_from_dataset(ds, name), str(uid) if uid else None)
+
+
 class DicomSource(Source):
     """A DICOM file's frames (one for a single image). Not live; fps from the header."""
 
@@ -143,6 +174,7 @@ class DicomSource(Source):
         except (TypeError, ValueError):
             raise InputError(f"{path}: NumberOfFrames (0028,0008) is not a whole number") from None
         self._check_length(ds)
+        self.geometry = DicomGeometry.from_dataset(ds, self.frame_count, self.description)
         self._times, self.fps, self.time_source = frame_times(ds, self.frame_count)
         self._window = self._find_window(ds)
         self._probe()
