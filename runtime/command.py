@@ -84,6 +84,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--loop", action="store_true", help="loop a file source (with --max-frames)")
+    from medsam_edge.runtime import dicom_seg, spacing
+
+    dicom_seg.add_arguments(p)
+    spacing.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -107,6 +111,12 @@ def _prompts(args):
     raise InputError("no prompt: give at least one --box x0,y0,x1,y1 (or --point x,y), or a --prompts file")
 
 
+def _dicom_seg(source, args, predictor):
+    from medsam_edge.runtime.dicom_seg import dicom_seg_sink
+
+    return dicom_seg_sink(source, args.out, predictor.model_dir, predictor.backend.describe(), tracked=args.track)
+
+
 def _policy(args) -> ReusePolicy:
     if args.reuse == "off":
         return ReusePolicy.off()
@@ -126,6 +136,7 @@ def _check_numbers(args) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsam_edge.runtime import spacing
     from medsam_edge.runtime.outputs import RunOutputs
     from medsam_edge.runtime.predictor import Predictor
     from medsam_edge.runtime.sources import open_source
@@ -140,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         realtime = args.realtime or (source.is_live and not args.deterministic)
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime)
+        # Before any sink exists: each of these can refuse the input, and nothing is written yet.
+        calibration = spacing.resolve_calibration(source, args.pixel_spacing)
+        extra = [_dicom_seg(source, args, predictor)] if args.dicom_seg else []
     except BaseException:
         source.close()
         raise
@@ -156,8 +170,9 @@ def run(args: argparse.Namespace) -> int:
             total = min(total, args.max_frames)
         summary = {"model": predictor.model_dir.model_id, **backend.describe(), "mode": mode,
                    "source": getattr(source, "description", str(args.source))}
-        outputs.open(video=not args.no_video, masks=None if args.masks == "none" else args.masks, fps=source.fps)
-        outputs.run(stream, summary, total=total, live=source.is_live)
+        outputs.open(video=not args.no_video, masks=None if args.masks == "none" else args.masks, fps=source.fps,
+                     extra=extra)
+        outputs.run(stream, summary, total=total, live=source.is_live, calibration=calibration)
     print(json.dumps({k: outputs.summary.get(k) for k in ("complete", "frames", "fps", "reuse_rate", "dropped",
                                                            "bad_frames_skipped", "blank_skipped", "backend",
                                                            "precision")}))

@@ -71,8 +71,14 @@ class RunOutputs:
         sinks = open_sinks(self.out, video=video, masks=masks, jsonl=True, fps=fps)
         self.sinks = MultiSink([*sinks.sinks, *extra]) if extra else sinks
 
-    def run(self, stream, summary: dict, total: int | None = None, live: bool = False) -> dict:
-        """Write every result of `stream`; summary.json on the way out, whatever the way."""
+    def run(self, stream, summary: dict, total: int | None = None, live: bool = False, calibration=None) -> dict:
+        """Write every result of `stream`; summary.json on the way out, whatever the way.
+
+        calibration: runtime.spacing.Calibration (or None: pixels only): each record gains
+        its masks' sizes in mm, and the summary per-track statistics."""
+        from medsam_edge.runtime.spacing import TrackStatistics, measurements
+
+        tracks = TrackStatistics()
         latencies, writes = [], []
         last = None
         stopped = None
@@ -81,6 +87,8 @@ class RunOutputs:
         restore = _terminate_as_interrupt()
         try:
             for result in stream:
+                result.measurements = measurements(result.masks, calibration)
+                tracks.add(result.record())
                 t0 = time.perf_counter()
                 self.sinks.write(result)
                 writes.append((time.perf_counter() - t0) * 1e3)
@@ -117,6 +125,7 @@ class RunOutputs:
                 "seconds": round(wall, 3),
                 "fps": round(len(latencies) / wall, 3) if wall > 0 else 0.0,
                 **stream.stats.summary(getattr(stream.source, "skipped", 0)),
+                "measurements": tracks.summary(calibration),
                 "latency_ms": percentiles(latencies),
                 "write_ms": percentiles(writes),
                 "outputs": [str(p) for p in self.sinks.outputs],

@@ -41,6 +41,8 @@ class FrameResult:
     backend: the backend that ran, as its describe() names it.
     notes: what the record should say beyond the fields (e.g. "re-encoded: expired").
     blank: the frame was blank (probe lifted): nothing was segmented.
+    measurements: physical sizes per prompt where the pixel spacing is known
+        (runtime.spacing.measurements: "mask_area_mm2", "equivalent_diameter_mm").
     """
 
     frame: Frame
@@ -57,6 +59,7 @@ class FrameResult:
     backend: str = ""
     notes: list[str] = field(default_factory=list)
     blank: bool = False
+    measurements: dict = field(default_factory=dict)
 
     @property
     def fresh(self) -> bool:
@@ -80,6 +83,7 @@ class FrameResult:
             "timestamp": round(float(self.frame.timestamp), 6),
             "prompts": [p.to_json() for p in self.prompts],
             "mask_area": [int(m.sum()) for m in self.masks],
+            **self.measurements,
             "score": [round(float(s), 5) for s in self.scores],
             "lost": [bool(x) for x in self.lost],
             "refined": [bool(x) for x in self.refined],

@@ -21,7 +21,9 @@ from medsam_edge.errors import InputError
 from medsam_edge.runtime import dicom_seg, spacing
 from medsam_edge.runtime.dicom_seg import Algorithm, DicomSegSink
 from medsam_edge.runtime.frame import Frame
+from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.result import FrameResult
+from medsam_edge.runtime.segmenter import Encoded
 from medsam_edge.runtime.sinks import MaskNpzSink
 
 ALGORITHM = Algorithm("medsam_vit_tiny", "0123456789abcdef" * 4, "fp32", "onnxruntime-cpu")
@@ -33,8 +35,9 @@ def result(index: int, masks: np.ndarray, *, boxes=None, source: str = "test") -
     frame = Frame(image=np.zeros((h, w, 3), np.uint8), index=index, timestamp=index / 25, source=source,
                   meta={"position": index, "loop": 0})
     boxes = np.asarray(boxes if boxes is not None else [[1, 2, 30, 40]] * n, np.float32).reshape(-1, 4)
-    return FrameResult(frame=frame, boxes=boxes, masks=masks, scores=np.full(n, 0.9, np.float32),
-                       embedding="fresh", embedding_frame=index)
+    return FrameResult(frame=frame, prompts=[Prompt.of(box=b) for b in boxes], masks=masks,
+                       scores=np.full(n, 0.9, np.float32), reuse="fresh",
+                       embedding=Encoded(None, (h, w), (h, w), index))
 
 
 def random_masks(rng, count: int, h: int, w: int) -> np.ndarray:
@@ -232,9 +235,11 @@ def test_masks_whose_size_is_not_a_multiple_of_8_pack_across_frame_boundaries():
 def test_a_run_on_a_cine_with_a_bad_frame_leaves_it_out_and_logs_no_patient_data(
         tmp_path, tiny_model_dir, caplog, capfd):
     from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
-    from medsam_edge.runtime.pipeline import Stream
-    from medsam_edge.runtime.prompts import BoxSchedule, Prompter
+    from medsam_edge.runtime.prompts import Prompter
+    from medsam_edge.runtime.schedule import PromptSchedule
     from medsam_edge.runtime.segmenter import Segmenter
+    from medsam_edge.runtime.session import Session
+    from medsam_edge.runtime.stream import Stream
     from medsam_edge.runtime.sinks import JsonlSink, MultiSink
     from medsam_edge.runtime.sources import open_source
 
@@ -248,10 +253,11 @@ def test_a_run_on_a_cine_with_a_bad_frame_leaves_it_out_and_logs_no_patient_data
         source = open_source(path)
         calibration = spacing.resolve_calibration(source)
         seg_sink = dicom_seg.dicom_seg_sink(source, out, tiny_model_dir, backend.describe())
-        prompter = Prompter(BoxSchedule.constant([[10, 10, 60, 50], [90, 10, 150, 50]]), None)
+        prompter = Prompter(PromptSchedule.constant([[10, 10, 60, 50], [90, 10, 150, 50]]), None)
         stats = spacing.TrackStatistics()
         with source, MultiSink([seg_sink, JsonlSink(tmp_path / "frames.jsonl")]) as sinks:
-            for r in Stream(Segmenter(backend, tiny_model_dir.preprocess), source, prompter):
+            for r in Stream(Session(Segmenter(backend, tiny_model_dir.preprocess), prompter), source,
+                            owns_source=False):
                 record = r.record() | spacing.measurements(r.masks, calibration)
                 stats.add(record)
                 records.append((r.frame.index, r.masks.copy(), record))
