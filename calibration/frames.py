@@ -29,7 +29,7 @@ from medsam_edge.runtime.preprocess import interpolation, preprocess
 from medsam_edge.runtime.frame import is_blank
 from medsam_edge.runtime.sources import open_source
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: held-out frames from whole sources
 MIN_FRAMES = 8  # below this a calibration histogram and a held-out figure mean little
 
 
@@ -66,11 +66,17 @@ class FrameSet:
 
     def describe(self) -> dict:
         """What the manifest records: which frames, from where, in which split."""
+        cal = sorted({self.meta[i]["source"] for i in self.calibration})
+        held = sorted({self.meta[i]["source"] for i in self.holdout})
         return {
             "count": len(self),
             "calibration": len(self.calibration),
             "holdout": len(self.holdout),
             "sources": sorted({m["source"] for m in self.meta}),
+            "calibration_sources": cal,
+            "holdout_sources": held,
+            # True when no held-out frame comes from a source the calibration saw.
+            "holdout_sources_unseen": not set(cal) & set(held),
             "frames": [{k: m[k] for k in ("source", "index", "name", "split")} for m in self.meta],
         }
 
@@ -121,8 +127,14 @@ def sample_frames(
     min_frames: int = MIN_FRAMES,
     on_frame: Callable[[int], None] | None = None,
 ) -> FrameSet:
-    """`count` frames spread over `sources` (a `holdout` share of each source held out),
-    plus up to `eval_count` frames from `eval_sources`, all held out (e.g. annotated images).
+    """About `count` frames from `sources`, split into calibration and held-out frames, plus
+    up to `eval_count` held-out frames from `eval_sources` (e.g. annotated images).
+
+    The held-out frames are what the report judges, so they come from sources the
+    calibration never saw wherever that is possible (an INT8 file can pass on frames like
+    its calibration set and miss on another vendor's): with `eval_sources`, those and
+    only those are held out; else with several sources, whole sources are held out
+    (holdout_sources()); with one source only, a `holdout` share of its frames is.
     """
     if not sources:
         raise InputError("no calibration frames: give at least one --frames source")
@@ -135,8 +147,15 @@ def sample_frames(
         if cached is not None:
             return cached
     images, meta = [], []
-    for spec, share in zip(sources, _shares(count, len(sources))):
-        _take(spec, share, pre, images, meta, holdout, on_frame)
+    held = set() if eval_sources else set(holdout_sources(list(sources), holdout))
+    cal = [s for s in sources if s not in held]
+    cal_count = count if eval_sources or not held else max(2, round(count * (1 - holdout)))
+    for spec, share in zip(cal, _shares(cal_count, len(cal))):
+        # One source only and no --eval: its own frames are split.
+        _take(spec, share, pre, images, meta, holdout if not (eval_sources or held) else 0.0, on_frame)
+    held_list = [s for s in sources if s in held]
+    for spec, share in zip(held_list, _shares(count - cal_count, len(held_list))):
+        _take(spec, share, pre, images, meta, 1.0, on_frame)
     for spec, share in zip(eval_sources, _shares(eval_count, len(eval_sources))):
         _take(spec, share, pre, images, meta, 1.0, on_frame)
     n_cal = sum(m["split"] == "calibration" for m in meta)
@@ -151,6 +170,18 @@ def sample_frames(
     if cache is not None:
         _save(cache, fs)
     return fs
+
+
+def holdout_sources(sources: list[str], holdout: float) -> list[str]:
+    """Which of several sources are held out whole: round(holdout x n) of them (at least one,
+    never all), spread over the list from its second entry, so the first source (often the
+    one the user knows best) always calibrates. One source: none (its frames are split)."""
+    n = len(sources)
+    if n < 2 or holdout <= 0:
+        return []
+    k = min(n - 1, max(1, round(holdout * n)))
+    picks = sorted({int(round(x)) for x in np.linspace(1, n - 1, k)})
+    return [sources[i] for i in picks]
 
 
 def cache_key(sources, pre: Preprocess, count: int, holdout: float, eval_sources, eval_count: int) -> str:

@@ -90,10 +90,17 @@ def test_frames_spread_over_sources_with_holdout_and_exact_preprocessing(tiny, d
     fs = sample_frames([str(data["img"]), DICOM], pre, count=12, holdout=0.34, min_frames=4)
     by_source = {m["source"] for m in fs.meta}
     assert by_source == {str(data["img"]), DICOM}
-    assert fs.calibration and fs.holdout
+    # Two sources: the second is held out whole, so the report judges frames of a source
+    # the calibration never saw.
+    d = fs.describe()
+    assert d["calibration_sources"] == [str(data["img"])] and d["holdout_sources"] == [DICOM]
+    assert d["holdout_sources_unseen"] and len(fs.calibration) == 8 and len(fs.holdout) == 4
     # Spread over the cine: first and last sampled positions far apart.
     cine = [m["index"] for m in fs.meta if m["source"] == DICOM]
-    assert len(cine) == 6 and max(cine) - min(cine) >= 20
+    assert len(cine) == 4 and max(cine) - min(cine) >= 20
+    # One source alone: its own frames are split, every third held out.
+    one = sample_frames([DICOM], pre, count=9, holdout=0.34, min_frames=4)
+    assert len(one.holdout) == 3 and not one.describe()["holdout_sources_unseen"]
     # The tensor is what the runtime itself makes from the original picture.
     i = next(k for k, m in enumerate(fs.meta) if m["source"] != DICOM)
     original = cv2.cvtColor(cv2.imread(str(data["img"] / fs.meta[i]["name"])), cv2.COLOR_BGR2RGB)
