@@ -64,6 +64,7 @@ class _Lane:
     """One thread's connection and response stream; one request at a time."""
 
     def __init__(self, grpcclient, url: str) -> None:
+        self._grpc, self._url = grpcclient, url
         self.client = grpcclient.InferenceServerClient(url)
         self.answers: queue.Queue = queue.Queue()
         self.streaming = False
@@ -73,17 +74,20 @@ class _Lane:
         self.streaming = True
 
     def reset(self) -> None:
-        """Drop the stream (after a timeout or a broken connection); the next call starts a new one."""
+        """Drop the stream and the connection (after a timeout or a broken connection): a gRPC
+        channel that saw its server die waits out a reconnect backoff, a new one connects at once
+        to a restarted server."""
+        self.close()
+        self.client = self._grpc.InferenceServerClient(self._url)
+        self.answers = queue.Queue()
+
+    def close(self) -> None:
         if self.streaming:
             try:
                 self.client.stop_stream(cancel_requests=True)
             except Exception:  # a stream whose server died may refuse to stop cleanly
                 pass
         self.streaming = False
-        self.answers = queue.Queue()
-
-    def close(self) -> None:
-        self.reset()
         try:
             self.client.close()
         except Exception:
@@ -197,8 +201,15 @@ class TritonBackend(Backend):
         if self._closed:
             raise InputError(f"{self.where}: backend closed")
         lane = self._lane()
+        if lane.streaming and not lane.answers.empty():
+            # Something arrived with nothing asked: the stream broke while idle (server gone).
+            lane.reset()
         if not lane.streaming:
-            self._check_live(lane.client)
+            try:
+                self._check_live(lane.client)
+            except InputError:
+                lane.reset()  # the next call tries a fresh connection
+                raise
             lane.start()
         request_id = str(next(self._ids))
         try:
@@ -211,7 +222,8 @@ class TritonBackend(Backend):
                              "the server is overloaded or stuck (see its log)") from None
         except Exception as e:  # tritonclient refuses to enqueue on a stream that already broke
             lane.reset()
-            raise InputError(f"{self.where}: {what} failed: {_first_line(e)}") from None
+            raise InputError(f"{self.where}: the server went away before {what} ({_first_line(e)[:80]}); "
+                             "restart it; a new encode follows once it is back") from None
         if error is not None:
             raise self._error(lane, error, what)
         return result
