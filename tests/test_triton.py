@@ -468,3 +468,59 @@ def test_server_killed_mid_stream_gives_a_clean_error_partial_outputs_stay_valid
         srv.stop()
         if restarted is not None:
             restarted.stop()
+
+
+# A stand-in for Triton's onnxruntime backend, which the wheel's server lacks: the same
+# model.onnx run by onnxruntime in a Python model, so the stream model's BLS path (the one
+# GPU servers use) runs here for real.
+_ORT_STAND_IN = '''
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        self.outputs = [o["name"] for o in cfg["output"]]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            feeds = {i.name: pb_utils.get_input_tensor_by_name(r, i.name).as_numpy() for i in self.session.get_inputs()}
+            values = self.session.run(self.outputs, feeds)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(v))
+                                                   for n, v in zip(self.outputs, values)]))
+        return out
+'''
+
+
+@needs_server
+def test_gpu_repository_stream_model_calls_encoder_and_decoder_models_by_bls(tiny_model_dir, local, tmp_path):
+    from medsam_edge.serving.local_server import start
+
+    repo = write_repository(tiny_model_dir, tmp_path / "repo", "onnxruntime")
+    for model in ("medsam_encoder", "medsam_decoder"):
+        cfg = repo / model / "config.pbtxt"
+        text = cfg.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+        text = text.replace('default_model_filename: "model.onnx"\n', "").replace("KIND_GPU", "KIND_CPU")
+        cfg.write_text(text)
+        (repo / model / "1" / "model.py").write_text(_ORT_STAND_IN)
+    (image,) = _images(1)
+    with start(repo, ready_timeout=90) as srv, _backend(srv.url, tiny_model_dir) as remote:
+        assert remote.describe()["server_platform"] == "onnxruntime"
+        first = remote.encode(image)
+        got = remote.decode(first, *BOXES)
+        remote.encode(image), remote.encode(image)
+        with pytest.raises(ExpiredEmbedding):
+            remote.decode(first, *BOXES)
+    want = local.decode(local.encode(image), *BOXES)
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-6)
