@@ -232,8 +232,10 @@ class TritonBackend(Backend):
         text = _first_line(error)
         if P.is_expired(text):
             return ExpiredEmbedding(text)
-        status = str(error.status() or "") if hasattr(error, "status") else ""
-        if status and status != "None" or "Socket closed" in text or "unavailable" in text.lower():
+        # tritonclient gives a gRPC status only when the call itself failed; the model's own
+        # errors come as a message on a healthy stream.
+        status = error.status() if hasattr(error, "status") else None
+        if status or "Socket closed" in text or "unavailable" in text.lower():
             # The connection broke (server killed or restarted): a new stream next time.
             lane.reset()
             return InputError(f"{self.where}: the server went away during {what} ({text}); "

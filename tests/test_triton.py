@@ -25,7 +25,7 @@ from medsam_edge.contract import (
 )
 from medsam_edge.engines.base import ExpiredEmbedding
 from medsam_edge.errors import InputError
-from medsam_edge.manifest import ModelDir, load_model_dir
+from medsam_edge.manifest import ModelDir
 from medsam_edge.serving import protocol as P
 from medsam_edge.serving.cache import Expired, StreamCache
 from medsam_edge.serving.repository import RECORD, sha256_file, write_repository
@@ -164,6 +164,14 @@ def test_gpu_repositories_have_encoder_and_decoder_models_from_the_contract(tiny
         assert (params["encoder_model"], params["decoder_model"]) == ("medsam_encoder", "medsam_decoder")
         assert not (repo / "medsam/1/encoder.onnx").exists()  # the stream model calls the others by BLS
     assert (tmp_path / "tensorrt/medsam_encoder/1/model.plan").read_bytes() == b"encoder" * 1000
+    # An encoder exported with a batch axis would get Triton's dynamic batcher (today's has batch 1).
+    from medsam_edge.serving.config import encoder_config
+
+    batched = tmp_path / "batched.pbtxt"
+    batched.write_text(encoder_config("e", "onnxruntime", 1024, 1, max_batch=8))
+    cfg = _config(batched)
+    assert cfg.max_batch_size == 8 and list(cfg.dynamic_batching.preferred_batch_size) == [8]
+    assert _io(cfg, "input")["image"][1] == [3, 1024, 1024]
     # A changed plan is refused before it is copied, as is a changed ONNX file.
     (engines / "decoder.fp32.plan").write_bytes(b"corrupt")
     with pytest.raises(InputError, match="decoder.fp32.plan"):
