@@ -156,6 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local_server: error: {e}", file=sys.stderr)
         return 2
     print(f"tritonserver ready: --backend triton://{server.url} (log {server.log_path}); Ctrl-C stops it", flush=True)
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # The server runs in its own session (a Ctrl-C meant for a client must not kill it), so this
+    # process stops it on SIGINT and SIGTERM alike; a background job may have SIGINT ignored.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         server.process.wait()
     except KeyboardInterrupt:
