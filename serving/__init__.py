@@ -1,0 +1,1 @@
+"""Serving: a Triton Inference Server model repository written from a model directory."""
