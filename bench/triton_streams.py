@@ -61,7 +61,7 @@ def run_stream(predictor, frames: list[np.ndarray], fps: float, box, realtime: b
     from medsam_edge.runtime.sources import ArraySource
 
     source = ArraySource(frames, fps=fps)
-    stream = predictor.stream(source, boxes=[box], reuse=ReusePolicy.off(), realtime=realtime)
+    stream = predictor.stream(source, prompts=[box], reuse=ReusePolicy.off(), realtime=realtime)
     lat, enc, dec, masks = [], [], [], 0
     for r in stream:
         lat.append(r.latency_ms.get("capture_to_mask", r.latency_ms.get("total", 0.0)))

@@ -454,7 +454,7 @@ def test_server_killed_mid_stream_gives_a_clean_error_partial_outputs_stay_valid
         written = 0
         with pytest.raises(InputError) as died:
             with MaskNpzSink(out) as sink:
-                for result in predictor.stream(echo_frames[:5], boxes=[ECHO_CHAMBER_BOX], reuse=ReusePolicy.off()):
+                for result in predictor.stream(echo_frames[:5], prompts=[ECHO_CHAMBER_BOX], reuse=ReusePolicy.off()):
                     sink.write(result)
                     written += 1
                     if written == 2:
