@@ -58,6 +58,24 @@ def has_bf16(core) -> bool:
     return "BF16" in cpu_capabilities(core)[1]
 
 
+def precision_support(precision: str, core=None) -> tuple[bool, str]:
+    """(True, "") when openvino-cpu runs `precision` on this CPU, else False and a one-line
+    reason (for callers that evaluate every CPU backend that can run a file, e.g. calibration)."""
+    if precision not in INFERENCE_PRECISION:
+        return False, (f"backend {NAME} runs precisions {', '.join(PRECISIONS_HERE)}, not {precision!r}; "
+                       "int8dyn is onnxruntime's own (choose --backend onnxruntime-cpu or --precision int8)")
+    if INFERENCE_PRECISION[precision] == "bf16":
+        if core is None:
+            import openvino as ov
+
+            core = ov.Core()
+        cpu, caps = cpu_capabilities(core)
+        if "BF16" not in caps:
+            return False, (f"--precision bf16: this CPU ({cpu}) has no BF16 arithmetic (OpenVINO lists "
+                           f"{', '.join(sorted(caps))}; needs AVX-512 BF16 or AMX); choose --precision fp32 or int8")
+    return True, ""
+
+
 _STATES = {"cached": "imported from the compiled cache", "compiled": "compiled, cache written",
            "uncached": "compiled, no cache"}
 
@@ -87,15 +105,12 @@ class OpenvinoBackend(Backend):
 
         from medsam_edge.engines.openvino_cache import cache_key, compile_cached
 
-        if precision not in INFERENCE_PRECISION:
-            raise InputError(f"backend {NAME} runs precisions {', '.join(PRECISIONS_HERE)}, not {precision!r}; "
-                             "int8dyn is onnxruntime's own (choose --backend onnxruntime-cpu or --precision int8)")
         core = ov.Core()
+        ok, why = precision_support(precision, core)
+        if not ok:
+            raise InputError(why)
         cpu, caps = cpu_capabilities(core)
         hint = INFERENCE_PRECISION[precision]
-        if hint == "bf16" and "BF16" not in caps:
-            raise InputError(f"--precision bf16: this CPU ({cpu}) has no BF16 arithmetic (OpenVINO lists "
-                             f"{', '.join(sorted(caps))}; needs AVX-512 BF16 or AMX); choose --precision fp32 or int8")
         self.precision = precision
         self.version = ov.get_version()
         self.cpu = cpu

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from medsam_edge.contract import box_tokens, prompt_tokens
+from medsam_edge.contract import PRECISIONS, box_tokens, prompt_tokens
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import load_model_dir
 
@@ -23,7 +23,7 @@ ov = pytest.importorskip("openvino", reason="openvino is not installed (pip inst
 from medsam_edge.engines import openvino_cache  # noqa: E402
 from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend  # noqa: E402
 from medsam_edge.engines.openvino_backend import OpenvinoBackend, has_bf16  # noqa: E402
-from medsam_edge.engines.select import open_backend, probe, resolve  # noqa: E402
+from medsam_edge.engines.select import OPENVINO_FIRST, auto_order, open_backend, probe, resolve  # noqa: E402
 
 HAS_BF16 = has_bf16(ov.Core())
 NO_BF16 = "this CPU has no BF16 arithmetic (OpenVINO lists no BF16 capability: needs AVX-512 BF16 or AMX)"
@@ -166,6 +166,17 @@ def test_a_corrupt_compiled_blob_is_rebuilt_not_used(md, caplog):
     assert b.describe()["compiled"]["decoder"] == "compiled" and blob.stat().st_size > 1000
 
 
+def test_auto_for_bf16_opens_openvino_and_the_log_says_so(md, caplog):
+    if not HAS_BF16:
+        with pytest.raises(InputError, match=r"^--precision bf16: this CPU"):
+            open_backend(md, "auto", "bf16")
+        return
+    with caplog.at_level(logging.INFO):
+        b = open_backend(md, "auto", "bf16", threads=1)
+    assert b.describe()["backend"] == "openvino-cpu"
+    assert any(m.startswith("backend openvino-cpu (auto) (cpu, bf16)") for m in _messages(caplog))
+
+
 def test_threads_are_read_back_from_the_compiled_models(md):
     cores = len(os.sched_getaffinity(0))
     with open_backend(md, "openvino-cpu", threads=1) as b:
@@ -184,6 +195,11 @@ def test_selection_with_the_installed_set(md):
     assert found["openvino-cpu"].available and found["openvino-cpu"].reason == ""
     # Only OpenVINO runs bf16; int8dyn is onnxruntime's own.
     assert resolve("auto", "bf16") == "openvino-cpu"
+    for p in PRECISIONS:
+        cpu = [n for n in auto_order(p) if n.endswith("-cpu")]
+        assert cpu == (["openvino-cpu", "onnxruntime-cpu"] if p in OPENVINO_FIRST else ["onnxruntime-cpu", "openvino-cpu"])
+        want = next(n for n in auto_order(p) if found[n].available and n.split("-")[0] in PRECISIONS[p].runs_on)
+        assert resolve("auto", p) == want
     assert resolve("auto", "int8dyn") in ("onnxruntime-trt", "onnxruntime-cuda", "onnxruntime-cpu")
     with pytest.raises(InputError, match=r"^--precision bf16 runs on openvino, not on onnxruntime-cpu"):
         open_backend(md, "onnxruntime-cpu", "bf16")
