@@ -20,10 +20,13 @@ log = logging.getLogger(__name__)
 AUTO_ORDER = ("tensorrt", "onnxruntime-trt", "onnxruntime-cuda", "onnxruntime-cpu", "openvino-cpu")
 NAMES = AUTO_ORDER
 # Precisions for which "auto" tries OpenVINO before onnxruntime's CPU provider, because it
-# measured faster there at the same fidelity (2-core AMD EPYC without AVX-512, openvino
-# 2026.4, loaded machine, indicative). FP32 is not among them: the two tied on the encoder
-# and onnxruntime was faster on the decoder. bf16 runs on OpenVINO only.
-OPENVINO_FIRST = frozenset({"bf16"})
+# measured faster there at the same fidelity (LiteMedSAM, one thread, 2-core AMD EPYC
+# without AVX-512, openvino 2026.4, loaded machine: indicative). fp16: encoder 3.4 s
+# against 4.4 s, embedding cosine to FP32 0.99999 on both (onnxruntime has no FP16 CPU
+# kernels and pays for the casts). Not fp32: encoders tied (3.39 s, 3.28 s), decoder
+# 155 ms against 132 ms. Not int8: 3.98 s against 4.31 s is within the noise, and the
+# embedding moved further from FP32 (cosine 0.90 against 0.93). bf16 runs on OpenVINO only.
+OPENVINO_FIRST = frozenset({"bf16", "fp16"})
 
 
 def auto_order(precision: str | None = None) -> tuple[str, ...]:
