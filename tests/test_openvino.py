@@ -272,3 +272,23 @@ def test_an_onnx_openvino_cannot_read_is_one_line(md, damage):
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{dec}: OpenVINO cannot read it (")
     assert not (md.path.joinpath(*CACHE) / "decoder.fp32.json").exists()
+
+
+def test_without_openvino_info_and_selection_say_why(monkeypatch):
+    """Where the package is missing (simulated: find_spec answers None for it alone)."""
+    import importlib.util
+
+    from medsam_edge.engines import select
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(select.importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    found = {a.name: a for a in probe()}
+    assert not found["openvino-cpu"].available
+    assert found["openvino-cpu"].reason == ("the openvino Python package is not installed "
+                                            "(pip install 'medsam-edge[openvino]')")
+    with pytest.raises(InputError, match=r"^backend openvino-cpu is not available here: the openvino Python"):
+        resolve("openvino-cpu")
+    with pytest.raises(InputError, match=r"^--precision bf16: no backend here runs it \(it needs openvino\); "
+                                         r"openvino-cpu: the openvino Python package is not installed"):
+        resolve("auto", "bf16")
+    assert resolve("auto", "fp16") == next(n for n in auto_order("fp16") if found[n].available)
