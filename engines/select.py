@@ -123,9 +123,8 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
     runtime's default).
     release_memory: onnxruntime gives the encoder's working memory back after each call.
     """
-    from medsam_edge.manifest import ModelDir, load_model_dir
-
     from medsam_edge.contract import PRECISIONS
+    from medsam_edge.manifest import ModelDir, load_model_dir
 
     md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
     chosen = resolve(name, precision)
