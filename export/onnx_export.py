@@ -25,7 +25,7 @@ from medsam_edge.contract import (
     encoder_inputs,
     prompt_tokens,
 )
-from medsam_edge.export.graph_fixes import reorder_gelu
+from medsam_edge.export.graph_fixes import layernorm2d_as_layernorm, reorder_gelu
 from medsam_edge.export.wrappers import DecoderForExport, EncoderForExport
 
 OPSET = 18
@@ -55,7 +55,8 @@ def _save(program, dest: Path) -> None:
         program.save(str(tmp))
         # In place on the saved file: the exported models stay well under protobuf's 2 GB.
         model = onnx.load(str(tmp))
-        if reorder_gelu(model):
+        # Both rewrites, always (no short-circuit): each returns how many it changed.
+        if sum([reorder_gelu(model), layernorm2d_as_layernorm(model)]):
             onnx.save(model, str(tmp))
 
 
@@ -76,7 +77,8 @@ def export_encoder(sam: torch.nn.Module, size: int, dest: str | os.PathLike) -> 
 
 
 @torch.no_grad()
-def export_decoder(sam: torch.nn.Module, dest: str | os.PathLike) -> None:
+def export_decoder(sam: torch.nn.Module, dest: str | os.PathLike, fast: bool = True) -> None:
+    """fast: the decoder spelled by export.decoder_fast (False: segment-anything's MaskDecoder as is)."""
     embedding = torch.zeros(1, EMBED_DIM, EMBED_HW, EMBED_HW)
     # Two prompts of three tokens (a click and a box; a click, a negative click and padding),
     # so the tracer specialises neither axis and every label takes part.
@@ -88,7 +90,7 @@ def export_decoder(sam: torch.nn.Module, dest: str | os.PathLike) -> None:
     points = torch.export.Dim(DECODER_INPUTS[1].shape[1], min=1, max=_MAX_TRACE_POINTS)
     with _quiet_exporter():
         program = torch.onnx.export(
-            DecoderForExport(sam).eval(),
+            DecoderForExport(sam, fast=fast).eval(),
             (embedding, coords, labels),
             input_names=[i.name for i in DECODER_INPUTS],
             output_names=[o.name for o in DECODER_OUTPUTS],

