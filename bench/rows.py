@@ -12,15 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from medsam_edge.contract import PRECISIONS as CONTRACT_PRECISIONS
 from medsam_edge.errors import InputError
 
 REFERENCE = "reference"
 # The PyTorch fast path (FP16 autocast, SDPA) is CUDA-only; the engines families follow.
 TORCH_FAST = "torch-cuda"
-ENGINE_FAMILIES = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
+ENGINE_FAMILIES = ("onnxruntime-cpu", "openvino-cpu", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
 FAMILIES = (TORCH_FAST, *ENGINE_FAMILIES)
-# int8dyn: onnxruntime dynamic quantization (MatMulInteger), a CPU-only target of calibration.
-PRECISIONS = ("fp32", "fp16", "int8", "int8dyn")
+# The contract's precisions: int8dyn is onnxruntime's dynamic quantization (CPU only), bf16
+# OpenVINO's inference precision on the FP32 files.
+PRECISIONS = tuple(CONTRACT_PRECISIONS)
 
 
 @dataclass
@@ -55,6 +57,9 @@ def plan(md, wanted: list[str] | None, checkpoint=None) -> list[RowSpec]:
 
     found = {a.name: a for a in probe()}
     present = [p for p in PRECISIONS if md.onnx("encoder", p).is_file()]
+
+    def runs(family: str, precision: str) -> bool:
+        return family.split("-")[0] in CONTRACT_PRECISIONS[precision].runs_on
     rows = [RowSpec(f"{REFERENCE}", "torch", "fp32", lambda: _open_reference(md, checkpoint))]
 
     def asked(family: str, precision: str) -> bool:
@@ -66,7 +71,7 @@ def plan(md, wanted: list[str] | None, checkpoint=None) -> list[RowSpec]:
                             None if reason else (lambda: _open_torch_fast(md, checkpoint)), reason))
     for family in ENGINE_FAMILIES:
         for precision in PRECISIONS:
-            if not asked(family, precision):
+            if not asked(family, precision) or not runs(family, precision):
                 continue
             explicit = wanted is not None and f"{family}-{precision}" in wanted
             if precision not in present:

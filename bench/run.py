@@ -17,6 +17,7 @@ from medsam_edge.errors import InputError
 from medsam_edge.bench import fidelity, machine, plots, report, rows, streaming
 from medsam_edge.bench.timing import MemorySampler, process_peak_rss_mb
 
+DEFAULT_FRAMES = "pydicom:examples_ybr_color.dcm@160,60,210,125"
 # (frames, runs) by input size class; --quick keeps a run to a few minutes on 2 cores.
 PRESETS = {("quick", "small"): (6, 2), ("quick", "large"): (2, 1), ("full", "small"): (24, 5), ("full", "large"): (6, 2)}
 STREAM_FRAMES = {"quick": 60, "full": 150}
@@ -46,7 +47,10 @@ def run(args) -> int:
         rep["model"] = {"dir": str(md.path), "model_id": md.model_id, "input_size": md.manifest["input_size"],
                         "checkpoint": md.manifest.get("checkpoint")}
         if not (args.frames or args.stream or args.long_run):
-            raise InputError("no frames: give --frames SOURCE (and/or --stream CLIP, --long-run CLIP)")
+            # pydicom's echocardiography cine ships with the runtime: real ultrasound
+            # pixels on any machine, the chamber box as the prompt.
+            args.frames = [DEFAULT_FRAMES]
+            say(f"no --frames given: measuring on {DEFAULT_FRAMES}")
         bench_frames = _load_frames(args.frames, n_frames) if args.frames else []
         rep["settings"] = {"mode": mode, "frames": len(bench_frames), "runs": runs, "warmup": args.warmup,
                            "sources": list(args.frames or []), "boxes_per_frame": _boxes_per_frame(bench_frames)}

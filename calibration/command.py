@@ -12,7 +12,12 @@ from pathlib import Path
 
 from medsam_edge.errors import InputError
 
+from medsam_edge.contract import parse_precisions
+
 from .int8 import MAX_TRIALS, METHODS
+
+CALIBRATED = ("fp16", "int8")  # what calibrate writes files for
+FRAMES_SMALL, FRAMES_LARGE = 48, 12
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,11 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="videos, DICOM files, image folders or images to sample calibration frames from")
     p.add_argument("--eval", nargs="+", default=[], metavar="SOURCE",
                    help="sources used only for the report (e.g. annotated images), never for calibration")
-    p.add_argument("--precision", default="fp16,int8", help="comma-separated: fp16, int8 (default both)")
+    p.add_argument("--precision", default="fp16,int8",
+                   help="comma-separated: fp16, int8 (default both); the report also scores int8dyn and, where a "
+                        "CPU backend here runs it, bf16 (the FP32 files at BF16), on every CPU backend that runs each")
     p.add_argument("--method", default="auto", choices=("auto",) + METHODS,
                    help="INT8 calibration method; auto compares all three and keeps the best (default)")
-    p.add_argument("--frames-count", type=int, default=32, metavar="N",
-                   help="frames to sample from --frames, spread over sources and time (default 32)")
+    p.add_argument("--frames-count", type=int, metavar="N",
+                   help="frames to sample from --frames, spread over sources and time (default "
+                        f"{FRAMES_SMALL} for LiteMedSAM-sized inputs, {FRAMES_LARGE} for ViT-B, whose INT8 ranges "
+                        "take about 3 min per frame on 2 cores)")
     p.add_argument("--eval-count", type=int, default=64, metavar="N", help="frames at most from --eval (default 64)")
     p.add_argument("--holdout", type=float, default=0.25, help="share of --frames held out for the report (0.25)")
     p.add_argument("--boxes", nargs="+", default=[], metavar="JSON",
@@ -53,14 +62,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_precisions(text: str) -> tuple[str, ...]:
-    out = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
-    bad = [t for t in out if t not in ("fp16", "int8")]
-    if bad or not out:
-        raise InputError(f"--precision {text!r}: expected a comma-separated list of fp16, int8")
-    return out
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "medsam-edge" / "frames"
@@ -69,26 +70,22 @@ def default_cache_dir() -> Path:
 def run(args: argparse.Namespace) -> int:
     from medsam_edge.manifest import load_model_dir
 
-    from .run import Options, calibrate
+    from .run import FrameOptions, Options, SearchOptions, calibrate
 
-    precisions = parse_precisions(args.precision)
+    precisions = parse_precisions(args.precision, CALIBRATED)
     for name in ("frames_count", "search_frames", "max_trials"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     md = load_model_dir(args.model_dir)
+    count = args.frames_count or (FRAMES_SMALL if md.preprocess.size <= 256 else FRAMES_LARGE)
     opts = Options(
         precisions=precisions,
-        methods=METHODS if args.method == "auto" else (args.method,),
-        count=args.frames_count,
-        holdout=args.holdout,
-        eval_sources=tuple(args.eval),
-        eval_count=args.eval_count,
-        box_files=tuple(args.boxes),
-        mask_dirs=tuple(args.masks),
-        search_frames=args.search_frames,
-        max_trials=args.max_trials,
+        frames=FrameOptions(count=count, holdout=args.holdout, eval_sources=tuple(args.eval),
+                            eval_count=args.eval_count, box_files=tuple(args.boxes), mask_dirs=tuple(args.masks),
+                            cache_dir=str(args.cache_dir or default_cache_dir())),
+        search=SearchOptions(methods=METHODS if args.method == "auto" else (args.method,),
+                             search_frames=args.search_frames, max_trials=args.max_trials),
         dynamic=not args.no_dynamic,
-        cache_dir=str(args.cache_dir or default_cache_dir()),
         checkpoint=str(args.checkpoint) if args.checkpoint else None,
         threads=args.threads,
         quiet=args.quiet,

@@ -18,19 +18,28 @@ JSON_FILE = "fidelity.json"
 MD_FILE = "fidelity.md"
 
 
-def build(md: ModelDir, reference: str, scores: dict[str, Scores], files: dict[str, dict],
+def build(md: ModelDir, reference: str, scores: dict[str, dict], files: dict[str, dict],
           truth_ceiling: Scores, frames: dict, latency: dict | None, targets: dict | None = None) -> dict:
-    """scores/files: per precision ("fp32", "fp16", "int8", "int8dyn")."""
+    """scores: {precision: {backend: Scores, or the reason it did not run}}; files: per precision.
+
+    Each precision's row carries every backend's figures under "backends" and, at its top
+    level, the first backend's that ran (named in "backend"), so a figure always says
+    whose arithmetic produced it.
+    """
     rows = {}
-    for p, s in scores.items():
-        summary = s.summary()
-        target = (targets or TARGETS).get("int8" if p.startswith("int8") else p)
-        rows[p] = {
-            **files.get(p, {}),
-            **summary,
-            "target": target,
-            "meets_target": meets(summary["dice"], target) if target else None,
-        }
+    for p, by_backend in scores.items():
+        target = (targets or TARGETS).get("int8" if p.startswith("int8") else "fp16" if p == "bf16" else p)
+        backends = {}
+        for b, s in by_backend.items():
+            if isinstance(s, str):
+                backends[b] = {"not_run": s}
+                continue
+            summary = s.summary()
+            backends[b] = {**summary, "meets_target": meets(summary["dice"], target) if target else None}
+        ran = [b for b, v in backends.items() if "not_run" not in v]
+        primary = backends[ran[0]] if ran else {}
+        rows[p] = {**files.get(p, {}), "backend": ran[0] if ran else None, **primary, "target": target,
+                   "meets_target": primary.get("meets_target"), "backends": backends}
     return {
         "model_id": md.model_id,
         "reference": reference,
@@ -56,25 +65,33 @@ def _f(x, nd: int = 4) -> str:
 
 def markdown(r: dict) -> str:
     fr = r["frames"]
+    unseen = fr.get("holdout_sources_unseen")
+    where = ("from sources the calibration never saw" if unseen else
+             "from the calibration's own source(s) (give several sources, or --eval, for unseen ones)")
     lines = [
         f"# Fidelity of reduced precision: {r['model_id']}",
         "",
         f"Reference: {r['reference']}. Held-out frames: {fr.get('holdout')} "
         f"({fr.get('boxes')} boxes, {fr.get('truth_boxes')} with ground truth) from {len(fr.get('sources', []))} "
-        "source(s); none of them was used for calibration or the sensitivity search.",
+        f"source(s), {where}; none of them was used for calibration or the sensitivity search. "
+        "Each row names the backend whose arithmetic produced it.",
         "",
-        "| precision | encoder | decoder | Dice mean | Dice p5 | Dice worst | IoU mean | emb. cosine mean | "
+        "| precision | backend | encoder | decoder | Dice mean | Dice p5 | Dice worst | IoU mean | emb. cosine mean | "
         "cosine worst | GT Dice mean | GT Dice p5 | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p, row in r["precisions"].items():
-        d, c, t = row["dice"], row["embedding_cosine"], row["truth"]["dice"]
-        ok = {True: "met", False: "**missed**", None: "–"}[row["meets_target"]]
-        lines.append(
-            f"| {p} | {row.get('encoder', '')} | {row.get('decoder', '')} | {_f(d['mean'])} | {_f(d['p5'])} | "
-            f"{_f(d['worst'])} | {_f(row['iou']['mean'])} | {_f(c['mean'], 6)} | {_f(c['worst'], 6)} | "
-            f"{_f(t['mean'])} | {_f(t['p5'])} | {ok} |"
-        )
+        for b, v in row["backends"].items():
+            head = f"| {p} | {b} | {row.get('encoder', '')} | {row.get('decoder', '')} |"
+            if "not_run" in v:
+                lines.append(f"{head} not run here: {v['not_run']} |" + " |" * 8)
+                continue
+            d, c, t = v["dice"], v["embedding_cosine"], v["truth"]["dice"]
+            ok = {True: "met", False: "**missed**", None: "–"}[v["meets_target"]]
+            lines.append(
+                f"{head} {_f(d['mean'])} | {_f(d['p5'])} | {_f(d['worst'])} | {_f(v['iou']['mean'])} | "
+                f"{_f(c['mean'], 6)} | {_f(c['worst'], 6)} | {_f(t['mean'])} | {_f(t['p5'])} | {ok} |"
+            )
     ceil = r["reference_vs_truth"]["dice"]
     lines += ["", f"Reference against ground truth: Dice mean {_f(ceil['mean'])}, p5 {_f(ceil['p5'])}, "
                   f"worst {_f(ceil['worst'])} (the ceiling for every row's GT columns).", ""]
@@ -83,11 +100,13 @@ def markdown(r: dict) -> str:
     lines += [f"Targets (mask Dice against the reference): {targets}.", ""]
     lat = r.get("latency")
     if lat:
-        lines += ["## Encoder latency, onnxruntime CPU, same run", "",
-                  f"{lat['rounds']} rounds, precisions interleaved, threads: {lat['threads']}.", "",
-                  "| precision | median ms | p90 ms | speed-up vs FP32 |", "|---|---|---|---|"]
-        for p, v in lat["encoder"].items():
-            lines.append(f"| {p} | {v['median_ms']:.0f} | {v['p90_ms']:.0f} | {_f(v['speedup_vs_fp32'], 2)}× |")
+        lines += ["## Encoder latency on each CPU backend, same run", "",
+                  f"{lat['rounds']} rounds, precisions interleaved within a backend, threads: {lat['threads']}.", "",
+                  "| precision @ backend | median ms | p90 ms | vs its backend's FP32 | vs onnxruntime FP32 |",
+                  "|---|---|---|---|---|"]
+        for k, v in lat["encoder"].items():
+            lines.append(f"| {k} | {v['median_ms']:.0f} | {v['p90_ms']:.0f} | {_f(v['speedup_vs_fp32'], 2)}× | "
+                         f"{_f(v['speedup_vs_onnxruntime_fp32'], 2)}× |")
         lines.append("")
     return "\n".join(lines)
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,34 +23,52 @@ from medsam_edge.progress import Steps
 
 from . import fp16, int8, report
 from .boxes import load_prompts
+from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
+
+from .backends import CPU_BACKENDS, availability, open_pair
 from .evaluate import TARGETS, Scorer, judge, open_part, probe
 from .frames import MIN_FRAMES, FrameReader, FrameSet, sample_frames
 from .latency import encoder_latency
 from .reference import fp32_pair, open_reference
 
 PRECISIONS = ("fp16", "int8")
-# precision -> (encoder, decoder) file precisions; INT8 runs with the FP32 decoder.
-_FILES = {"fp16": ("fp16", "fp16"), "int8": ("int8", "fp32"), "int8dyn": ("int8dyn", "fp32")}
+# What the report scores, beside FP32: this run's files or an earlier run's, and bf16
+# (the FP32 files at BF16 inference precision, where a backend here runs it).
+REPORTED = ("fp16", "int8", "int8dyn", "bf16")
 
 
 @dataclass
-class Options:
-    precisions: tuple = PRECISIONS
-    methods: tuple = int8.METHODS
+class FrameOptions:
+    """Which frames: sampled from the sources (frames.sample_frames), and their prompts."""
+
     count: int = 32
     holdout: float = 0.25
     eval_sources: tuple = ()
     eval_count: int = 64
     box_files: tuple = ()
     mask_dirs: tuple = ()
+    cache_dir: str | None = None
+    min_frames: int = MIN_FRAMES
+
+
+@dataclass
+class SearchOptions:
+    """How hard the FP16 and INT8 searches look."""
+
+    methods: tuple = int8.METHODS
     search_frames: int = 12  # calibration frames the searches judge on
     range_frames: int = 4  # frames for FP16 range measurement
     max_trials: int = int8.MAX_TRIALS
+
+
+@dataclass
+class Options:
+    precisions: tuple = PRECISIONS
+    frames: FrameOptions = field(default_factory=FrameOptions)
+    search: SearchOptions = field(default_factory=SearchOptions)
     dynamic: bool = True  # also write the CPU-only encoder.int8dyn.onnx
     latency_rounds: int = 7
-    cache_dir: str | None = None
     checkpoint: str | None = None
-    min_frames: int = MIN_FRAMES
     threads: int | None = None
     quiet: bool = False
     targets: dict | None = None  # per precision, e.g. {"int8": {"mean": 0.97, "p5": 0.93}}; None: TARGETS
@@ -65,15 +83,15 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
     # Details go on their own lines under the step; the step's time follows the last one.
     log = (lambda s: None) if o.quiet else (lambda s: print(f"\n    {s}", end="", file=sys.stderr, flush=True))
     with steps.step("sampling calibration frames"):
-        fs = sample_frames(sources, md.preprocess, o.count, o.holdout, o.eval_sources, o.eval_count,
-                           cache_dir=o.cache_dir, min_frames=o.min_frames)
+        fs = sample_frames(sources, md.preprocess, o.frames.count, o.frames.holdout, o.frames.eval_sources, o.frames.eval_count,
+                           cache_dir=o.frames.cache_dir, min_frames=o.frames.min_frames)
         log(f"{len(fs.calibration)} calibration, {len(fs.holdout)} held-out frames")
     _clear_stale(md.path)
     staging = Path(tempfile.mkdtemp(prefix=f".calibrate.{os.getpid()}.", dir=md.path))
     try:
         with steps.step("FP32 reference on calibration frames"):
-            cal = _spread(fs.calibration, o.search_frames)
-            search = Scorer(fs, cal, load_prompts(fs, cal, o.box_files, o.mask_dirs), fp32_pair(md, o.threads))
+            cal = _spread(fs.calibration, o.search.search_frames)
+            search = Scorer(fs, cal, load_prompts(fs, cal, o.frames.box_files, o.frames.mask_dirs), fp32_pair(md, o.threads))
         record: dict = {"frames": fs.describe(), "targets": {p: o.target(p) for p in TARGETS}}
         written: dict[str, Path] = {}
         if "fp16" in o.precisions:
@@ -95,7 +113,7 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
                 os.replace(f, md.path / f.name)
             # Precisions not redone this time keep their files and their record.
             old = md.manifest.get("precision") or {}
-            report.write(md, rep, {**{k: v for k, v in old.items() if k in _FILES}, **record})
+            report.write(md, rep, {**{k: v for k, v in old.items() if k in REPORTED}, **record})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not o.quiet:
@@ -129,13 +147,13 @@ def _spread(indices: list[int], n: int) -> list[int]:
 
 def _fp16(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Options, log) -> dict:
     fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
-    feeds = [{IMAGE: fs.tensor(r.index)} for r in search.refs[: o.range_frames]]
+    feeds = [{IMAGE: fs.tensor(r.index)} for r in search.refs[: o.search.range_frames]]
     enc = staging / md.onnx("encoder", "fp16").name
     log("encoder:")
     rec_e = fp16.write_fp16(md.onnx("encoder"), enc, feeds,
                             judge(search, "encoder", fp32_dec, o.target("fp16"), o.threads), log)
     dfeeds = [dict(zip((EMBEDDING, POINT_COORDS, POINT_LABELS), (r.embedding, *box_tokens(r.boxes))))
-              for r in search.refs[: o.range_frames]]
+              for r in search.refs[: o.search.range_frames]]
     dec = staging / md.onnx("decoder", "fp16").name
     log("decoder:")
     rec_d = fp16.write_fp16(md.onnx("decoder"), dec, dfeeds,
@@ -151,10 +169,10 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
     judged_path = judge(search, "encoder", fp32_dec, o.target("int8"), o.threads)
     trial = staging / "trial.int8.onnx"
-    caches = {m: staging / f"ranges-{m}.json" for m in o.methods}
-    swept = int8.calibrate(src, FrameReader(fs, fs.calibration), o.methods, caches, o.threads, log)
+    caches = {m: staging / f"ranges-{m}.json" for m in o.search.methods}
+    swept = int8.calibrate(src, FrameReader(fs, fs.calibration), o.search.methods, caches, o.threads, log)
     methods = {}
-    for m in o.methods:
+    for m in o.search.methods:
         int8.quantize(src, trial, m, caches[m])
         v = judged_path(trial)
         methods[m] = {"loss": v.loss, "passed": v.passed, "dice": v.figures["dice"],
@@ -168,7 +186,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
                  "activation_matmuls": len(int8.activation_matmuls(model)), "ranking": [], "search": []}
     exclude: list[str] = []
     if not methods[best]["passed"]:
-        ranking = int8.rank_nodes(src, nodes, best, cache, probe(search, threads=o.threads), o.max_trials, log)
+        ranking = int8.rank_nodes(src, nodes, best, cache, probe(search, threads=o.threads), o.search.max_trials, log)
 
         def judged(excl):
             int8.quantize(src, trial, best, cache, excl)
@@ -214,35 +232,64 @@ def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Op
 
 def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
     ho = fs.holdout
-    prompts = load_prompts(fs, ho, o.box_files, o.mask_dirs)
+    prompts = load_prompts(fs, ho, o.frames.box_files, o.frames.mask_dirs)
     ref, text = open_reference(md, o.checkpoint)
     sc = Scorer(fs, ho, prompts, ref)
-    pairs = {"fp32": (md.onnx("encoder"), md.onnx("decoder"))}
-    for p, (ep, dp) in _FILES.items():
-        # This run's files, else ones an earlier run left in the model directory.
-        pair = [written.get(f"{part}.{q}", md.onnx(part, q)) for part, q in (("encoder", ep), ("decoder", dp))]
-        if all(f.is_file() for f in pair):
-            pairs[p] = tuple(pair)
-    scores = {p: sc.score(open_part(e, "encoder", o.threads), open_part(d, "decoder", o.threads))
-              for p, (e, d) in pairs.items()}
+    ref.close()
+    pairs = _pairs(md, written)
+    release = md.preprocess.size >= LARGE_INPUT_SIDE
+    scores: dict[str, dict] = {}
+    for p, (e, d) in pairs.items():
+        scores[p] = {}
+        for b in CPU_BACKENDS:
+            why = availability(b, p)
+            if why is not None:
+                scores[p][b] = why
+                continue
+            with open_pair(b, e, d, p, o.threads, release) as backend:
+                scores[p][b] = sc.score(backend, backend)
     files = {p: {"encoder": e.name, "decoder": d.name} for p, (e, d) in pairs.items()}
     n_boxes = sum(len(prompts[i]) for i in ho)
     n_truth = sum(p.truth is not None for i in ho for p in prompts[i])
     frames = {"holdout": len(ho), "boxes": n_boxes, "truth_boxes": n_truth,
               "box_origin": {k: sum(p.origin == k for i in ho for p in prompts[i]) for k in ("mask", "file", "derived")},
-              "sources": sorted({fs.meta[i]["source"] for i in ho})}
+              "sources": sorted({fs.meta[i]["source"] for i in ho}),
+              "holdout_sources_unseen": fs.describe()["holdout_sources_unseen"]}
     return report.build(md, text, scores, files, sc.reference_truth(), frames, None,
                         {p: o.target(p) for p in TARGETS})
 
 
+def _pairs(md, written: dict) -> dict[str, tuple]:
+    """Precision -> (encoder, decoder) files to score: this run's (from staging), else ones an
+    earlier run left in the model directory, as the contract's table names them."""
+    from medsam_edge.contract import PRECISIONS as TABLE
+
+    out = {"fp32": (md.onnx("encoder"), md.onnx("decoder"))}
+    staged = {f.name: f for f in written.values()}
+    for p in REPORTED:
+        pair = []
+        for part in ("encoder", "decoder"):
+            mine = [staged[n] for n in TABLE[p].files[part] if n in staged]
+            pair.append(mine[0] if mine else md.onnx(part, p))
+        if all(f.is_file() for f in pair):
+            out[p] = tuple(pair)
+    return out
+
+
 def _latency(md, fs: FrameSet, written: dict, o: Options) -> dict | None:
-    files = {"fp32": md.onnx("encoder")}
-    for p in ("int8", "int8dyn"):
-        if f"encoder.{p}" in written:
-            files[p] = written[f"encoder.{p}"]
-    if len(files) < 2 or o.latency_rounds <= 0:
+    if o.latency_rounds <= 0:
         return None
-    return encoder_latency(files, fs.tensor(fs.holdout[0]), o.latency_rounds, threads=o.threads)
+    files: dict[str, dict] = {}
+    for p, pair in _pairs(md, written).items():
+        if p != "fp32" and f"encoder.{p}" not in written and p != "bf16":
+            continue  # only what this run made, beside FP32 (and bf16, which has no files)
+        for b in CPU_BACKENDS:
+            if availability(b, p) is None:
+                files.setdefault(b, {})[p] = pair
+    if sum(len(v) for v in files.values()) < 2:
+        return None
+    return encoder_latency(files, fs.tensor(fs.holdout[0]), o.latency_rounds, threads=o.threads,
+                           release_memory=md.preprocess.size >= LARGE_INPUT_SIDE)
 
 
 def _scheme() -> dict:

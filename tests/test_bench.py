@@ -166,12 +166,18 @@ def test_unknown_backend_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "error"
 
 
-@pytest.mark.parametrize("frames", [None, "empty"])
-def test_no_frames_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys, frames):
-    args = ["bench", str(tiny_model_dir.path), "--out", str(tmp_path / "out")]
-    if frames:
-        (tmp_path / "empty").mkdir()
-        args += ["--frames", str(tmp_path / "empty")]
+def test_without_frames_bench_measures_pydicoms_echo_cine(tiny_model_dir, tmp_path):
+    rc = main(["bench", str(tiny_model_dir.path), "--quick", "--max-frames", "1", "--runs", "1",
+               "--backends", "onnxruntime-cpu-fp32", "--out", str(tmp_path / "out")])
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rc == 0 and rep["status"] == "complete"
+    assert rep["settings"]["sources"] == ["pydicom:examples_ybr_color.dcm@160,60,210,125"]
+    assert rep["frames"][0]["boxes"] == [[160.0, 60.0, 210.0, 125.0]] and rep["frames"][0]["hw"] == [240, 320]
+
+
+def test_an_empty_frames_folder_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    args = ["bench", str(tiny_model_dir.path), "--out", str(tmp_path / "out"), "--frames", str(tmp_path / "empty")]
     rc = main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "frames" in err[0] and "Traceback" not in err[0]

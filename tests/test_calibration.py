@@ -71,13 +71,14 @@ def data(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def calibrated(tiny, data, tmp_path_factory) -> Path:
-    from medsam_edge.calibration.run import Options, calibrate
+    from medsam_edge.calibration.run import FrameOptions, Options, SearchOptions, calibrate
 
     md_path = tmp_path_factory.mktemp("cal") / "tiny"
     shutil.copytree(tiny, md_path)
-    opts = Options(count=10, holdout=0.3, eval_sources=(str(data["eval"]),), eval_count=4,
-                   mask_dirs=(str(data["evalmask"]),), methods=("minmax",), search_frames=3, range_frames=2,
-                   latency_rounds=1, cache_dir=str(data["cache"]), quiet=True, targets={"int8": STRICT_INT8})
+    opts = Options(frames=FrameOptions(count=10, holdout=0.3, eval_sources=(str(data["eval"]),), eval_count=4,
+                                       mask_dirs=(str(data["evalmask"]),), cache_dir=str(data["cache"])),
+                   search=SearchOptions(methods=("minmax",), search_frames=3, range_frames=2),
+                   latency_rounds=1, quiet=True, targets={"int8": STRICT_INT8})
     calibrate(load_model_dir(md_path), [str(data["img"]), DICOM], opts)
     return md_path
 
@@ -274,17 +275,25 @@ def test_smallest_exclusion_finds_the_fewest_nodes():
 # --- report and manifest ------------------------------------------------------------
 
 
-def test_report_files_written_and_manifest_records_precision(calibrated):
+def test_report_files_written_and_manifest_records_precision(calibrated, data):
+    from medsam_edge.calibration.backends import availability
+
     rep = json.loads((calibrated / "fidelity.json").read_text())
-    assert set(rep["precisions"]) == {"fp32", "fp16", "int8", "int8dyn"}
+    assert set(rep["precisions"]) == {"fp32", "fp16", "int8", "int8dyn", "bf16"}
     for p, row in rep["precisions"].items():
-        assert 0.0 <= row["dice"]["worst"] <= row["dice"]["p5"] <= row["dice"]["mean"] <= 1.0
-        assert row["truth"]["boxes"] > 0 and row["truth"]["dice"]["mean"] is not None
+        for b, v in row["backends"].items():
+            # Every CPU backend that can run the file here did, and the row says which one it was.
+            assert ("not_run" in v) == (availability(b, p) is not None), (p, b)
+            if "not_run" not in v:
+                assert 0.0 <= v["dice"]["worst"] <= v["dice"]["p5"] <= v["dice"]["mean"] <= 1.0
+                assert v["truth"]["boxes"] > 0 and v["truth"]["dice"]["mean"] is not None
+    assert rep["precisions"]["fp32"]["backend"] == "onnxruntime-cpu"
     assert rep["precisions"]["fp32"]["dice"]["mean"] > 0.999  # ONNX FP32 vs the PyTorch reference
-    assert "PyTorch" in rep["reference"]
-    assert rep["latency"]["encoder"]["int8"]["median_ms"] > 0
+    assert rep["precisions"]["int8dyn"]["backends"]["openvino-cpu"]["not_run"]  # onnxruntime's own format
+    assert "PyTorch" in rep["reference"] and rep["frames"]["sources"] == [str(data["eval"])]
+    assert rep["latency"]["encoder"]["int8@onnxruntime-cpu"]["median_ms"] > 0
     md_text = (calibrated / "fidelity.md").read_text()
-    assert "| int8 | encoder.int8.onnx |" in md_text
+    assert "| int8 | onnxruntime-cpu | encoder.int8.onnx |" in md_text and "sources the calibration never saw" in md_text
     prec = load_model_dir(calibrated).manifest["precision"]
     assert prec["frames"]["calibration"] > 0 and prec["frames"]["frames"]
     assert prec["fp16"]["encoder"]["tool"].startswith("onnxconverter-common")
