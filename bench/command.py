@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, help="timed repetitions of each frame per row (default by preset)")
     p.add_argument("--max-frames", type=int, help="frames in all, spread over the sources (default by preset)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per row before measuring (default 1)")
+    p.add_argument("--threads", type=int, help="CPU threads of every row, the reference's torch included "
+                                               "(default: each library's own, every core)")
     p.add_argument("--quick", action="store_true", help="few frames and runs: minutes on a 2-core CPU")
     p.add_argument("--checkpoint", type=Path, help="checkpoint for the reference when the model dir came from a user file")
     p.add_argument("--stream", action="append", metavar="CLIP[@BOX]",
@@ -57,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("runs", "max_frames", "stream_frames", "long_frames", "stream_threads"):
+    for name in ("runs", "max_frames", "stream_frames", "long_frames", "stream_threads", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} {value}: expected a positive number")

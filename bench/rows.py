@@ -51,7 +51,7 @@ def parse(tokens: list[str] | None) -> list[str] | None:
     return None if "all" in names else names
 
 
-def plan(md, wanted: list[str] | None, checkpoint=None) -> list[RowSpec]:
+def plan(md, wanted: list[str] | None, checkpoint=None, threads: int | None = None) -> list[RowSpec]:
     """The reference first, then every requested row (runnable or skipped with its reason)."""
     from medsam_edge.engines.select import probe
 
@@ -60,7 +60,7 @@ def plan(md, wanted: list[str] | None, checkpoint=None) -> list[RowSpec]:
 
     def runs(family: str, precision: str) -> bool:
         return family.split("-")[0] in CONTRACT_PRECISIONS[precision].runs_on
-    rows = [RowSpec(f"{REFERENCE}", "torch", "fp32", lambda: _open_reference(md, checkpoint))]
+    rows = [RowSpec(f"{REFERENCE}", "torch", "fp32", lambda: _open_reference(md, checkpoint, threads))]
 
     def asked(family: str, precision: str) -> bool:
         return wanted is None or family in wanted or f"{family}-{precision}" in wanted
@@ -81,25 +81,27 @@ def plan(md, wanted: list[str] | None, checkpoint=None) -> list[RowSpec]:
                 continue
             avail = found[family]
             rows.append(RowSpec(f"{family}-{precision}", family, precision,
-                                (lambda f=family, p=precision: _open_engine(md, f, p)) if avail.available else None,
+                                (lambda f=family, p=precision: _open_engine(md, f, p, threads)) if avail.available
+                                else None,
                                 "" if avail.available else avail.reason))
     return rows
 
 
-def _open_reference(md, checkpoint):
+def _open_reference(md, checkpoint, threads: int | None = None):
     from medsam_edge.bench.runners import reference_runner
 
-    return reference_runner(md, checkpoint)
+    return reference_runner(md, checkpoint, threads)
 
 
-def _open_engine(md, family: str, precision: str):
+def _open_engine(md, family: str, precision: str, threads: int | None = None):
     from medsam_edge.bench.runners import backend_runner
     from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
     from medsam_edge.engines.select import open_backend
 
     # Every row stays open for the round-robin; big encoders give their memory back.
     release = md.preprocess.size >= LARGE_INPUT_SIDE
-    return backend_runner(f"{family}-{precision}", open_backend(md, family, precision, release_memory=release), md)
+    return backend_runner(f"{family}-{precision}", open_backend(md, family, precision, threads=threads,
+                                                                 release_memory=release), md)
 
 
 def _open_torch_fast(md, checkpoint):

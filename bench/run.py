@@ -53,13 +53,14 @@ def run(args) -> int:
             say(f"no --frames given: measuring on {DEFAULT_FRAMES}")
         bench_frames = _load_frames(args.frames, n_frames) if args.frames else []
         rep["settings"] = {"mode": mode, "frames": len(bench_frames), "runs": runs, "warmup": args.warmup,
+                           "threads": args.threads,
                            "sources": list(args.frames or []), "boxes_per_frame": _boxes_per_frame(bench_frames)}
         rep["frames"] = [{"source": f.source, "index": f.index, "hw": list(f.image.shape[:2]),
                           "boxes": f.boxes.tolist(), "read_ms": round(f.read_ms, 3)} for f in bench_frames]
         rep["compute"] = _compute(md.model_id, rep["settings"]["boxes_per_frame"], mode)
         with MemorySampler() as sampler:
             if bench_frames:
-                specs = rows.plan(md, wanted, args.checkpoint)
+                specs = rows.plan(md, wanted, args.checkpoint, args.threads)
                 comparison = _comparison(specs, bench_frames, runs, args.warmup, sampler)
                 try:
                     comparison.run()
@@ -193,7 +194,8 @@ def command_line(args) -> str:
         parts += ["--frames", *args.frames]
     for flag, value in (("--backends", ",".join(args.backends or [])), ("--max-frames", args.max_frames),
                         ("--runs", args.runs), ("--checkpoint", args.checkpoint), ("--long-run", args.long_run),
-                        ("--stream-frames", args.stream_frames), ("--stream-threads", args.stream_threads)):
+                        ("--stream-frames", args.stream_frames), ("--stream-threads", args.stream_threads),
+                        ("--threads", args.threads)):
         if value:
             parts += [flag, str(value)]
     for spec in args.stream or []:

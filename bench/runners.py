@@ -49,10 +49,13 @@ class Runner:
         self.segmenter.backend.close()
 
 
-def reference_runner(md, checkpoint=None) -> Runner:
-    """PyTorch FP32 eager on the CPU with the reference scripts' pixels in and out."""
+def reference_runner(md, checkpoint=None, threads: int | None = None) -> Runner:
+    """PyTorch FP32 eager on the CPU with the reference scripts' pixels in and out (on
+    `threads` intra-op threads when given, so its ratios compare like with like)."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from medsam_edge.engines.torch_backend import TorchBackend
     from medsam_edge.export.reference import ReferenceProcessing
 
