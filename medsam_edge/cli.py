@@ -20,6 +20,7 @@ COMMANDS = (
     "medsam_edge.runtime.command",
     "medsam_edge.engines.command",
     "medsam_edge.calibration.command",
+    "medsam_edge.calibration.plan_command",
     "medsam_edge.info",
     "medsam_edge.bench.command",
 )
