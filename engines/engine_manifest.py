@@ -89,20 +89,25 @@ def onnx_for(md: ModelDir, part: str, precision: str) -> Path:
     )
 
 
-def profiles(md: ModelDir, max_prompts: int = PROMPTS_MAX,
-             max_points: int = POINTS_MAX) -> dict[str, dict[str, dict[str, list[int]]]]:
+def profiles(md: ModelDir, max_prompts: int = PROMPTS_MAX, max_points: int = POINTS_MAX,
+             opt_prompts: int | None = None,
+             opt_points: int | None = None) -> dict[str, dict[str, dict[str, list[int]]]]:
     """Optimisation profile shapes per part and input, from the contract and the model dir.
 
     The encoder is fixed at batch 1, S x S (S from the manifest); the decoder's prompt and
-    point axes run from the contract's minimum to the given maxima, optimised for the
-    contract's opt (one box: one prompt of two tokens).
+    point axes run from the contract's minimum to the given maxima, optimised for
+    opt_prompts x opt_points (default the contract's opt, one box: one prompt of two
+    tokens; a cart that always tracks several objects tunes for its usual count).
     """
     ranges = {}
-    for axis, flag, top in (("num_prompts", "--max-prompts", max_prompts), ("num_points", "--max-points", max_points)):
+    for axis, flag, top, want in (("num_prompts", "--max-prompts", max_prompts, opt_prompts),
+                                  ("num_points", "--max-points", max_points, opt_points)):
         low, opt, _ = AXES[axis]
         if not low <= top <= LIMITS[axis]:
             raise InputError(f"{flag} {top}: expected {low}..{LIMITS[axis]}")
-        ranges[axis] = {"min": low, "opt": min(opt, top), "max": top}
+        if want is not None and not low <= want <= top:
+            raise InputError(f"{flag.replace('max', 'opt')} {want}: expected {low}..{top} (the maximum)")
+        ranges[axis] = {"min": low, "opt": min(opt if want is None else want, top), "max": top}
     size = int(md.manifest.get("input_size") or md.preprocess.size)
 
     def shapes(spec) -> dict[str, list[int]]:
