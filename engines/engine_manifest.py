@@ -236,7 +236,7 @@ def find_engines(md: ModelDir, gpu: GpuIdentity, trt_version: str, precision: st
     here = engine_dir(md.path, gpu, trt_version)
     manifest = load(here)
     entries = (manifest or {}).get("engines", {}).get(precision)
-    if not entries:
+    if not entries or manifest is None:
         state, reasons = _elsewhere(md, here, gpu, trt_version, precision)
         return EngineStatus(state, here, precision, reasons)
     reasons = []
