@@ -53,6 +53,17 @@ PERCENTILE = 99.99
 Probe = Callable[[Path], float]
 
 
+def scheme() -> dict:
+    """The quantization scheme, for the manifest and the report."""
+    return {"format": f"QDQ on the FP16 mixed-precision graph (opset {qdq.QDQ_OPSET})",
+            "activations": "int8 symmetric per tensor (zero point 0), scale in the tensor's own type",
+            "weights": "int8 symmetric per output channel", "bias": "float, in the layer's type",
+            "quantized_ops": list(QUANT_OPS), "outputs": "not quantized (no Q/DQ on Conv/MatMul outputs)",
+            "float_ops": "FP16, except nodes kept FP32 (the FP16 range rule, or keep_fp32)",
+            "tool": "medsam_edge.calibration.qdq.insert_qdq; ranges from onnxruntime's HistogramCollector fed in "
+                    "bounded memory (calibration/ranges.py)"}
+
+
 def quantizable(model: onnx.ModelProto) -> list[str]:
     """Conv/MatMul/Gemm nodes in graph order."""
     return [n.name for n in model.graph.node if n.op_type in QUANT_OPS]
@@ -112,8 +123,9 @@ def fp32_nodes(fp16_file: Path) -> list[str]:
     m = onnx.shape_inference.infer_shapes(onnx.load(str(fp16_file)))
     types = {v.name: v.type.tensor_type.elem_type for v in list(m.graph.value_info) + list(m.graph.input)}
     types.update({i.name: i.data_type for i in m.graph.initializer})
+    # The data path only (first input, outputs): Resize's scales, say, are FP32 in any file.
     return [n.name for n in m.graph.node if n.op_type != "Cast"
-            and any(types.get(t) == onnx.TensorProto.FLOAT for t in list(n.input) + list(n.output))]
+            and any(types.get(t) == onnx.TensorProto.FLOAT for t in list(n.input[:1]) + list(n.output))]
 
 
 # The FP16 conversion of a big encoder takes a while (ViT-B: tens of seconds) and the

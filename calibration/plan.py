@@ -33,7 +33,9 @@ from onnx import TensorProto
 
 from medsam_edge.contract import AXES
 
-MATRIX_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum")
+MATRIX_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "MatMulInteger", "ConvInteger")
+# onnxruntime's dynamic INT8 ops (encoder.int8dyn.onnx): counted as INT8, though TensorRT builds neither.
+_INTEGER_OPS = {"MatMulInteger": "MatMul", "ConvInteger": "Conv"}
 TYPE_NAMES: dict[int, str] = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
               TensorProto.INT8: "INT8", TensorProto.DOUBLE: "FP64", TensorProto.UINT8: "UINT8",
               TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.BOOL: "BOOL"}
@@ -98,7 +100,7 @@ def matrix_flops(node: onnx.NodeProto, shapes: dict[str, list]) -> int | None:
     def get(name: str) -> list:
         return shapes.get(name) or []
 
-    op = node.op_type
+    op = _INTEGER_OPS.get(node.op_type, node.op_type)
     if op in ("Conv", "ConvTranspose"):
         x, w, y = get(node.input[0]), get(node.input[1]), get(node.output[0])
         if not (_known(x) and _known(w) and _known(y)):
@@ -157,7 +159,7 @@ def plan_model(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> di
                 uncounted.append(n.name)
                 continue
             operands = n.input[:2]
-            if all(_dequantized_int8(t, producer, types) for t in operands):
+            if n.op_type in _INTEGER_OPS or all(_dequantized_int8(t, producer, types) for t in operands):
                 kind = "INT8"
             else:
                 kind = TYPE_NAMES.get(types.get(n.input[0], 0), "FP32")
@@ -233,19 +235,21 @@ EFFICIENCY = {"matrix": 0.5, "memory": 0.6}
 
 def predict(p: dict, gpu: str, efficiency: dict | None = None) -> dict:
     """Latency a plan predicts on one of GPUS: counted FLOPs at peak x efficiency per type,
-    plus the other ops' memory traffic (read and write once, in their type) at bandwidth x
-    efficiency. Returns milliseconds per part and in total, with the assumptions used."""
+    plus the other ops' memory traffic at bandwidth x efficiency, each element written once
+    in its type (TensorRT fuses pointwise chains into their producers, so reads mostly come
+    free; where it cannot, this is low). Returns milliseconds per part and in total, with
+    the assumptions used."""
     if gpu not in GPUS:
         raise KeyError(f"unknown GPU {gpu!r}; expected one of {', '.join(GPUS)}")
     spec, eff = GPUS[gpu], {**EFFICIENCY, **(efficiency or {})}
     matrix = {t: p["flops"][t] / (spec.peak[t] * eff["matrix"]) * 1e3 for t in TYPES if p["flops"].get(t)}
-    traffic = sum(2 * n * _WIDTH.get(t, 4) for t, n in p["other_ops"].items())
+    traffic = sum(n * _WIDTH.get(t, 4) for t, n in p["other_ops"].items())
     memory_ms = traffic / (spec.memory_bandwidth * eff["memory"]) * 1e3
     return {
         "gpu": spec.name,
-        "matrix_ms": {t: round(v, 4) for t, v in matrix.items()},
-        "memory_ms": round(memory_ms, 4),
-        "total_ms": round(sum(matrix.values()) + memory_ms, 4),
+        "matrix_ms": matrix,
+        "memory_ms": memory_ms,
+        "total_ms": sum(matrix.values()) + memory_ms,
         "efficiency": eff,
         "source": spec.source,
     }

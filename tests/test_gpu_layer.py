@@ -478,3 +478,32 @@ def test_the_slot_backend_expires_handles_like_a_device_ring(tiny_model_dir):
         b.decode(h0, coords, labels)
     np.testing.assert_array_equal(b.decode(b.encode(frames[0][IMAGE]), coords, labels)[0], ref0)
     assert b.expired_refusals == 1
+
+
+class _BuilderConfig:
+    """The two IBuilderConfig calls use_timing_cache makes, failing the ways TensorRT's do."""
+
+    def __init__(self, failure: str = "") -> None:
+        self.failure, self.used = failure, []
+
+    def create_timing_cache(self, data: bytes):
+        if data and self.failure == "raises":
+            raise RuntimeError("ITimingCache deserialization failed: corrupt header")
+        return None if data and self.failure == "none" else ("cache", bytes(data))
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        self.used.append(cache)
+        return not (self.failure == "mismatch" and cache[1])
+
+
+def test_a_corrupt_or_foreign_timing_cache_is_replaced_by_a_fresh_one():
+    from medsam_edge.engines.trt_build import use_timing_cache
+
+    good = _BuilderConfig()
+    assert use_timing_cache(good, b"saved") is None and good.used == [("cache", b"saved")]
+    for failure, why in (("raises", "unreadable: ITimingCache deserialization failed"),
+                         ("none", "TensorRT could not read it"), ("mismatch", "another GPU or TensorRT")):
+        config = _BuilderConfig(failure)
+        assert why in use_timing_cache(config, b"corrupt"), failure
+        assert config.used[-1] == ("cache", b""), failure  # the build goes on with a fresh cache
+    assert use_timing_cache(_BuilderConfig("mismatch"), b"") is None
