@@ -86,7 +86,10 @@ class _Graph:
     """What the rules need to know about one graph: types, constants, producers, consumers."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # e.g. an operator of an unknown domain: that is reported on its own
+            inferred = model
         g = model.graph
         self.types = {v.name: v.type.tensor_type.elem_type
                       for v in list(inferred.graph.value_info) + list(g.input) + list(g.output)}
