@@ -228,7 +228,7 @@ def _skipper(reason: str):
 
 
 def _build(md, precisions) -> dict:
-    from medsam_edge.engines.tensorrt_backend import current_gpu
+    from medsam_edge.engines.cuda import current_gpu
     from medsam_edge.engines.trt_build import build_engines
 
     t0 = time.perf_counter()

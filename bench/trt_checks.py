@@ -48,9 +48,10 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _streams(md, precision, frames, boxes) -> dict:
-    from medsam_edge.engines.tensorrt_backend import TensorrtBackend, _cudart
+    from medsam_edge.engines.cuda import runtime
+    from medsam_edge.engines.tensorrt_backend import TensorrtBackend
 
-    cudart = _cudart()
+    cudart = runtime()
     with TensorrtBackend(md, precision) as b:
         flags = [int(cudart.cudaStreamGetFlags(s)[1]) for s in b._streams]
     want = int(cudart.cudaStreamNonBlocking)
@@ -121,10 +122,10 @@ def _concurrent(md, precision, frames, boxes, rounds: int = 60) -> dict:
 
 
 def _free_bytes() -> int:
-    from medsam_edge.engines.tensorrt_backend import _cudart, _ok
+    from medsam_edge.engines.cuda import ok, runtime
 
-    cudart = _cudart()
-    free, _ = _ok(cudart, cudart.cudaMemGetInfo(), "cudaMemGetInfo")
+    cudart = runtime()
+    free, _ = ok(cudart, cudart.cudaMemGetInfo(), "cudaMemGetInfo")
     return int(free)
 
 

@@ -22,7 +22,6 @@ at once). An embedding whose slot was taken over is refused with ExpiredEmbeddin
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import numpy as np
 from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines.base import Backend, ExpiredEmbedding
+from medsam_edge.engines.cuda import Buffer, current_gpu, dims, driver_mismatch, ok, runtime
 from medsam_edge.engines.trt_build import make_logger, summarize
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
@@ -57,56 +57,6 @@ class StaleEngines(InputError):
         self.status = status
 
 
-def _cudart():
-    try:
-        from cuda.bindings import runtime  # cuda-bindings 12.6+ and 13.x (13 dropped the old name)
-
-        return runtime
-    except ImportError:
-        from cuda import cudart  # older cuda-python 12.x
-
-        return cudart
-
-
-def _ok(cudart, result, what: str):
-    """Unpack a cuda-python (err, *values) tuple; an error becomes a one-line InputError."""
-    err, *values = result
-    if err != cudart.cudaError_t.cudaSuccess:
-        text = cudart.cudaGetErrorString(err)[1]
-        raise InputError(f"CUDA {what} failed: {text.decode() if isinstance(text, bytes) else text}")
-    return values[0] if len(values) == 1 else (values or None)
-
-
-def dims(d) -> tuple[int, ...]:
-    """A TensorRT Dims as a tuple (-1 for a dynamic axis)."""
-    return tuple(int(d[i]) for i in range(len(d)))
-
-
-def current_gpu(device: int = 0) -> em.GpuIdentity:
-    cudart = _cudart()
-    props = _ok(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = props.name.split(b"\0")[0].decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return em.GpuIdentity(name.strip(), int(props.major), int(props.minor))
-
-
-def _cuda_text(version: int) -> str:
-    return f"{version // 1000}.{version % 1000 // 10}"
-
-
-def driver_mismatch(runtime_version: int, driver_version: int) -> str | None:
-    """Why these CUDA bindings cannot run on this driver (versions as CUDA reports them,
-    e.g. 13050 and 12080), or None. A driver serves its own CUDA major and older ones only:
-    cuda-bindings 13.x on a CUDA 12 driver fails every call with cudaErrorInsufficientDriver."""
-    if driver_version == 0:
-        return "no NVIDIA driver answers (no GPU, or the driver is not loaded)"
-    if runtime_version // 1000 > driver_version // 1000:
-        major = runtime_version // 1000
-        return (f"the CUDA bindings here are CUDA {_cuda_text(runtime_version)} but the driver serves CUDA "
-                f"{_cuda_text(driver_version)}: install bindings of the driver's major "
-                f"(pip install 'medsam-edge[gpu-cu{driver_version // 1000}]'), or a CUDA {major} driver")
-    return None
-
-
 def usable() -> tuple[bool, str]:
     """(True, what) if tensorrt and cuda-python import and a CUDA device answers; else why not."""
     try:
@@ -120,17 +70,17 @@ def usable() -> tuple[bool, str]:
     if int(version.split(".")[0]) < 10:
         return False, f"TensorRT {version} is too old: the runner needs the TensorRT 10+ tensor API"
     try:
-        cudart = _cudart()
+        cudart = runtime()
     except ImportError:
         return False, "cuda-bindings is not installed (pip install 'medsam-edge[gpu-cu12]' or [gpu-cu13])"
     try:
-        if not _ok(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"):
+        if not ok(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"):
             return False, "no CUDA device"
         gpu = current_gpu()
     except InputError as e:
-        runtime = cudart.cudaRuntimeGetVersion()
+        bindings = cudart.cudaRuntimeGetVersion()
         driver = cudart.cudaDriverGetVersion()
-        why = driver_mismatch(runtime[1] or 0, driver[1] or 0) if runtime[0] == driver[0] == 0 else None
+        why = driver_mismatch(bindings[1] or 0, driver[1] or 0) if bindings[0] == driver[0] == 0 else None
         return False, f"no usable CUDA device ({why or e})"
     return True, f"TensorRT {version} on {gpu.name} ({gpu.sm})"
 
@@ -140,34 +90,6 @@ def engine_status(md: ModelDir, precision: str) -> em.EngineStatus:
     import tensorrt as trt
 
     return em.find_engines(md, current_gpu(), trt.__version__, precision)
-
-
-class _Buffer:
-    """One device buffer, with a pinned host mirror for tensors that cross to the host."""
-
-    def __init__(self, cudart, shape: tuple, dtype: np.dtype, host: bool) -> None:
-        self.cudart, self.dtype = cudart, np.dtype(dtype)
-        self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
-        self.device, self._host_ptr = 0, 0
-        self.host: np.ndarray | None = None
-        self.device = int(_ok(cudart, cudart.cudaMalloc(self.nbytes), f"cudaMalloc of {self.nbytes} bytes"))
-        if host:
-            self._host_ptr = int(_ok(cudart, cudart.cudaMallocHost(self.nbytes), "cudaMallocHost"))
-            raw = (ctypes.c_byte * self.nbytes).from_address(self._host_ptr)
-            self.host = np.frombuffer(memoryview(raw), self.dtype).reshape(shape)
-
-    @property
-    def mirror(self) -> np.ndarray:
-        assert self.host is not None, "a device-only buffer has no host mirror"
-        return self.host
-
-    def free(self) -> None:
-        if self.device:
-            self.cudart.cudaFree(self.device)
-        if self._host_ptr:
-            self.host = None
-            self.cudart.cudaFreeHost(self._host_ptr)
-        self.device = self._host_ptr = 0
 
 
 @dataclass(frozen=True)
@@ -192,8 +114,8 @@ class TensorrtBackend(Backend):
         import tensorrt as trt
 
         md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
-        self.precision, self._trt, self._cudart = precision, trt, _cudart()
-        self._buffers: list[_Buffer] = []
+        self.precision, self._trt, self._cudart = precision, trt, runtime()
+        self._buffers: list[Buffer] = []
         self._streams: list = []
         self._events: list = []
         self._graphs: dict[tuple[int, int], tuple] = {}
@@ -226,9 +148,9 @@ class TensorrtBackend(Backend):
         cudart = self._cudart
         # Non-blocking: the legacy default stream would serialise with these and invalidate
         # a graph capture in progress on the decoder stream.
-        self._streams = [_ok(cudart, cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+        self._streams = [ok(cudart, cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
                              "cudaStreamCreateWithFlags") for _ in range(2)]
-        self._events = [_ok(cudart, cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
+        self._events = [ok(cudart, cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
                             "cudaEventCreateWithFlags") for _ in range(slots)]
         self._enc_ctx = self._enc.create_execution_context()
         # One block of activation memory for every decoder context (plain and captured).
@@ -277,13 +199,13 @@ class TensorrtBackend(Backend):
     def _dtype(self, engine: "trt.ICudaEngine", name: str) -> np.dtype:
         return np.dtype(self._trt.nptype(engine.get_tensor_dtype(name)))
 
-    def _buffer(self, engine, name: str, shape: tuple, host: bool) -> _Buffer:
-        b = _Buffer(self._cudart, shape, self._dtype(engine, name), host)
+    def _buffer(self, engine, name: str, shape: tuple, host: bool) -> Buffer:
+        b = Buffer(self._cudart, shape, self._dtype(engine, name), host)
         self._buffers.append(b)
         return b
 
-    def _buffer_bytes(self, nbytes: int) -> _Buffer:
-        b = _Buffer(self._cudart, (nbytes,), np.dtype(np.uint8), host=False)
+    def _buffer_bytes(self, nbytes: int) -> Buffer:
+        b = Buffer(self._cudart, (nbytes,), np.dtype(np.uint8), host=False)
         self._buffers.append(b)
         return b
 
@@ -310,10 +232,10 @@ class TensorrtBackend(Backend):
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: str, stream) -> None:
         k = getattr(self._cudart.cudaMemcpyKind, f"cudaMemcpy{kind}")
-        _ok(self._cudart, self._cudart.cudaMemcpyAsync(dst, src, nbytes, k, stream), f"cudaMemcpyAsync {kind}")
+        ok(self._cudart, self._cudart.cudaMemcpyAsync(dst, src, nbytes, k, stream), f"cudaMemcpyAsync {kind}")
 
     def _sync(self, stream) -> None:
-        _ok(self._cudart, self._cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        ok(self._cudart, self._cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
     def _execute(self, ctx: "trt.IExecutionContext", stream, part: str) -> None:
         if not ctx.execute_async_v3(int(stream)):
@@ -333,7 +255,7 @@ class TensorrtBackend(Backend):
                 # From here no decode may start reading the slot, and the overwrite below
                 # waits for every copy out of it that a decode has already queued.
                 self._slot_generation[slot] = -1
-                _ok(self._cudart, self._cudart.cudaStreamWaitEvent(stream, self._events[slot], 0),
+                ok(self._cudart, self._cudart.cudaStreamWaitEvent(stream, self._events[slot], 0),
                     "cudaStreamWaitEvent")
             np.copyto(host, image, casting="same_kind")
             self._copy(self._image.device, host.ctypes.data, self._image.nbytes, "HostToDevice", stream)
@@ -357,7 +279,7 @@ class TensorrtBackend(Backend):
                 raise ExpiredEmbedding(f"embedding {embedding.generation} was overwritten by a later encode() "
                                        f"({self.embedding_slots} slots); encode the frame again")
             self._copy(dst, self._emb[embedding.slot].device, self._dec_emb.nbytes, "DeviceToDevice", stream)
-            _ok(self._cudart, self._cudart.cudaEventRecord(self._events[embedding.slot], stream), "cudaEventRecord")
+            ok(self._cudart, self._cudart.cudaEventRecord(self._events[embedding.slot], stream), "cudaEventRecord")
 
     def decode(self, embedding, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n, points = np.shape(labels)
@@ -397,7 +319,7 @@ class TensorrtBackend(Backend):
             if graph is None and len(self._graphs) < MAX_GRAPHS:
                 graph = self._capture(shape, stream)
             if graph is not None:
-                _ok(self._cudart, self._cudart.cudaGraphLaunch(graph[2], stream), "cudaGraphLaunch")
+                ok(self._cudart, self._cudart.cudaGraphLaunch(graph[2], stream), "cudaGraphLaunch")
                 return
         if shape != self._last_shape:
             self._set_shape(self._dec_ctx, shape)
@@ -422,14 +344,14 @@ class TensorrtBackend(Backend):
             self._execute(ctx, stream, "decoder")
             self._sync(stream)
             mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-            _ok(cudart, cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+            ok(cudart, cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
             try:
-                ok = ctx.execute_async_v3(int(stream))
+                ran = ctx.execute_async_v3(int(stream))
             finally:  # the stream must leave capture mode whatever happened
-                graph = _ok(cudart, cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-            if not ok:
+                graph = ok(cudart, cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+            if not ran:
                 raise InputError(f"decoder execution failed during capture for {shape} prompts x points")
-            exec_ = _ok(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            exec_ = ok(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
         except Exception as e:  # some engines cannot be captured; plain execution still works
             log.warning("tensorrt: CUDA graph capture failed (%s); the decoder runs without graphs", e)
             self.cuda_graphs = False

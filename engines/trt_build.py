@@ -53,7 +53,7 @@ def build_engines(
         import tensorrt as trt
     except Exception as e:  # the PyPI stub fails in its own ways, not only ImportError
         raise InputError(f"TensorRT does not import here ({_first_line(e)}); build on the GPU machine") from None
-    from medsam_edge.engines.tensorrt_backend import current_gpu
+    from medsam_edge.engines.cuda import current_gpu
 
     gpu = current_gpu()
     out = em.engine_dir(md.path, gpu, trt.__version__)
@@ -120,7 +120,7 @@ def _build_one(onnx: Path, part: str, shapes: dict, workspace_gib: float, cache:
     if not parser.parse_from_file(str(onnx)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] + logger.errors
         raise InputError(f"{onnx}: TensorRT cannot parse it ({summarize(errors)}); export it again")
-    from medsam_edge.engines.tensorrt_backend import dims
+    from medsam_edge.engines.cuda import dims
 
     inputs = {network.get_input(i).name: dims(network.get_input(i).shape) for i in range(network.num_inputs)}
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]

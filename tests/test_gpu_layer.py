@@ -421,8 +421,8 @@ def test_cuda_calls_match_the_bindings_signatures():
     pytest.importorskip("cuda.bindings", reason="cuda-bindings is not installed (pip install cuda-bindings)")
     from cuda.bindings import runtime
 
-    calls = _cudart_calls(ENGINES / "tensorrt_backend.py") + _cudart_calls(
-        Path(__file__).resolve().parents[1] / "bench" / "trt_checks.py")
+    calls = [c for f in (ENGINES / "tensorrt_backend.py", ENGINES / "cuda.py",
+                         Path(__file__).resolve().parents[1] / "bench" / "trt_checks.py") for c in _cudart_calls(f)]
     assert len({c[0] for c in calls}) >= 15
     for fn, nargs, line in calls:
         assert hasattr(runtime, fn), f"line {line}: cuda.bindings.runtime has no {fn}"
@@ -437,7 +437,7 @@ def test_cuda_calls_match_the_bindings_signatures():
 
 
 def test_bindings_newer_than_the_driver_say_which_extra_to_install():
-    from medsam_edge.engines.tensorrt_backend import driver_mismatch
+    from medsam_edge.engines.cuda import driver_mismatch
 
     why = driver_mismatch(13050, 12080)
     assert "CUDA 13.5" in why and "CUDA 12.8" in why and "medsam-edge[gpu-cu12]" in why
@@ -453,9 +453,14 @@ def test_type_stubs_on_the_path_are_not_taken_for_tensorrt(tmp_path, monkeypatch
 
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("")
+    had = sys.modules.pop("tensorrt", None)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    ok, why = usable()
+    try:
+        ok, why = usable()
+    finally:  # the namespace module must not outlive the test: later ones would take it for TensorRT
+        sys.modules.pop("tensorrt", None)
+        if had is not None:
+            sys.modules["tensorrt"] = had
     assert not ok and "no __version__" in why
 
 
