@@ -19,7 +19,7 @@ DATA ?= ../shared/data
 MEDSAM_CKPT ?=
 BENCH_FLAGS ?= --quick
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast typecheck demo bench clean
 
 setup: $(VENV)/.setup-done
 
@@ -35,6 +35,17 @@ test: setup
 # Skips the full-size ViT-B tests (about a minute and a half on 2 cores).
 test-fast: setup
 	$(PY) -m pytest -q -ra -m "not slow"
+
+# The TensorRT and CUDA code checked against NVIDIA's own APIs, no GPU needed: tensorrt-stubs
+# 10.13 (two syntax errors patched: a parameter named `in`, a non-default after defaults) and
+# mypy. The stubs go to .typecheck/, not the venv: installed there they would pass for TensorRT.
+STUBS := .typecheck
+typecheck: setup
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt mypy cuda-bindings polygraphy
+	$(PY) -m pip install -q --no-deps --upgrade --target $(STUBS) tensorrt-stubs==10.13.0.35.1
+	sed -i -E 's/\bin: list\[/in_: list[/; s/power: Weights = None, channel_axis: int\)/power: Weights = None, channel_axis: int = ...)/' \
+		$(STUBS)/tensorrt_bindings/tensorrt.pyi
+	MYPYPATH=$(STUBS) $(PY) -m mypy
 
 $(MODELS)/lite_medsam/manifest.json: | setup
 	$(ME) export --model lite_medsam --out $(MODELS)/lite_medsam --overwrite

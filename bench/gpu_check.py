@@ -1,13 +1,19 @@
-"""One call on a GPU machine: every backend that runs here, against the FP32 PyTorch reference.
+"""One call on a GPU machine: the whole GPU layer, against the FP32 PyTorch reference.
 
     python -m medsam_edge.bench.gpu_check [--model-dir DIR] [--out gpu_check.json]
 
-Reports which backends import (and why not), builds TensorRT engines if TensorRT is
-usable, then times each backend's encoder and decoder on the same frames and boxes as
-the reference and measures fidelity (embedding cosine, logits error, mask Dice, score
-error). Everything that cannot run here is listed as skipped with its reason, so the
-script also runs, and says so, on a CPU-only machine. Without --model-dir it exports
-a random-weight tiny model to a temporary directory.
+In order: which backends import and which are present but unusable (and why); the
+static TensorRT check and the precision plan of every ONNX file, with predicted latency
+on this GPU; TensorRT engines built (the static check first); then each backend's
+encoder and decoder timed on the same frames and boxes as the reference, with fidelity
+(embedding cosine, logits error, mask Dice, score error) and, for TensorRT, measured
+over predicted latency; then the TensorRT layer's behaviour (bench/trt_checks.py:
+non-blocking streams, embedding slots expiring and never torn under a concurrent
+encoder, memory back after a failed open, CUDA graphs equal to plain runs, a corrupt
+timing cache survived, the rebuild policy). Everything that cannot run here is listed
+as skipped with its reason, so the script also runs, and says so, on a CPU-only
+machine. Without --model-dir it exports a random-weight tiny model to a temporary
+directory (and calibrates nothing: pass a calibrated model directory for fp16/int8).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "env": collect()}
     with tempfile.TemporaryDirectory() as tmp:
         md = _model_dir(args.model_dir, Path(tmp), report)
+        report["static"] = _static(md)
         frames, boxes = _inputs(md, args.frames, args.boxes)
         report["inputs"] = {"frames": len(frames), "boxes_per_frame": args.boxes, "iters": args.iters}
         device = "cuda" if _torch_cuda() else "cpu"
@@ -52,12 +59,75 @@ def main(argv: list[str] | None = None) -> int:
         report["backends"] = {}
         for name, opener in _candidates(md, device, not args.no_build, report):
             report["backends"][name] = _check(opener, frames, boxes, ref_out, report["reference"], args.iters)
+        _measured_over_predicted(report)
+        report["tensorrt_checks"] = _tensorrt_checks(md, report, frames, boxes)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    for name, r in report["backends"].items():
-        extra = r.get("reason") or r.get("error") or _summary(r)
+    for name, s in report["static"].items():
+        print(f"{name:28s} {'ok' if not s['trt_check'] else 'refused':8s} "
+              f"{'; '.join(s['trt_check'][:1]) or _shares(s['plan'])}")
+    for name, r in {**report["backends"], **report["tensorrt_checks"]}.items():
+        extra = r.get("reason") or r.get("error") or (_summary(r) if "fidelity" in r else _figures(r))
         print(f"{name:28s} {r['status']:8s} {extra}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _static(md) -> dict:
+    """trt_check and the precision plan of every ONNX file in the model directory."""
+    from medsam_edge.calibration.plan import GPUS, plan, predict
+    from medsam_edge.engines import engine_manifest as em
+    from medsam_edge.engines.trt_check import problems
+
+    shapes = em.profiles(md)
+    out = {}
+    for f in sorted(md.path.glob("*.onnx")):
+        part = "decoder" if f.name.startswith("decoder") else "encoder"
+        p = plan(f)
+        # encoder.int8dyn.onnx is onnxruntime-CPU-only by design (MatMulInteger): not TensorRT's.
+        out[f.name] = {"trt_check": [] if "int8dyn" in f.name else problems(f, shapes[part]),
+                       "plan": {k: p[k] for k in ("share", "total_flops", "other_ops", "uncounted_nodes")},
+                       "predicted": {g: predict(p, g) for g in GPUS}}
+    return out
+
+
+def _shares(p: dict) -> str:
+    return ", ".join(f"{t} {100 * v:.1f}%" for t, v in p["share"].items() if v) + f" of {p['total_flops'] / 1e9:.1f} GFLOP"
+
+
+def _figures(r: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("status", "trace", "log"))[:160]
+
+
+def _gpu_key(name: str) -> str | None:
+    """This GPU's row in plan.GPUS (H200 computes at H100's rates), or None."""
+    n = name.upper()
+    return next((k for k, pat in (("H100", "H100"), ("H100", "H200"), ("A100", "A100"), ("Orin", "ORIN"))
+                 if pat in n), None)
+
+
+def _measured_over_predicted(report: dict) -> None:
+    """Beside each TensorRT row: the plan's predicted encoder time for this GPU, and the ratio."""
+    gpu = (report.get("tensorrt_build") or {}).get("gpu")
+    key = _gpu_key(gpu or "")
+    for name, r in report["backends"].items():
+        if r.get("status") != "ok" or not name.startswith("tensorrt-") or key is None:
+            continue
+        precision = name.split("-")[1]
+        enc = next((s for f, s in report["static"].items()
+                    if f == ("encoder.onnx" if precision == "fp32" else f"encoder.{precision}.onnx")), None)
+        if enc:
+            predicted = enc["predicted"][key]["total_ms"]
+            r["predicted_encode_ms"] = predicted
+            r["measured_over_predicted"] = round(r["latency"]["encode"]["p50_ms"] / predicted, 3)
+
+
+def _tensorrt_checks(md, report: dict, frames, boxes) -> dict:
+    if (report.get("tensorrt_build") or {}).get("status") != "ok":
+        why = (report.get("tensorrt_build") or {}).get("reason") or "no TensorRT engines were built"
+        return {"tensorrt-layer": {"status": "skipped", "reason": why}}
+    from medsam_edge.bench.trt_checks import run_all
+
+    return {f"tensorrt-{k}": v for k, v in run_all(md, "fp32", frames, boxes).items()}
 
 
 def _model_dir(path: Path | None, tmp: Path, report: dict):
@@ -109,6 +179,7 @@ def _candidates(md, device: str, build: bool, report: dict):
     from medsam_edge.engines.select import open_backend, probe
 
     found = {a.name: a for a in probe()}
+    report["probe"] = {a.name: {"available": a.available, "reason": a.reason} for a in found.values()}
     precisions = [p for p in ("fp32", "fp16", "int8") if md.onnx("encoder", p).is_file()]
     report["precisions_found"] = precisions
 
@@ -137,7 +208,7 @@ def _candidates(md, device: str, build: bool, report: dict):
     for p in precisions:
         for graphs in (False, True):
             name = f"tensorrt-{p}" + ("-cudagraph" if graphs else "")
-            yield name, (lambda p=p, g=graphs: TensorrtBackend(md, p, rebuild=False, cuda_graphs=g))
+            yield name, (lambda p=p, g=graphs: TensorrtBackend(md, p, cuda_graphs=g))
 
 
 def _ort_opener(md, name, precision, availability, open_backend):
@@ -157,14 +228,15 @@ def _skipper(reason: str):
 
 
 def _build(md, precisions) -> dict:
+    from medsam_edge.engines.cuda import current_gpu
     from medsam_edge.engines.trt_build import build_engines
 
     t0 = time.perf_counter()
     try:
-        out = build_engines(md, tuple(precisions), progress=False)
+        out = build_engines(md, tuple(precisions), progress=False)  # the static check runs first
     except Exception as e:
         return {"status": "error", "error": f"{type(e).__name__}: {e}"}
-    return {"status": "ok", "dir": str(out), "seconds": round(time.perf_counter() - t0, 1)}
+    return {"status": "ok", "dir": str(out), "seconds": round(time.perf_counter() - t0, 1), "gpu": current_gpu().name}
 
 
 class _Skip(Exception):

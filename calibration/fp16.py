@@ -79,7 +79,7 @@ def write_fp16(src: Path, dest: Path, feeds: list[dict], judge: Judge | None = N
                log: Callable[[str], None] = lambda s: None) -> dict:
     """Write the FP16 model for `src` to `dest` (atomically); returns what was decided and why."""
     model = onnx.load(str(src))
-    _name_nodes(model)
+    name_nodes(model)
     peaks = value_ranges(src, feeds)
     fragile = range_fragile(model, peaks)
     keep = dict.fromkeys(fragile, "range")
@@ -145,7 +145,7 @@ def _candidates(model: onnx.ModelProto, keep: dict) -> list[str]:
     return sorted(op for op in op_counts(model) if op in left and op not in _MOVERS)
 
 
-def _name_nodes(model: onnx.ModelProto) -> None:
+def name_nodes(model: onnx.ModelProto) -> None:
     # The block list is by node name; an exporter may leave some unnamed.
     seen = set()
     for i, n in enumerate(model.graph.node):

@@ -98,6 +98,18 @@ def markdown(r: dict) -> str:
     targets = ", ".join(f"{k}: " + ", ".join(f"Dice {s} ≥ {v}" for s, v in t.items())
                         for k, t in _targets(r).items())
     lines += [f"Targets (mask Dice against the reference): {targets}.", ""]
+    plan = r.get("precision_plan")
+    if plan:
+        gpus = sorted({g for p in plan.values() for g in p["predicted_ms"]})
+        lines += ["## Precision plan (static: FLOPs per type as TensorRT's strong typing runs each file)", "",
+                  "| file | GFLOP | INT8 | FP16 | FP32 | " + " | ".join(f"predicted {g} ms" for g in gpus) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(gpus)]
+        for name, p in plan.items():
+            sh = p["share"]
+            lines.append(f"| {name} | {p['gflops']} | {100 * sh.get('INT8', 0):.1f}% | {100 * sh.get('FP16', 0):.1f}% | "
+                         f"{100 * sh.get('FP32', 0):.1f}% | " + " | ".join(f"{p['predicted_ms'].get(g, 0):.3g}"
+                                                                        for g in gpus) + " |")
+        lines.append("")
     lat = r.get("latency")
     if lat:
         lines += ["## Encoder latency on each CPU backend, same run", "",

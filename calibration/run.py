@@ -29,6 +29,7 @@ from .backends import CPU_BACKENDS, availability, open_pair
 from .evaluate import TARGETS, Scorer, judge, open_part, probe
 from .frames import MIN_FRAMES, FrameReader, FrameSet, sample_frames
 from .latency import encoder_latency
+from .plan_command import model_dir_plan
 from .reference import fp32_pair, open_reference
 
 PRECISIONS = ("fp16", "int8")
@@ -111,6 +112,9 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
             rep["latency"] = _latency(md, fs, written, o)
             for f in written.values():
                 os.replace(f, md.path / f.name)
+            # What TensorRT's strong typing will make of each file, stated statically.
+            rep["precision_plan"] = _plan_summary(model_dir_plan(md.path))
+            record["plan"] = rep["precision_plan"]
             # Precisions not redone this time keep their files and their record.
             old = md.manifest.get("precision") or {}
             report.write(md, rep, {**{k: v for k, v in old.items() if k in REPORTED}, **record})
@@ -145,16 +149,24 @@ def _spread(indices: list[int], n: int) -> list[int]:
     return [indices[int(round(k))] for k in np.linspace(0, len(indices) - 1, n)]
 
 
+def _staged(staging: Path, part: str, precision: str) -> Path:
+    """Where this run writes `part` of `precision`: the contract's own file name for it (never
+    the FP32 file that stands in for a missing one)."""
+    from medsam_edge.contract import PRECISIONS as TABLE
+
+    return staging / TABLE[precision].files[part][0]
+
+
 def _fp16(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Options, log) -> dict:
     fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
     feeds = [{IMAGE: fs.tensor(r.index)} for r in search.refs[: o.search.range_frames]]
-    enc = staging / md.onnx("encoder", "fp16").name
+    enc = _staged(staging, "encoder", "fp16")
     log("encoder:")
     rec_e = fp16.write_fp16(md.onnx("encoder"), enc, feeds,
                             judge(search, "encoder", fp32_dec, o.target("fp16"), o.threads), log)
     dfeeds = [dict(zip((EMBEDDING, POINT_COORDS, POINT_LABELS), (r.embedding, *box_tokens(r.boxes))))
               for r in search.refs[: o.search.range_frames]]
-    dec = staging / md.onnx("decoder", "fp16").name
+    dec = _staged(staging, "decoder", "fp16")
     log("decoder:")
     rec_d = fp16.write_fp16(md.onnx("decoder"), dec, dfeeds,
                             judge(search, "decoder", None, o.target("fp16"), o.threads), log)
@@ -171,9 +183,14 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     trial = staging / "trial.int8.onnx"
     caches = {m: staging / f"ranges-{m}.json" for m in o.search.methods}
     swept = int8.calibrate(src, FrameReader(fs, fs.calibration), o.search.methods, caches, o.threads, log)
+    # The INT8 file is the FP16 graph plus Q/DQ: it keeps the FP16 pass's measured FP32
+    # nodes (this run's, else an earlier run's file; without either, the range rule alone).
+    fp16_file = written.get("encoder.fp16") or (md.onnx("encoder", "fp16") if md.onnx("encoder", "fp16").is_file()
+                                                 else None)
+    keep = int8.fp32_nodes(fp16_file) if fp16_file is not None else None
     methods = {}
     for m in o.search.methods:
-        int8.quantize(src, trial, m, caches[m])
+        int8.quantize(src, trial, m, caches[m], keep_fp32=keep)
         v = judged_path(trial)
         methods[m] = {"loss": v.loss, "passed": v.passed, "dice": v.figures["dice"],
                       "embedding_cosine": v.figures["embedding_cosine"]}
@@ -181,7 +198,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
             f"p5 {v.figures['dice']['p5']:.4f}")
     best = min(methods, key=lambda m: methods[m]["loss"])
     cache = caches[best]
-    rec: dict = {"method": best, "methods": methods, "scheme": _scheme(), "calibration": swept,
+    rec: dict = {"method": best, "methods": methods, "scheme": int8.scheme(), "calibration": swept,
                  "quantizable_nodes": len(nodes),
                  "activation_matmuls": len(int8.activation_matmuls(model)), "ranking": [], "search": []}
     exclude: list[str] = []
@@ -189,7 +206,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
         ranking = int8.rank_nodes(src, nodes, best, cache, probe(search, threads=o.threads), o.search.max_trials, log)
 
         def judged(excl):
-            int8.quantize(src, trial, best, cache, excl)
+            int8.quantize(src, trial, best, cache, excl, keep_fp32=keep)
             return judged_path(trial)
 
         exclude, v, rec["search"] = int8.smallest_exclusion([r["node"] for r in ranking], judged, log)
@@ -197,19 +214,20 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
         rec["passed_on_calibration"] = v.passed
     else:
         rec["passed_on_calibration"] = True
-    out = staging / md.onnx("encoder", "int8").name
-    int8.quantize(src, out, best, cache, exclude)
+    out = _staged(staging, "encoder", "int8")
+    rec["quantized"] = int8.quantize(src, out, best, cache, exclude, keep_fp32=keep)
     trial.unlink(missing_ok=True)
     ops = {n.name: n.op_type for n in model.graph.node}
     rec["excluded_nodes"] = [{"name": n, "op": ops[n]} for n in exclude]
     written["encoder.int8"] = out
-    return {"file": out.name, "decoder": "decoder.onnx (FP32: about 5% of LiteMedSAM's and under 1% of "
-            "ViT-B's compute, so INT8 would not pay for its risk)", **rec}
+    return {"file": out.name, "decoder": "no INT8 decoder (about 5% of LiteMedSAM's and under 1% of ViT-B's "
+            "compute, so INT8 would not pay for its risk): TensorRT builds the INT8 engines with decoder.fp16.onnx "
+            "where it exists, the CPU backends run decoder.onnx", **rec}
 
 
 def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Options, log) -> dict:
     src = md.onnx("encoder")
-    out = staging / md.onnx("encoder", "int8dyn").name
+    out = _staged(staging, "encoder", "int8dyn")
     judged_path = judge(search, "encoder", open_part(md.onnx("decoder"), "decoder", o.threads), o.target("int8"), o.threads)
     int8.quantize_dynamic_cpu(src, out)
     v, exclude, trials = judged_path(out), [], []
@@ -259,6 +277,14 @@ def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
                         {p: o.target(p) for p in TARGETS})
 
 
+def _plan_summary(plans: dict) -> dict:
+    """Per file: FLOP shares per arithmetic type and the predicted latency per GPU (the full
+    plan, with per-op counts, is `medsam-edge plan MODEL_DIR --json`)."""
+    return {name: {"gflops": round(p["total_flops"] / 1e9, 2), "share": p["share"],
+                   "predicted_ms": {g: round(v["total_ms"], 3) for g, v in p["predicted"].items()}}
+            for name, p in plans.items()}
+
+
 def _pairs(md, written: dict) -> dict[str, tuple]:
     """Precision -> (encoder, decoder) files to score: this run's (from staging), else ones an
     earlier run left in the model directory, as the contract's table names them."""
@@ -290,11 +316,3 @@ def _latency(md, fs: FrameSet, written: dict, o: Options) -> dict | None:
         return None
     return encoder_latency(files, fs.tensor(fs.holdout[0]), o.latency_rounds, threads=o.threads,
                            release_memory=md.preprocess.size >= LARGE_INPUT_SIDE)
-
-
-def _scheme() -> dict:
-    return {"format": "QDQ", "activations": "int8 symmetric (zero point 0)", "weights": "int8 symmetric per-channel",
-            "bias": "float", "quantized_ops": list(int8.QUANT_OPS),
-            "float_ops": "LayerNormalization, Softmax, GELU (Erf), everything not Conv/MatMul/Gemm",
-            "tool": "onnxruntime.quantization.quantize_static, ranges from onnxruntime's HistogramCollector "
-                    "fed in bounded memory (calibration/ranges.py)"}

@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"most prompts (objects) per decoder call; more run in chunks (default {PROMPTS_MAX})")
     p.add_argument("--max-points", type=int, default=POINTS_MAX,
                    help=f"most tokens per prompt: clicks + 2 for a box, or + 1 padding (default {POINTS_MAX})")
+    p.add_argument("--opt-prompts", type=int, default=None,
+                   help="prompts per call TensorRT tunes the decoder for (default 1: one box per frame)")
+    p.add_argument("--opt-points", type=int, default=None,
+                   help="tokens per prompt TensorRT tunes the decoder for (default 2: a box's two corners)")
     p.add_argument("--no-timing-cache", action="store_true", help="neither read nor write the timing cache")
     p.set_defaults(func=run)
 
@@ -34,15 +38,18 @@ def run(args: argparse.Namespace) -> int:
     from medsam_edge.engines import engine_manifest as em
     from medsam_edge.engines.tensorrt_backend import usable
     from medsam_edge.engines.trt_build import build_engines
+    from medsam_edge.engines.trt_check import check_build_inputs
     from medsam_edge.errors import InputError
     from medsam_edge.manifest import load_model_dir
 
     # The user's own mistakes first: they are wrong on any machine.
     md = load_model_dir(args.model_dir)
     precisions = parse_precisions(args.precision, em.PRECISIONS)
-    em.profiles(md, args.max_prompts, args.max_points)
+    shapes = em.profiles(md, args.max_prompts, args.max_points, args.opt_prompts, args.opt_points)
     for p in precisions:
         em.onnx_for(md, "encoder", p)
+    # What TensorRT's parser and builder would refuse, found before TensorRT is asked for.
+    check_build_inputs(md, precisions, shapes)
     ok, why = usable()
     if not ok:
         raise InputError(
@@ -50,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             "or run with --backend onnxruntime-cuda/onnxruntime-cpu"
         )
     out = build_engines(md, precisions, args.workspace, args.max_prompts, args.max_points,
-                        timing_cache=not args.no_timing_cache)
+                        timing_cache=not args.no_timing_cache, opt_prompts=args.opt_prompts,
+                        opt_points=args.opt_points, check=False)
     print(f"wrote {out}")
     return 0

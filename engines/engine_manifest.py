@@ -78,8 +78,14 @@ def onnx_for(md: ModelDir, part: str, precision: str) -> Path:
     """The ONNX an engine is built from: precision lives in the ONNX, not in builder flags.
 
     The decoder is small and stays FP32 unless a reduced-precision one was written (the
-    contract lists decoder.onnx last among every precision's decoders).
+    contract lists decoder.onnx last among every precision's decoders). An INT8 engine
+    takes the FP16 decoder where calibration wrote one: under strong typing the FP32
+    decoder would run on CUDA cores (TF32 is off), 5x the FP16 one's predicted time.
     """
+    if part == "decoder" and precision == "int8" and not md.onnx("decoder", "int8").name.endswith(".int8.onnx"):
+        fp16 = md.onnx("decoder", "fp16")
+        if fp16.name == "decoder.fp16.onnx":
+            return fp16
     path = md.onnx(part, precision)
     if path.is_file():
         return path
@@ -89,20 +95,25 @@ def onnx_for(md: ModelDir, part: str, precision: str) -> Path:
     )
 
 
-def profiles(md: ModelDir, max_prompts: int = PROMPTS_MAX,
-             max_points: int = POINTS_MAX) -> dict[str, dict[str, dict[str, list[int]]]]:
+def profiles(md: ModelDir, max_prompts: int = PROMPTS_MAX, max_points: int = POINTS_MAX,
+             opt_prompts: int | None = None,
+             opt_points: int | None = None) -> dict[str, dict[str, dict[str, list[int]]]]:
     """Optimisation profile shapes per part and input, from the contract and the model dir.
 
     The encoder is fixed at batch 1, S x S (S from the manifest); the decoder's prompt and
-    point axes run from the contract's minimum to the given maxima, optimised for the
-    contract's opt (one box: one prompt of two tokens).
+    point axes run from the contract's minimum to the given maxima, optimised for
+    opt_prompts x opt_points (default the contract's opt, one box: one prompt of two
+    tokens; a cart that always tracks several objects tunes for its usual count).
     """
     ranges = {}
-    for axis, flag, top in (("num_prompts", "--max-prompts", max_prompts), ("num_points", "--max-points", max_points)):
+    for axis, flag, top, want in (("num_prompts", "--max-prompts", max_prompts, opt_prompts),
+                                  ("num_points", "--max-points", max_points, opt_points)):
         low, opt, _ = AXES[axis]
         if not low <= top <= LIMITS[axis]:
             raise InputError(f"{flag} {top}: expected {low}..{LIMITS[axis]}")
-        ranges[axis] = {"min": low, "opt": min(opt, top), "max": top}
+        if want is not None and not low <= want <= top:
+            raise InputError(f"{flag.replace('max', 'opt')} {want}: expected {low}..{top} (the maximum)")
+        ranges[axis] = {"min": low, "opt": min(opt if want is None else want, top), "max": top}
     size = int(md.manifest.get("input_size") or md.preprocess.size)
 
     def shapes(spec) -> dict[str, list[int]]:
@@ -223,7 +234,7 @@ def find_engines(md: ModelDir, gpu: GpuIdentity, trt_version: str, precision: st
     here = engine_dir(md.path, gpu, trt_version)
     manifest = load(here)
     entries = (manifest or {}).get("engines", {}).get(precision)
-    if not entries:
+    if not entries or manifest is None:
         state, reasons = _elsewhere(md, here, gpu, trt_version, precision)
         return EngineStatus(state, here, precision, reasons)
     reasons = []

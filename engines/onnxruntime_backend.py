@@ -1,8 +1,17 @@
-"""onnxruntime backend: CPU everywhere; CUDA and TensorRT execution providers where installed."""
+"""onnxruntime backend: CPU everywhere; CUDA and TensorRT execution providers where installed.
+
+On the CUDA and TensorRT providers the embedding stays on the device: the encoder's
+output is bound to device memory (IO binding) and handed out as an OrtValue, which the
+decoder reads in place (4 MB each way per frame at FP32 otherwise). The CPU path returns
+numpy arrays, as before.
+"""
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
+import re
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +34,74 @@ PROVIDERS = {
 # (ViT-B at 1024: measured 7 GB FP32, 15 GB with Q/DQ INT8, 6.6 GB dynamic INT8), more
 # than a 24 GB machine holds for three of them at once.
 LARGE_INPUT_SIDE = 1024
+
+
+# onnxruntime-gpu builds before this are linked against TensorRT 10 (libnvinfer.so.10):
+# with only TensorRT 11 installed their TensorRT provider fails to load and onnxruntime
+# falls back to CUDA without a word (the 10.x -> 11.x migration guide; issue 11).
+ORT_FOR_TENSORRT_11 = (1, 27)
+_TENSORRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs",
+                   "tensorrt-libs")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
+
+
+def installed_tensorrt_major() -> int | None:
+    """TensorRT's major version from its wheels, or from the libnvinfer the loader finds."""
+    for dist in _TENSORRT_DISTS:
+        try:
+            return _version_tuple(metadata.version(dist))[0]
+        except (metadata.PackageNotFoundError, IndexError):
+            continue
+    lib = ctypes.util.find_library("nvinfer")  # e.g. "libnvinfer.so.10"
+    m = re.search(r"\.so\.(\d+)", lib or "")
+    return int(m.group(1)) if m else None
+
+
+def provider_problem(provider: str, ort_version: str | None = None, tensorrt_major: int | None = -1,
+                     driver: bool | None = None) -> str | None:
+    """Why a provider onnxruntime lists would not really run here, or None.
+
+    The facts default to this machine's (onnxruntime's version, the installed TensorRT
+    major, whether an NVIDIA driver library is found); tests pass them in.
+    """
+    if provider == "CPUExecutionProvider":
+        return None
+    if ort_version is None:
+        import onnxruntime as ort
+
+        ort_version = ort.__version__
+    if driver is None:
+        driver = ctypes.util.find_library("cuda") is not None
+    if not driver:
+        return f"onnxruntime lists {provider} but no NVIDIA driver (libcuda) is found: it would run on the CPU"
+    if provider != "TensorrtExecutionProvider":
+        return None
+    if tensorrt_major == -1:
+        tensorrt_major = installed_tensorrt_major()
+    if tensorrt_major is None:
+        return ("onnxruntime lists TensorrtExecutionProvider but no TensorRT library (libnvinfer) is installed: "
+                "it would fall back to CUDA; pip install 'medsam-edge[gpu-cu12]' or [gpu-cu13]")
+    if tensorrt_major >= 11 and _version_tuple(ort_version) < ORT_FOR_TENSORRT_11:
+        need = ".".join(map(str, ORT_FOR_TENSORRT_11))
+        return (f"onnxruntime-gpu {ort_version} is built for TensorRT 10 but TensorRT {tensorrt_major} is installed: "
+                f"TensorRT 11 needs onnxruntime-gpu {need} or newer (older builds fall back to CUDA silently)")
+    return None
+
+
+def trt_profile_options(profile: dict) -> dict[str, str]:
+    """onnxruntime TensorRT provider options for explicit min/opt/max shapes, from an
+    engine_manifest.profiles() part: {"trt_profile_min_shapes": "point_coords:1x1x2,...", ...}.
+
+    Without them the provider builds for the first shape it sees and rebuilds its engine
+    mid-stream the first time a larger prompt count or click count arrives."""
+    out = {}
+    for key in ("min", "opt", "max"):
+        out[f"trt_profile_{key}_shapes"] = ",".join(
+            f"{name}:{'x'.join(str(d) for d in s[key])}" for name, s in profile.items())
+    return out
 
 
 def session_options(ort, threads: int | None = None):
@@ -56,6 +133,8 @@ class OnnxruntimeBackend(Backend):
         cache_dir: Path | None = None,
         decoder_threads: int | None = None,
         release_memory: bool = False,
+        trt_profiles: dict | None = None,
+        io_device: str | None = None,
     ) -> None:
         """threads: onnxruntime intra-op threads of the encoder session (and of the decoder
         unless decoder_threads is given; None: onnxruntime's default, every core).
@@ -63,7 +142,10 @@ class OnnxruntimeBackend(Backend):
         release_options); for processes that keep several big encoders open.
         encoder_onnx or decoder_onnx None: a backend of one part (calibration pairs a
         candidate encoder with the FP32 decoder, or the reference's embeddings with a
-        candidate decoder)."""
+        candidate decoder).
+        trt_profiles: engine_manifest.profiles() of the model, for the TensorRT provider.
+        io_device: where encode() leaves the embedding ("cuda", "cpu"); None: on the
+        provider's device (IO binding) for CUDA/TensorRT, a numpy array on the CPU."""
         import onnxruntime as ort
 
         wanted = PROVIDERS[name]
@@ -79,28 +161,41 @@ class OnnxruntimeBackend(Backend):
         self.threads = {"encoder": threads, "decoder": decoder_threads or threads}
         self.releases_memory = release_memory
         self._encode_options = release_options(ort) if release_memory else None
-        providers = [self._provider_options(p, cache_dir) for p in wanted]
         if encoder_onnx is None and decoder_onnx is None:
             raise ValueError("an onnxruntime backend needs an encoder, a decoder or both")
         # Which files ran: a reduced precision's decoder may be the FP32 one standing in.
         self.files = {part: Path(f).name for part, f in (("encoder", encoder_onnx), ("decoder", decoder_onnx)) if f}
-        self.encoder = (self._session(ort, encoder_onnx, session_options(ort, threads), providers)
+        profiles = trt_profiles or {}
+        self.encoder = (self._session(ort, encoder_onnx, session_options(ort, threads),
+                                      [self._provider_options(p, cache_dir, profiles.get("encoder")) for p in wanted])
                         if encoder_onnx is not None else None)
-        self.decoder = (self._session(ort, decoder_onnx, session_options(ort, decoder_threads or threads), providers)
+        self.decoder = (self._session(ort, decoder_onnx, session_options(ort, decoder_threads or threads),
+                                      [self._provider_options(p, cache_dir, profiles.get("decoder")) for p in wanted])
                         if decoder_onnx is not None else None)
         # What actually ran: onnxruntime silently drops a provider it cannot initialise.
         self.providers = (self.encoder or self.decoder).get_providers()
         if self.providers[0] != wanted[0]:
             log.warning("%s: onnxruntime fell back to %s", name, self.providers[0])
             self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else self.device
+        # Where encode() leaves the embedding: the provider's device (IO binding), or None
+        # for plain numpy runs. io_device="cpu" runs the binding path on the CPU (tests).
+        self.io_device = io_device if io_device is not None else (None if self.device == "cpu" else "cuda")
 
     @staticmethod
-    def _provider_options(provider: str, cache_dir: Path | None):
-        if provider == "TensorrtExecutionProvider" and cache_dir is not None:
+    def _provider_options(provider: str, cache_dir: Path | None, profile: dict | None = None):
+        """TensorRT: engine and timing caches under the model directory, and explicit
+        profile shapes for the dynamic inputs (the decoder's prompt and point axes)."""
+        if provider != "TensorrtExecutionProvider":
+            return provider
+        opts: dict = {}
+        if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            return (provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
-                               "trt_timing_cache_enable": True})
-        return provider
+            opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+                         "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)})
+        dynamic = {k: v for k, v in (profile or {}).items() if v["min"] != v["max"]}
+        if dynamic:
+            opts.update(trt_profile_options(profile or {}))
+        return (provider, opts) if opts else provider
 
     @staticmethod
     def _session(ort, path: Path, opts, providers):
@@ -111,22 +206,46 @@ class OnnxruntimeBackend(Backend):
         except Exception as e:  # onnxruntime raises its own exception types per failure
             raise InputError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
 
-    def encode(self, image: np.ndarray) -> np.ndarray:
+    def encode(self, image: np.ndarray):
+        """-> (1, 256, 64, 64) float32: a numpy array, or an OrtValue on io_device."""
         if self.encoder is None:
             raise ValueError("this onnxruntime backend was opened without an encoder")
-        return self.encoder.run([EMBEDDING], {IMAGE: np.ascontiguousarray(image, np.float32)},
-                                self._encode_options)[0]
+        x = np.ascontiguousarray(image, np.float32)
+        if self.io_device is None:
+            return self.encoder.run([EMBEDDING], {IMAGE: x}, self._encode_options)[0]
+        binding = self.encoder.io_binding()
+        binding.bind_cpu_input(IMAGE, x)
+        binding.bind_output(EMBEDDING, self.io_device, 0)
+        self.encoder.run_with_iobinding(binding, self._encode_options)
+        return binding.get_outputs()[0]  # the OrtValue owns its device memory
 
-    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, embedding, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.decoder is None:
             raise ValueError("this onnxruntime backend was opened without a decoder")
-        logits, iou = self.decoder.run(
-            [LOW_RES_LOGITS, IOU],
-            {EMBEDDING: np.asarray(embedding, np.float32), POINT_COORDS: np.ascontiguousarray(coords, np.float32),
-             POINT_LABELS: np.ascontiguousarray(labels, np.float32)},
-        )
+        coords = np.ascontiguousarray(coords, np.float32)
+        labels = np.ascontiguousarray(labels, np.float32)
+        if self.io_device is None:
+            logits, iou = self.decoder.run([LOW_RES_LOGITS, IOU],
+                                           {EMBEDDING: self.embedding_to_numpy(embedding), POINT_COORDS: coords,
+                                            POINT_LABELS: labels})
+            return logits, iou
+        binding = self.decoder.io_binding()
+        if isinstance(embedding, np.ndarray):
+            binding.bind_cpu_input(EMBEDDING, np.ascontiguousarray(embedding, np.float32))
+        else:
+            binding.bind_ortvalue_input(EMBEDDING, embedding)
+        binding.bind_cpu_input(POINT_COORDS, coords)
+        binding.bind_cpu_input(POINT_LABELS, labels)
+        for name in (LOW_RES_LOGITS, IOU):
+            binding.bind_output(name, "cpu")
+        self.decoder.run_with_iobinding(binding)
+        logits, iou = binding.copy_outputs_to_cpu()
         return logits, iou
+
+    def embedding_to_numpy(self, embedding) -> np.ndarray:
+        return embedding if isinstance(embedding, np.ndarray) else embedding.numpy()
 
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.providers,
-                "threads": {k: v or "default" for k, v in self.threads.items()}, "files": self.files}
+                "threads": {k: v or "default" for k, v in self.threads.items()}, "files": self.files,
+                "embedding_on": self.io_device or "host"}

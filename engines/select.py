@@ -10,6 +10,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 
+from medsam_edge.contract import POINTS_MAX, PROMPTS_MAX
 from medsam_edge.engines.base import Backend
 from medsam_edge.errors import InputError
 
@@ -35,6 +36,65 @@ def auto_order(precision: str | None = None) -> tuple[str, ...]:
         return AUTO_ORDER
     cpu = ("openvino-cpu", "onnxruntime-cpu")
     return tuple(n for n in AUTO_ORDER if n not in cpu) + cpu
+
+# --- TensorRT rebuild policy -------------------------------------------------------
+# What to do when a model directory's TensorRT engines are missing or stale here (another
+# GPU, another TensorRT, changed ONNX, corrupt plan). The default is "never": opening a
+# backend on a cart must take seconds and do what it did yesterday; a build takes minutes
+# of the whole GPU (and GBs of its memory) at the moment someone starts scanning. Builds
+# happen when asked: `medsam-edge build`, or open_backend(rebuild="if-stale"/"always").
+# With "never", backend "auto" falls back to the next backend and the log says so and how
+# to build; a backend named "tensorrt" refuses with the same message.
+REBUILD_POLICIES = ("never", "if-stale", "always")
+DEFAULT_REBUILD = "never"
+
+
+def rebuild_decision(state: str, policy: str) -> str:
+    """'use', 'build' or 'refuse' for engines in `state` ('usable', 'stale', 'missing')."""
+    if policy not in REBUILD_POLICIES:
+        raise InputError(f"rebuild {policy!r}: expected one of {', '.join(REBUILD_POLICIES)}")
+    if policy == "always":
+        return "build"
+    if state == "usable":
+        return "use"
+    return "build" if policy == "if-stale" else "refuse"
+
+
+def _open_tensorrt(md, precision: str, policy: str, fall_back: bool) -> Backend | None:
+    """The TensorRT backend after the rebuild decision, logged; None: fall back (auto only)."""
+    from medsam_edge.engines import engine_manifest as em
+    from medsam_edge.engines.tensorrt_backend import StaleEngines, TensorrtBackend, engine_status
+
+    status = engine_status(md, precision)
+    decision = rebuild_decision(status.state, policy)
+    rebuilt = None
+    if decision == "refuse":
+        hint = f"build them with `medsam-edge build {md.path} --precision {precision}` or open with rebuild='if-stale'"
+        if fall_back:
+            log.warning("tensorrt: %s; not rebuilt (rebuild policy never): falling back to the next backend; %s",
+                        status.message(), hint)
+            return None
+        raise StaleEngines(f"{md.path}: {status.message()}; {hint}", status)
+    if decision == "build":
+        from medsam_edge.engines.trt_build import build_engines
+
+        log.warning("tensorrt: %s; rebuilding in %s (rebuild policy %s)",
+                    status.message() if not status.usable else f"{precision} engines usable", status.path, policy)
+        old = ((status.manifest or {}).get("engines", {}).get(precision) or {}).get("decoder") or {}
+        top = em.profile_maxima(old["profile"]) if old.get("profile") else {}
+        # A rebuild keeps the profile the engines had (the user may have built for more prompts).
+        build_engines(md, (precision,), max_prompts=top.get("num_prompts", PROMPTS_MAX),
+                      max_points=top.get("num_points", POINTS_MAX))
+        rebuilt = status.message() if not status.usable else f"rebuilt by policy {policy}"
+    else:
+        log.info("tensorrt: %s engines usable in %s; not rebuilt (rebuild policy %s)", precision, status.path, policy)
+    backend = TensorrtBackend(md, precision)
+    backend.rebuilt = rebuilt
+    return backend
+
+
+def _available(name: str) -> bool:
+    return next(a for a in probe() if a.name == name).available
 
 
 @dataclass(frozen=True)
@@ -69,7 +129,11 @@ def probe() -> list[Availability]:
         if ort_reason:
             out.append(Availability(name, False, ort_reason))
         elif provider in ort_providers:
-            out.append(Availability(name, True))
+            # Listed is not usable: onnxruntime drops a provider it cannot initialise silently.
+            from medsam_edge.engines.onnxruntime_backend import provider_problem
+
+            why = provider_problem(provider)
+            out.append(Availability(name, why is None, why or ""))
         else:
             out.append(Availability(name, False, f"onnxruntime has no {provider} (install onnxruntime-gpu)"))
     out.append(_probe_openvino())
@@ -117,18 +181,24 @@ def resolve(name: str, precision: str | None = None) -> str:
 
 
 def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads: int | None = None,
-                 decoder_threads: int | None = None, release_memory: bool = False) -> Backend:
+                 decoder_threads: int | None = None, release_memory: bool = False,
+                 rebuild: str = DEFAULT_REBUILD) -> Backend:
     """Open `name` (or the best available) on a model directory; the log says what ran.
 
     threads / decoder_threads: CPU threads of the encoder / decoder (onnxruntime sessions,
     OpenVINO compiled models; decoder_threads None: the same as threads; both None: the
     runtime's default).
     release_memory: onnxruntime gives the encoder's working memory back after each call.
+    rebuild: TensorRT engines missing or stale for this GPU/TensorRT: "never" refuses (or,
+    with name "auto", falls back to the next backend), "if-stale" builds them first,
+    "always" builds them anyway (see rebuild_decision).
     """
     from medsam_edge.contract import PRECISIONS
     from medsam_edge.manifest import ModelDir, load_model_dir
 
     md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
+    if rebuild not in REBUILD_POLICIES:
+        raise InputError(f"rebuild {rebuild!r}: expected one of {', '.join(REBUILD_POLICIES)}")
     chosen = resolve(name, precision)
     if chosen.startswith("triton://"):
         from medsam_edge.engines.triton_backend import TritonBackend
@@ -148,21 +218,25 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
     # The decoder is small and stays FP32 unless a reduced-precision one was written
     # (the contract lists decoder.onnx last among each precision's decoders).
     decoder = md.onnx("decoder", precision)
+    backend: Backend | None = None
     if chosen == "tensorrt":
-        from medsam_edge.engines.tensorrt_backend import TensorrtBackend
-
-        backend: Backend = TensorrtBackend(md, precision)
-    elif chosen == "openvino-cpu":
+        backend = _open_tensorrt(md, precision, rebuild, fall_back=name == "auto")
+        if backend is None:  # stale engines and rebuild "never": the next backend that runs this precision
+            runs = PRECISIONS[precision].runs_on
+            chosen = next(n for n in auto_order(precision) if n != "tensorrt" and _available(n)
+                          and _family(n) in runs)
+    if backend is None and chosen == "openvino-cpu":
         from medsam_edge.engines.openvino_backend import OpenvinoBackend
 
         backend = OpenvinoBackend(encoder, decoder, precision, threads=threads, decoder_threads=decoder_threads,
                                   cache_dir=md.path / "engines" / "openvino_cache")
-    else:
+    elif backend is None:
+        from medsam_edge.engines import engine_manifest as em
         from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
 
         backend = OnnxruntimeBackend(
             encoder, decoder, chosen, precision, threads=threads, cache_dir=md.path / "engines" / "ort_trt_cache",
-            decoder_threads=decoder_threads, release_memory=release_memory,
+            decoder_threads=decoder_threads, release_memory=release_memory, trt_profiles=em.profiles(md),
         )
     log.info("backend %s%s (%s, %s) for %s%s", backend.name, " (auto)" if name == "auto" else "",
              backend.device, backend.precision, md.path,

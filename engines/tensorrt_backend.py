@@ -1,10 +1,17 @@
 """Native TensorRT backend: a thin runner over prebuilt plans, memory through cuda-python.
 
+The runner deserialises and runs; it never builds. Missing or stale engines are refused
+with StaleEngines, and the decision to rebuild instead is made, visibly, by
+select.open_backend (its `rebuild` policy).
+
 Deserialise once, allocate once (the decoder at its profile's maxima), pinned host
-mirrors for what crosses to the host, `execute_async_v3` on a CUDA stream per part (so
-a decoder call need not queue behind an encoder call running in another thread). The
-embedding stays on the GPU between encode and decode; optional CUDA graphs replay the
-decoder per prompt shape.
+mirrors for what crosses to the host, `execute_async_v3` on a non-blocking CUDA stream
+per part (so a decoder call need not queue behind an encoder call running in another
+thread, and the legacy default stream cannot serialise with them or break a graph
+capture). The embedding stays on the GPU between encode and decode; optional CUDA graphs
+replay the decoder per prompt shape, each in its own execution context (a graph fixes
+its context's shapes), all contexts sharing one block of device memory since they only
+ever run one after another on the decoder stream.
 
 Embeddings live in a ring of `slots` device buffers. A slot being written is marked
 invalid before the encoder touches it, and the encoder stream waits on a CUDA event the
@@ -15,51 +22,39 @@ at once). An embedding whose slot was taken over is refused with ExpiredEmbeddin
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS, POINTS_MAX, PROMPTS_MAX
+from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines.base import Backend, ExpiredEmbedding
-from medsam_edge.engines.trt_build import build_engines, make_logger, summarize
+from medsam_edge.engines.cuda import Buffer, current_gpu, dims, driver_mismatch, ok, runtime
+from medsam_edge.engines.trt_build import make_logger, summarize
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
+
+if TYPE_CHECKING:  # the stubs (tensorrt-stubs) check these calls; nothing imports tensorrt at load time
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 _DECODER_IO = (EMBEDDING, POINT_COORDS, POINT_LABELS, LOW_RES_LOGITS, IOU)  # as _bind_decoder() pairs them
 DEFAULT_SLOTS = 3
+# Captured decoder graphs kept at most (one per (prompts, points) shape seen); past this the
+# decoder runs without a graph rather than growing without bound.
+MAX_GRAPHS = 32
 
 
-def _cudart():
-    try:
-        from cuda.bindings import runtime  # cuda-python >= 12.6 (and 13.x, which dropped the old name)
+class StaleEngines(InputError):
+    """No usable engines for this GPU, TensorRT version and precision; `status` says why."""
 
-        return runtime
-    except ImportError:
-        from cuda import cudart  # older cuda-python 12.x
-
-        return cudart
-
-
-def _ok(cudart, result, what: str):
-    """Unpack a cuda-python (err, *values) tuple; an error becomes a one-line InputError."""
-    err, *values = result
-    if err != cudart.cudaError_t.cudaSuccess:
-        text = cudart.cudaGetErrorString(err)[1]
-        raise InputError(f"CUDA {what} failed: {text.decode() if isinstance(text, bytes) else text}")
-    return values[0] if len(values) == 1 else (values or None)
-
-
-def current_gpu(device: int = 0) -> em.GpuIdentity:
-    cudart = _cudart()
-    props = _ok(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = props.name.split(b"\0")[0].decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return em.GpuIdentity(name.strip(), int(props.major), int(props.minor))
+    def __init__(self, message: str, status: em.EngineStatus) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def usable() -> tuple[bool, str]:
@@ -69,41 +64,32 @@ def usable() -> tuple[bool, str]:
     except Exception as e:  # PyPI's stub package fails with its own errors, not only ImportError
         text = str(e).strip()
         return False, f"tensorrt does not import ({text.splitlines()[0][:160] if text else type(e).__name__})"
-    if int(trt.__version__.split(".")[0]) < 10:
-        return False, f"TensorRT {trt.__version__} is too old: the runner needs the TensorRT 10+ tensor API"
+    version = getattr(trt, "__version__", None)
+    if not isinstance(version, str):  # a namespace package: type stubs, or a broken install
+        return False, "tensorrt imports but has no __version__ (type stubs or a broken install, not TensorRT)"
+    if int(version.split(".")[0]) < 10:
+        return False, f"TensorRT {version} is too old: the runner needs the TensorRT 10+ tensor API"
     try:
-        cudart = _cudart()
+        cudart = runtime()
     except ImportError:
-        return False, "cuda-python is not installed (pip install cuda-python); the TensorRT runner needs it"
+        return False, "cuda-bindings is not installed (pip install 'medsam-edge[gpu-cu12]' or [gpu-cu13])"
     try:
-        if not _ok(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"):
+        if not ok(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount"):
             return False, "no CUDA device"
         gpu = current_gpu()
     except InputError as e:
-        return False, f"no usable CUDA device ({e})"
-    return True, f"TensorRT {trt.__version__} on {gpu.name} ({gpu.sm})"
+        bindings = cudart.cudaRuntimeGetVersion()
+        driver = cudart.cudaDriverGetVersion()
+        why = driver_mismatch(bindings[1] or 0, driver[1] or 0) if bindings[0] == driver[0] == 0 else None
+        return False, f"no usable CUDA device ({why or e})"
+    return True, f"TensorRT {version} on {gpu.name} ({gpu.sm})"
 
 
-class _Buffer:
-    """One device buffer, with a pinned host mirror for tensors that cross to the host."""
+def engine_status(md: ModelDir, precision: str) -> em.EngineStatus:
+    """find_engines for this machine's GPU and TensorRT version."""
+    import tensorrt as trt
 
-    def __init__(self, cudart, shape: tuple, dtype: np.dtype, host: bool) -> None:
-        self.cudart, self.dtype = cudart, np.dtype(dtype)
-        self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
-        self.device = int(_ok(cudart, cudart.cudaMalloc(self.nbytes), f"cudaMalloc of {self.nbytes} bytes"))
-        self.host, self._host_ptr = None, 0
-        if host:
-            self._host_ptr = int(_ok(cudart, cudart.cudaMallocHost(self.nbytes), "cudaMallocHost"))
-            raw = (ctypes.c_byte * self.nbytes).from_address(self._host_ptr)
-            self.host = np.frombuffer(raw, self.dtype).reshape(shape)
-
-    def free(self) -> None:
-        if self.device:
-            self.cudart.cudaFree(self.device)
-        if self._host_ptr:
-            self.host = None
-            self.cudart.cudaFreeHost(self._host_ptr)
-        self.device = self._host_ptr = 0
+    return em.find_engines(md, current_gpu(), trt.__version__, precision)
 
 
 @dataclass(frozen=True)
@@ -119,59 +105,69 @@ class TensorrtBackend(Backend):
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, model_dir, precision: str = "fp32", rebuild: bool = True, cuda_graphs: bool = False,
+    def __init__(self, model_dir, precision: str = "fp32", cuda_graphs: bool = False,
                  slots: int = DEFAULT_SLOTS) -> None:
+        """Open the prebuilt `precision` engines of this machine; StaleEngines if there are
+        none or they are stale (select.open_backend decides whether to rebuild)."""
+        if slots < 2:
+            raise InputError(f"slots {slots}: the TensorRT backend needs at least 2 embedding slots")
         import tensorrt as trt
 
         md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
-        self.precision, self._trt, self._cudart = precision, trt, _cudart()
+        self.precision, self._trt, self._cudart = precision, trt, runtime()
+        self._buffers: list[Buffer] = []
+        self._streams: list = []
+        self._events: list = []
+        self._graphs: dict[tuple[int, int], tuple] = {}
+        self._contexts: list = []
+        try:
+            self._open(md, slots, cuda_graphs)
+        except BaseException:
+            self.close()  # whatever was allocated before the failure goes back
+            raise
+
+    def _open(self, md: ModelDir, slots: int, cuda_graphs: bool) -> None:
+        import tensorrt as trt
+
         self.gpu = current_gpu()
-        status = em.find_engines(md, self.gpu, trt.__version__, precision)
-        self.rebuilt = None
+        status = em.find_engines(md, self.gpu, trt.__version__, self.precision)
         if not status.usable:
-            if not rebuild:
-                raise InputError(
-                    f"{md.path}: {status.message()}; rebuild with `medsam-edge build {md.path} --precision {precision}`"
-                )
-            log.warning("%s: %s; rebuilding in %s", md.path, status.message(), status.path)
-            self.rebuilt = status.message()
-            old = ((status.manifest or {}).get("engines", {}).get(precision) or {}).get("decoder") or {}
-            top = em.profile_maxima(old["profile"]) if old.get("profile") else {}
-            build_engines(md, (precision,), max_prompts=top.get("num_prompts", PROMPTS_MAX),
-                          max_points=top.get("num_points", POINTS_MAX))
-            status = em.find_engines(md, self.gpu, trt.__version__, precision)
-            if not status.usable:
-                raise InputError(f"{md.path}: {status.message()} even after a rebuild")
+            raise StaleEngines(f"{md.path}: {status.message()}; build them with `medsam-edge build {md.path} "
+                               f"--precision {self.precision}` (or open with rebuild='if-stale')", status)
+        self.rebuilt: str | None = None  # open_backend says when it rebuilt first
         self.engine_dir: Path = status.path
-        entries = status.manifest["engines"][precision]
+        assert status.manifest is not None
+        entries = status.manifest["engines"][self.precision]
         top = em.profile_maxima(entries["decoder"]["profile"])
         self.max_prompts, self.max_points = top["num_prompts"], top["num_points"]
-        if slots < 2:
-            raise InputError(f"slots {slots}: the TensorRT backend needs at least 2 embedding slots")
         self.embedding_slots = slots
         self._logger = make_logger(trt)  # must outlive the runtime and engines
         runtime = trt.Runtime(self._logger)
-        self._enc, self._enc_ctx = self._deserialize(runtime, entries["encoder"], (IMAGE, EMBEDDING))
-        self._dec, self._dec_ctx = self._deserialize(runtime, entries["decoder"], _DECODER_IO)
-        self._buffers: list[_Buffer] = []
-        self._streams: list = []
-        self._events: list = []
-        # Non-blocking streams: the legacy default stream would serialise with them and
-        # break CUDA graph capture.
-        flags = self._cudart.cudaStreamNonBlocking
-        self._streams = [_ok(self._cudart, self._cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreate")
-                         for _ in range(2)]
-        no_timing = self._cudart.cudaEventDisableTiming
-        self._events = [_ok(self._cudart, self._cudart.cudaEventCreateWithFlags(no_timing), "cudaEventCreate")
-                        for _ in range(slots)]
+        self._enc = self._deserialize(runtime, entries["encoder"], (IMAGE, EMBEDDING))
+        self._dec = self._deserialize(runtime, entries["decoder"], _DECODER_IO)
+        cudart = self._cudart
+        # Non-blocking: the legacy default stream would serialise with these and invalidate
+        # a graph capture in progress on the decoder stream.
+        self._streams = [ok(cudart, cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+                             "cudaStreamCreateWithFlags") for _ in range(2)]
+        self._events = [ok(cudart, cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
+                            "cudaEventCreateWithFlags") for _ in range(slots)]
+        self._enc_ctx = self._enc.create_execution_context()
+        # One block of activation memory for every decoder context (plain and captured).
+        size = getattr(self._dec, "device_memory_size_v2", None) or self._dec.device_memory_size
+        self._dec_memory = self._buffer_bytes(max(int(size), 256))
+        self._dec_ctx = self._decoder_context()
         self._allocate()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # slot state and the event ordering around it
+        self._enc_lock = threading.RLock()  # one encode at a time (shared image buffer and context)
+        self._dec_lock = threading.RLock()  # one decode at a time (shared host mirrors and context)
         self._slot_generation = [-1] * slots  # -1: empty, or being written
-        self._generation, self._last_shape = 0, None
-        self.cuda_graphs, self._graphs = cuda_graphs, {}
-        log.info("tensorrt: %s %s engines from %s", self.gpu.name, precision, self.engine_dir)
+        self._generation = 0
+        self._last_shape: tuple[int, int] | None = None
+        self.cuda_graphs = cuda_graphs
+        log.info("tensorrt: %s %s engines from %s", self.gpu.name, self.precision, self.engine_dir)
 
-    def _deserialize(self, runtime, entry: dict, names: tuple):
+    def _deserialize(self, runtime: "trt.Runtime", entry: dict, names: tuple) -> "trt.ICudaEngine":
         path = self.engine_dir / entry["plan"]
         engine = runtime.deserialize_cuda_engine(em.read_plan(self.engine_dir, entry))
         if engine is None:
@@ -182,20 +178,41 @@ class TensorrtBackend(Backend):
         found = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
         if found != set(names):
             raise InputError(f"{path}: engine tensors {sorted(found)}, expected {sorted(names)}; rebuild it")
-        return engine, engine.create_execution_context()
+        return engine
 
-    def _dtype(self, engine, name: str) -> np.dtype:
+    def _decoder_context(self) -> "trt.IExecutionContext":
+        """A decoder context on the shared activation memory (USER_MANAGED allocation)."""
+        import tensorrt as trt
+
+        dec = self._dec
+        ctx = dec.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if ctx is None:
+            raise InputError(f"TensorRT could not create a decoder context ({summarize(self._logger.errors)})")
+        mem = self._dec_memory
+        if hasattr(ctx, "set_device_memory"):  # 10.1+; the device_memory property is gone in later 10.x
+            ctx.set_device_memory(mem.device, mem.nbytes)
+        else:
+            setattr(ctx, "device_memory", mem.device)
+        self._contexts.append(ctx)
+        return ctx
+
+    def _dtype(self, engine: "trt.ICudaEngine", name: str) -> np.dtype:
         return np.dtype(self._trt.nptype(engine.get_tensor_dtype(name)))
 
-    def _buffer(self, engine, name: str, shape: tuple, host: bool) -> _Buffer:
-        b = _Buffer(self._cudart, shape, self._dtype(engine, name), host)
+    def _buffer(self, engine, name: str, shape: tuple, host: bool) -> Buffer:
+        b = Buffer(self._cudart, shape, self._dtype(engine, name), host)
+        self._buffers.append(b)
+        return b
+
+    def _buffer_bytes(self, nbytes: int) -> Buffer:
+        b = Buffer(self._cudart, (nbytes,), np.dtype(np.uint8), host=False)
         self._buffers.append(b)
         return b
 
     def _allocate(self) -> None:
         enc, dec, m, p = self._enc, self._dec, self.max_prompts, self.max_points
-        self._image = self._buffer(enc, IMAGE, tuple(enc.get_tensor_shape(IMAGE)), host=True)
-        emb_shape = tuple(enc.get_tensor_shape(EMBEDDING))
+        self._image = self._buffer(enc, IMAGE, dims(enc.get_tensor_shape(IMAGE)), host=True)
+        emb_shape = dims(enc.get_tensor_shape(EMBEDDING))
         self._emb = [self._buffer(enc, EMBEDDING, emb_shape, host=False) for _ in range(self.embedding_slots)]
         if self._dtype(enc, EMBEDDING) != self._dtype(dec, EMBEDDING):
             raise InputError(f"{self.engine_dir}: encoder output and decoder input embedding types differ; rebuild")
@@ -203,47 +220,50 @@ class TensorrtBackend(Backend):
         self._dec_emb = self._buffer(dec, EMBEDDING, emb_shape, host=False)
         self._coords = self._buffer(dec, POINT_COORDS, (m, p, 2), host=True)
         self._labels = self._buffer(dec, POINT_LABELS, (m, p), host=True)
-        per_prompt = {n: tuple(dec.get_tensor_shape(n))[1:] for n in (LOW_RES_LOGITS, IOU)}
+        per_prompt = {n: dims(dec.get_tensor_shape(n))[1:] for n in (LOW_RES_LOGITS, IOU)}
         self._logits = self._buffer(dec, LOW_RES_LOGITS, (m, *per_prompt[LOW_RES_LOGITS]), host=True)
         self._iou = self._buffer(dec, IOU, (m, *per_prompt[IOU]), host=True)
         self._enc_ctx.set_tensor_address(IMAGE, self._image.device)
         self._bind_decoder(self._dec_ctx)
 
-    def _bind_decoder(self, ctx) -> None:
+    def _bind_decoder(self, ctx: "trt.IExecutionContext") -> None:
         for name, b in zip(_DECODER_IO, (self._dec_emb, self._coords, self._labels, self._logits, self._iou)):
             ctx.set_tensor_address(name, b.device)
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: str, stream) -> None:
         k = getattr(self._cudart.cudaMemcpyKind, f"cudaMemcpy{kind}")
-        _ok(self._cudart, self._cudart.cudaMemcpyAsync(dst, src, nbytes, k, stream), f"cudaMemcpyAsync {kind}")
+        ok(self._cudart, self._cudart.cudaMemcpyAsync(dst, src, nbytes, k, stream), f"cudaMemcpyAsync {kind}")
 
     def _sync(self, stream) -> None:
-        _ok(self._cudart, self._cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        ok(self._cudart, self._cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
-    def _execute(self, ctx, stream, part: str) -> None:
+    def _execute(self, ctx: "trt.IExecutionContext", stream, part: str) -> None:
         if not ctx.execute_async_v3(int(stream)):
             raise InputError(f"TensorRT {part} execution failed ({summarize(self._logger.errors)})")
 
     def encode(self, image: np.ndarray) -> DeviceEmbedding:
         image = np.asarray(image)
-        if image.shape != self._image.host.shape:
-            raise InputError(f"image of shape {image.shape}: this encoder engine takes {self._image.host.shape}")
+        host = self._image.mirror
+        if image.shape != host.shape:
+            raise InputError(f"image of shape {image.shape}: this encoder engine takes {host.shape}")
         stream = self._streams[0]
-        with self._lock:
-            generation = self._generation
-            self._generation += 1
-            slot = generation % self.embedding_slots
-            # From here no decode may start reading the slot, and the overwrite below waits
-            # for every copy out of it that a decode has already queued.
-            self._slot_generation[slot] = -1
-            _ok(self._cudart, self._cudart.cudaStreamWaitEvent(stream, self._events[slot], 0), "cudaStreamWaitEvent")
-        np.copyto(self._image.host, image, casting="same_kind")
-        self._copy(self._image.device, self._image.host.ctypes.data, self._image.nbytes, "HostToDevice", stream)
-        self._enc_ctx.set_tensor_address(EMBEDDING, self._emb[slot].device)
-        self._execute(self._enc_ctx, stream, "encoder")
-        self._sync(stream)
-        with self._lock:
-            self._slot_generation[slot] = generation
+        with self._enc_lock:
+            with self._lock:
+                generation = self._generation
+                self._generation += 1
+                slot = generation % self.embedding_slots
+                # From here no decode may start reading the slot, and the overwrite below
+                # waits for every copy out of it that a decode has already queued.
+                self._slot_generation[slot] = -1
+                ok(self._cudart, self._cudart.cudaStreamWaitEvent(stream, self._events[slot], 0),
+                    "cudaStreamWaitEvent")
+            np.copyto(host, image, casting="same_kind")
+            self._copy(self._image.device, host.ctypes.data, self._image.nbytes, "HostToDevice", stream)
+            self._enc_ctx.set_tensor_address(EMBEDDING, self._emb[slot].device)
+            self._execute(self._enc_ctx, stream, "encoder")
+            self._sync(stream)
+            with self._lock:
+                self._slot_generation[slot] = generation
         return DeviceEmbedding(id(self), generation, slot)
 
     def embedding_valid(self, embedding) -> bool:
@@ -259,43 +279,47 @@ class TensorrtBackend(Backend):
                 raise ExpiredEmbedding(f"embedding {embedding.generation} was overwritten by a later encode() "
                                        f"({self.embedding_slots} slots); encode the frame again")
             self._copy(dst, self._emb[embedding.slot].device, self._dec_emb.nbytes, "DeviceToDevice", stream)
-            _ok(self._cudart, self._cudart.cudaEventRecord(self._events[embedding.slot], stream), "cudaEventRecord")
+            ok(self._cudart, self._cudart.cudaEventRecord(self._events[embedding.slot], stream), "cudaEventRecord")
 
     def decode(self, embedding, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        coords = np.ascontiguousarray(coords, np.float32)
-        labels = np.ascontiguousarray(labels, np.float32)
-        n, points = labels.shape
+        n, points = np.shape(labels)
+        coords = np.ascontiguousarray(coords, self._coords.dtype).reshape(n, points, 2)
+        labels = np.ascontiguousarray(labels, self._labels.dtype)
         stream, m = self._streams[1], self.max_prompts
-        logits = np.empty((n,) + self._logits.host.shape[1:], np.float32)
-        iou = np.empty((n,) + self._iou.host.shape[1:], np.float32)
+        logits_host, iou_host = self._logits.mirror, self._iou.mirror
+        logits = np.empty((n,) + logits_host.shape[1:], np.float32)
+        iou = np.empty((n,) + iou_host.shape[1:], np.float32)
         if n == 0:
             return logits, iou
-        if points > self.max_points:
-            raise InputError(f"{points} tokens per prompt: these engines take at most {self.max_points}; "
+        if not 1 <= points <= self.max_points:
+            raise InputError(f"{points} tokens per prompt: these engines take 1 to {self.max_points}; "
                              f"rebuild with `medsam-edge build --max-points {points}`")
-        self._copy_out(embedding, self._dec_emb.device, stream)
-        # More prompts than the profile's maximum run in chunks rather than failing.
-        for start in range(0, n, m):
-            k = min(m, n - start)
-            for buf, src in ((self._coords, coords), (self._labels, labels)):
-                flat = buf.host.reshape(-1)
-                size = src[start:start + k].size
-                flat[:size] = src[start:start + k].reshape(-1)
-                self._copy(buf.device, buf.host.ctypes.data, size * 4, "HostToDevice", stream)
-            self._run_decoder(k, points, stream)
-            for b in (self._logits, self._iou):
-                self._copy(b.host.ctypes.data, b.device, b.nbytes * k // m, "DeviceToHost", stream)
-            self._sync(stream)
-            logits[start : start + k] = self._logits.host[:k]
-            iou[start : start + k] = self._iou.host[:k]
+        with self._dec_lock:
+            self._copy_out(embedding, self._dec_emb.device, stream)
+            # More prompts than the profile's maximum run in chunks rather than failing.
+            for start in range(0, n, m):
+                k = min(m, n - start)
+                for buf, src in ((self._coords, coords), (self._labels, labels)):
+                    flat = buf.mirror.reshape(-1)
+                    part = src[start:start + k].reshape(-1)
+                    flat[:part.size] = part
+                    self._copy(buf.device, buf.mirror.ctypes.data, part.nbytes, "HostToDevice", stream)
+                self._run_decoder(k, points, stream)
+                for b in (self._logits, self._iou):
+                    self._copy(b.mirror.ctypes.data, b.device, b.nbytes * k // m, "DeviceToHost", stream)
+                self._sync(stream)
+                logits[start : start + k] = logits_host[:k]
+                iou[start : start + k] = iou_host[:k]
         return logits, iou
 
     def _run_decoder(self, k: int, points: int, stream) -> None:
         shape = (k, points)
         if self.cuda_graphs:
-            graph = self._graphs.get(shape) or self._capture(shape, stream)
+            graph = self._graphs.get(shape)
+            if graph is None and len(self._graphs) < MAX_GRAPHS:
+                graph = self._capture(shape, stream)
             if graph is not None:
-                _ok(self._cudart, self._cudart.cudaGraphLaunch(graph[2], stream), "cudaGraphLaunch")
+                ok(self._cudart, self._cudart.cudaGraphLaunch(graph[2], stream), "cudaGraphLaunch")
                 return
         if shape != self._last_shape:
             self._set_shape(self._dec_ctx, shape)
@@ -303,30 +327,31 @@ class TensorrtBackend(Backend):
         self._execute(self._dec_ctx, stream, "decoder")
 
     @staticmethod
-    def _set_shape(ctx, shape: tuple[int, int]) -> None:
-        ctx.set_input_shape(POINT_COORDS, (*shape, 2))
-        ctx.set_input_shape(POINT_LABELS, shape)
+    def _set_shape(ctx: "trt.IExecutionContext", shape: tuple[int, int]) -> None:
+        if not (ctx.set_input_shape(POINT_COORDS, (*shape, 2)) and ctx.set_input_shape(POINT_LABELS, shape)):
+            raise InputError(f"{shape[0]} prompts x {shape[1]} points are outside the decoder engine's profile")
 
     def _capture(self, shape: tuple[int, int], stream):
-        """Capture the decoder for (prompts, points) in its own context (a graph fixes shapes and addresses)."""
+        """Capture the decoder for (prompts, points) in its own context (a graph fixes its
+        context's shapes and addresses), on the shared activation memory."""
         cudart = self._cudart
-        ctx = self._dec.create_execution_context()
-        self._bind_decoder(ctx)
-        self._set_shape(ctx, shape)
-        # One ordinary run first: TensorRT does shape-dependent setup on the first enqueue,
-        # which must not end up inside the graph.
-        self._execute(ctx, stream, "decoder")
-        self._sync(stream)
-        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         try:
-            _ok(cudart, cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+            ctx = self._decoder_context()
+            self._bind_decoder(ctx)
+            self._set_shape(ctx, shape)
+            # One ordinary run first: TensorRT does shape-dependent setup on the first
+            # enqueue, which must not end up inside the graph.
+            self._execute(ctx, stream, "decoder")
+            self._sync(stream)
+            mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+            ok(cudart, cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
             try:
-                ok = ctx.execute_async_v3(int(stream))
+                ran = ctx.execute_async_v3(int(stream))
             finally:  # the stream must leave capture mode whatever happened
-                graph = _ok(cudart, cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-            if not ok:
+                graph = ok(cudart, cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+            if not ran:
                 raise InputError(f"decoder execution failed during capture for {shape} prompts x points")
-            exec_ = _ok(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            exec_ = ok(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
         except Exception as e:  # some engines cannot be captured; plain execution still works
             log.warning("tensorrt: CUDA graph capture failed (%s); the decoder runs without graphs", e)
             self.cuda_graphs = False
@@ -335,10 +360,12 @@ class TensorrtBackend(Backend):
         return self._graphs[shape]
 
     def embedding_to_numpy(self, embedding) -> np.ndarray:
-        out = np.empty(tuple(self._enc.get_tensor_shape(EMBEDDING)), self._dec_emb.dtype)
-        self._copy_out(embedding, self._dec_emb.device, self._streams[1])
-        self._copy(out.ctypes.data, self._dec_emb.device, self._dec_emb.nbytes, "DeviceToHost", self._streams[1])
-        self._sync(self._streams[1])
+        out = np.empty(dims(self._enc.get_tensor_shape(EMBEDDING)), self._dec_emb.dtype)
+        stream = self._streams[1]
+        with self._dec_lock:
+            self._copy_out(embedding, self._dec_emb.device, stream)
+            self._copy(out.ctypes.data, self._dec_emb.device, self._dec_emb.nbytes, "DeviceToHost", stream)
+            self._sync(stream)
         return out.astype(np.float32, copy=False)
 
     def sync(self) -> None:
@@ -355,12 +382,13 @@ class TensorrtBackend(Backend):
             "max_points": self.max_points,
             "embedding_slots": self.embedding_slots,
             "cuda_graphs": self.cuda_graphs,
+            "captured_shapes": sorted(self._graphs),
             "rebuilt": self.rebuilt,
         }
 
     def close(self) -> None:
         """Free what exists; safe after an __init__ that stopped half-way, and twice."""
-        cudart = getattr(self, "_cudart", None)
+        cudart: Any = getattr(self, "_cudart", None)
         if cudart is None:
             return
         for s in getattr(self, "_streams", []):
@@ -369,7 +397,10 @@ class TensorrtBackend(Backend):
             cudart.cudaGraphExecDestroy(exec_)
             cudart.cudaGraphDestroy(graph)
         self._graphs = {}
-        self._enc_ctx = self._dec_ctx = None  # contexts go before the memory they point at
+        # Contexts go before the memory they point at, engines after their contexts.
+        self._contexts = []
+        for name in ("_enc_ctx", "_dec_ctx", "_enc", "_dec"):
+            setattr(self, name, None)
         for b in getattr(self, "_buffers", []):
             b.free()
         self._buffers = []

@@ -30,19 +30,30 @@ def build_engines(
     max_points: int = POINTS_MAX,
     timing_cache: bool = True,
     progress: bool = True,
+    opt_prompts: int | None = None,
+    opt_points: int | None = None,
+    check: bool = True,
 ) -> Path:
-    """Build encoder/decoder plans for each precision; returns the engine directory."""
+    """Build encoder/decoder plans for each precision; returns the engine directory.
+
+    opt_prompts / opt_points: the shape TensorRT tunes the decoder for (default the
+    contract's: one box). check: run the static TensorRT check (trt_check) first.
+    """
     md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
     if workspace_gib <= 0:
         raise InputError(f"--workspace {workspace_gib}: expected a positive size in GiB")
-    shapes = em.profiles(md, max_prompts, max_points)
+    shapes = em.profiles(md, max_prompts, max_points, opt_prompts, opt_points)
     # Every input file is checked before TensorRT spends minutes on the first one.
     jobs = [(p, part, em.onnx_for(md, part, p)) for p in precisions for part in em.PARTS]
+    if check:
+        from medsam_edge.engines.trt_check import check_build_inputs
+
+        check_build_inputs(md, precisions, shapes)
     try:
         import tensorrt as trt
     except Exception as e:  # the PyPI stub fails in its own ways, not only ImportError
         raise InputError(f"TensorRT does not import here ({_first_line(e)}); build on the GPU machine") from None
-    from medsam_edge.engines.tensorrt_backend import current_gpu
+    from medsam_edge.engines.cuda import current_gpu
 
     gpu = current_gpu()
     out = em.engine_dir(md.path, gpu, trt.__version__)
@@ -53,7 +64,7 @@ def build_engines(
         cache = cache_path.read_bytes() if timing_cache and cache_path.is_file() else b""
         t0 = time.perf_counter()
         with _ticker(f"building {plan_path.name} from {onnx.name}", progress) as tick:
-            plan, cache = _build_one(trt, onnx, part, shapes[part], workspace_gib, cache, tick, md)
+            plan, cache = _build_one(onnx, part, shapes[part], workspace_gib, cache, tick, md, cache_path)
         seconds = time.perf_counter() - t0
         # Plan first, manifest second: a crash in between leaves a plan whose SHA-256 the
         # manifest does not know, which find_engines() reports as stale.
@@ -96,7 +107,10 @@ def summarize(errors: list[str], limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _build_one(trt, onnx: Path, part: str, shapes: dict, workspace_gib: float, cache: bytes, tick, md) -> tuple:
+def _build_one(onnx: Path, part: str, shapes: dict, workspace_gib: float, cache: bytes, tick,
+               md: ModelDir, cache_path: Path) -> tuple[bytes, bytes]:
+    import tensorrt as trt
+
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -106,7 +120,9 @@ def _build_one(trt, onnx: Path, part: str, shapes: dict, workspace_gib: float, c
     if not parser.parse_from_file(str(onnx)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] + logger.errors
         raise InputError(f"{onnx}: TensorRT cannot parse it ({summarize(errors)}); export it again")
-    inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    from medsam_edge.engines.cuda import dims
+
+    inputs = {network.get_input(i).name: dims(network.get_input(i).shape) for i in range(network.num_inputs)}
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     em.check_io(onnx, part, int(md.manifest.get("input_size") or md.preprocess.size), inputs, outputs)
 
@@ -117,11 +133,11 @@ def _build_one(trt, onnx: Path, part: str, shapes: dict, workspace_gib: float, c
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for name, s in shapes.items():
-        profile.set_shape(name, s["min"], s["opt"], s["max"])
+        profile.set_shape(name, trt.Dims(s["min"]), trt.Dims(s["opt"]), trt.Dims(s["max"]))
     config.add_optimization_profile(profile)
-    timing = config.create_timing_cache(cache)
-    if not config.set_timing_cache(timing, ignore_mismatch=False):
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    why = use_timing_cache(config, cache)
+    if why:
+        _warn(f"{cache_path}: timing cache not used ({why}); building with a fresh one, which replaces it")
     monitor = _monitor(trt, tick)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -134,7 +150,30 @@ def _build_one(trt, onnx: Path, part: str, shapes: dict, workspace_gib: float, c
         text = summarize(logger.errors)
         hint = "; free GPU memory or lower --workspace" if "memory" in text.lower() else ""
         raise InputError(f"{onnx}: TensorRT could not build an engine ({text}){hint}")
-    return bytes(plan), bytes(config.get_timing_cache().serialize())
+    timing = config.get_timing_cache()
+    return bytes(plan), (bytes(timing.serialize()) if timing is not None else b"")
+
+
+def use_timing_cache(config, data: bytes) -> str | None:
+    """Give the builder config a timing cache from `data` (a file's bytes, or b"" for a
+    fresh one). A corrupt, truncated or foreign cache is not fatal: TensorRT raises or
+    refuses it, a fresh cache is used instead and the reason returned (None: used as is)."""
+    why = None
+    try:
+        cache = config.create_timing_cache(data)
+        if cache is None:
+            why = "TensorRT could not read it"
+        elif not config.set_timing_cache(cache, ignore_mismatch=False):
+            why = "it was made on another GPU or TensorRT version"
+    except Exception as e:  # a corrupt cache raises from the bindings (type varies by version)
+        why = f"unreadable: {_first_line(e)}"
+    if why and data:
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    return why if data else None
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def _monitor(trt, tick):

@@ -21,6 +21,7 @@ COMMANDS = (
     "medsam_edge.engines.command",
     "medsam_edge.calibration.command",
     "medsam_edge.serving.command",
+    "medsam_edge.calibration.plan_command",
     "medsam_edge.info",
     "medsam_edge.bench.command",
 )

@@ -76,6 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto, or a backend `medsam-edge info` lists (default auto)")
     p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
                    help="model precision: " + "; ".join(f"{k}: {v.description}" for k, v in PRECISIONS.items()))
+    p.add_argument("--rebuild", choices=("never", "if-stale", "always"), default="never",
+                   help="TensorRT engines missing or built for another GPU/TensorRT: never (default: a cart must "
+                        "start in seconds; auto falls back to the next backend and the log says how to build), "
+                        "if-stale (build first: minutes of the GPU), always")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; real-time mode gives the "
                    "decoder one of them and the encoder the rest)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output directory (default ./out)")
@@ -150,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source, loop=args.loop)
     try:
         realtime = args.realtime or (source.is_live and not args.deterministic)
-        predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime)
+        predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime,
+                              rebuild=args.rebuild)
         # Before any sink exists: each of these can refuse the input, and nothing is written yet.
         calibration = spacing.resolve_calibration(source, args.pixel_spacing)
         extra = [_dicom_seg(source, args, predictor)] if args.dicom_seg else []

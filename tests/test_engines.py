@@ -330,6 +330,10 @@ def test_gpu_check_runs_on_the_cpu_and_reports_skips(tiny_model_dir, tmp_path, c
     assert b["onnxruntime-cpu-fp32"]["fidelity"]["mask_dice_min"] > 0.99
     if not HAS_TRT:
         assert b["tensorrt"] == {"status": "skipped", "reason": "the tensorrt Python package is not installed"}
+        assert r["tensorrt_checks"]["tensorrt-layer"]["status"] == "skipped"
+    # The static half runs anywhere: TensorRT's rules and the precision plan of every file.
+    assert set(r["static"]) == {"encoder.onnx", "decoder.onnx"}
+    assert all(s["trt_check"] == [] and s["plan"]["share"]["FP32"] == 1.0 for s in r["static"].values())
     if r["reference"]["describe"]["device"] == "cpu":
         assert b["torch-cuda-fp16-sdpa"]["status"] == "skipped"
 
@@ -359,20 +363,25 @@ def test_tensorrt_builds_and_matches_onnxruntime(md):
     ref = OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder"))
     l_ref, _ = ref.decode(ref.encode(x), *box_tokens(boxes))
     for graphs in (False, True):
-        with TensorrtBackend(md, "fp32", rebuild=False, cuda_graphs=graphs) as trt_b:
+        with TensorrtBackend(md, "fp32", cuda_graphs=graphs) as trt_b:
             logits, iou = trt_b.decode(trt_b.encode(x), *box_tokens(boxes))
             assert logits.shape == l_ref.shape and np.abs(logits - l_ref).max() <= 1e-2 * np.abs(l_ref).max()
 
 
 def test_tensorrt_refuses_a_truncated_plan_with_rebuild_off(md):
     _needs_tensorrt()
-    from medsam_edge.engines.tensorrt_backend import TensorrtBackend
+    from medsam_edge.engines.select import open_backend
+    from medsam_edge.engines.tensorrt_backend import StaleEngines, TensorrtBackend
     from medsam_edge.engines.trt_build import build_engines
 
     out = build_engines(md, ("fp32",), max_prompts=2, progress=False)
     (out / "encoder.fp32.plan").write_bytes((out / "encoder.fp32.plan").read_bytes()[:1000])
-    with pytest.raises(InputError, match=r"encoder\.fp32\.plan differs from the build"):
-        TensorrtBackend(md, "fp32", rebuild=False)
+    with pytest.raises(StaleEngines, match=r"encoder\.fp32\.plan differs from the build"):
+        TensorrtBackend(md, "fp32")  # the runner never builds
+    with pytest.raises(StaleEngines, match=r"encoder\.fp32\.plan differs from the build"):
+        open_backend(md, "tensorrt", "fp32", rebuild="never")
+    with open_backend(md, "tensorrt", "fp32", rebuild="if-stale") as b:
+        assert "differs from the build" in b.describe()["rebuilt"]
 
 
 def test_torch_fast_path_on_cuda_stays_close_to_the_reference(tiny_model_dir):

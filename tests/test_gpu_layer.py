@@ -1,0 +1,514 @@
+"""The GPU layer, checked without a GPU: the precision plan, the static TensorRT check, the
+INT8 file's structure, the rebuild policy, onnxruntime's provider options and IO binding,
+and the TensorRT/CUDA code against cuda-bindings' real signatures.
+
+FP16 and INT8 files are written here by calibration's own passes (fp16.write_fp16,
+int8.calibrate/quantize) on two smooth synthetic frames, for the tiny ViT and for
+LiteMedSAM; calibration's full run is tested in test_calibration.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from medsam_edge.calibration import fp16, int8
+from medsam_edge.calibration.plan import GPUS, plan, plan_model, predict
+from medsam_edge.cli import main
+from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, PROMPTS_MAX, box_tokens
+from medsam_edge.engines import engine_manifest as em
+from medsam_edge.engines.trt_check import model_problems, problems
+from medsam_edge.errors import InputError
+from medsam_edge.manifest import load_model_dir
+
+ENGINES = Path(__file__).resolve().parents[1] / "engines"
+
+
+def _frames(size: int, n: int = 2) -> list[dict]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for k in range(n):
+        blob = np.exp(-((xx - 0.4 - 0.2 * k) ** 2 + (yy - 0.5) ** 2) / (2 * 0.15 ** 2))
+        img = np.clip(blob[None] * 0.8 + rng.normal(0, 0.05, (3, size, size)), 0, 1)
+        out.append({IMAGE: img[None].astype(np.float32)})
+    return out
+
+
+def _write_precisions(md, dest: Path) -> dict[str, Path]:
+    """encoder/decoder .fp16 and encoder.int8 for a copy of `md`, as calibration writes them."""
+    import onnxruntime as ort
+
+    shutil.copytree(md.path, dest)
+    md = load_model_dir(dest)
+    feeds = _frames(md.preprocess.size)
+    enc = ort.InferenceSession(str(md.onnx("encoder")), providers=["CPUExecutionProvider"])
+    boxes = np.array([[10, 20, 120, 160]], np.float32) * md.preprocess.size / 256
+    dfeeds = [dict(zip((EMBEDDING, POINT_COORDS, POINT_LABELS), (enc.run(None, f)[0], *box_tokens(boxes))))
+              for f in feeds]
+    files = {"encoder.onnx": md.onnx("encoder"), "decoder.onnx": md.onnx("decoder")}
+    for part, f in (("encoder", feeds), ("decoder", dfeeds)):
+        out = dest / f"{part}.fp16.onnx"
+        fp16.write_fp16(md.onnx(part), out, f)
+        files[out.name] = out
+    caches = {"minmax": dest / "ranges-minmax.json"}
+    int8.calibrate(md.onnx("encoder"), feeds, ["minmax"], caches)
+    out = dest / "encoder.int8.onnx"
+    int8.quantize(md.onnx("encoder"), out, "minmax", caches["minmax"])
+    files[out.name] = out
+    return files
+
+
+@pytest.fixture(scope="module")
+def written(tiny_model_dir, lite_model_dir, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("precisions")
+    return {"tiny": _write_precisions(tiny_model_dir, root / "tiny"),
+            "lite": _write_precisions(lite_model_dir, root / "lite")}
+
+
+# --- the precision plan -------------------------------------------------------------
+
+
+def _hand_graph() -> onnx.ModelProto:
+    """Conv FP32, MatMul FP16, MatMul INT8 (both operands dequantized), Einsum FP16, Gemm FP32."""
+    rng = np.random.default_rng(0)
+    f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w_conv"),
+        numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float16), "w_mm"),
+        numpy_helper.from_array(rng.integers(-127, 127, (5, 6)).astype(np.int8), "w_q"),
+        numpy_helper.from_array(np.full(6, 0.01, np.float16), "w_q_scale"),
+        numpy_helper.from_array(np.zeros(6, np.int8), "w_q_zp"),
+        numpy_helper.from_array(np.array(0.05, np.float16), "a_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "a_zp"),
+        numpy_helper.from_array(rng.normal(size=(6, 2)).astype(np.float16), "w_ein"),
+        numpy_helper.from_array(rng.normal(size=(3, 6)).astype(np.float32), "w_gemm"),
+        numpy_helper.from_array(np.array([64, 4], np.int64), "shape"),
+        numpy_helper.from_array(np.ones(5, np.float16), "bias"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_conv"], ["c"], name="conv", pads=[1, 1, 1, 1]),  # (1,4,8,8)
+        helper.make_node("Transpose", ["c"], ["ct"], perm=[0, 2, 3, 1], name="t"),
+        helper.make_node("Reshape", ["ct", "shape"], ["r"], name="r"),  # (64, 4)
+        helper.make_node("Cast", ["r"], ["r16"], to=f16, name="cast16"),
+        helper.make_node("MatMul", ["r16", "w_mm"], ["m1"], name="mm_fp16"),  # (64, 5)
+        helper.make_node("Add", ["m1", "bias"], ["m1b"], name="add"),  # 320 FP16 elements
+        helper.make_node("QuantizeLinear", ["m1b", "a_scale", "a_zp"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "a_scale", "a_zp"], ["dq"], name="dq"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_q_scale", "w_q_zp"], ["wdq"], axis=1, name="wdq"),
+        helper.make_node("MatMul", ["dq", "wdq"], ["m2"], name="mm_int8"),  # (64, 6)
+        helper.make_node("Einsum", ["m2", "w_ein"], ["e"], equation="ij,jk->ik", name="einsum"),  # (64, 2)
+        helper.make_node("Cast", ["m2"], ["m2f"], to=f32, name="cast32"),
+        helper.make_node("Gemm", ["m2f", "w_gemm"], ["g"], transB=1, name="gemm"),  # (64, 3)
+        helper.make_node("Relu", ["g"], ["y"], name="relu"),  # 192 FP32 elements
+    ]
+    graph = helper.make_graph(nodes, "hand", [helper.make_tensor_value_info("x", f32, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", f32, [64, 3]),
+                               helper.make_tensor_value_info("e", f16, [64, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_plan_counts_agree_with_a_hand_count():
+    p = plan_model(_hand_graph())
+    conv = 2 * (1 * 4 * 8 * 8) * 3 * 3 * 3  # every output element sums C x kh x kw products
+    mm_fp16, mm_int8 = 2 * 64 * 5 * 4, 2 * 64 * 6 * 5
+    einsum, gemm = 2 * 64 * 6 * 2, 2 * 64 * 3 * 6
+    assert p["flops"] == {"INT8": mm_int8, "FP16": mm_fp16 + einsum, "BF16": 0, "FP32": conv + gemm}
+    assert p["total_flops"] == conv + mm_fp16 + mm_int8 + einsum + gemm
+    assert p["share"]["INT8"] == pytest.approx(mm_int8 / p["total_flops"])
+    assert p["matrix_nodes"] == {"INT8": 1, "FP16": 2, "BF16": 0, "FP32": 2}
+    # Add on (64, 5) FP16 and Relu on (64, 3) FP32; casts, reshapes and Q/DQ are not counted.
+    assert p["other_ops"] == {"FP16": 320, "FP32": 192}
+    assert p["largest_fp32_nodes"] == ["conv", "gemm"] and p["uncounted_nodes"] == []
+
+
+def test_predicted_latency_follows_the_peak_rates_and_the_stated_efficiency():
+    p = plan_model(_hand_graph())
+    for gpu, spec in GPUS.items():
+        r = predict(p, gpu)
+        # INT8 runs at twice the FP16 rate on every listed GPU's tensor cores.
+        per_flop = {t: r["matrix_ms"][t] / p["flops"][t] for t in ("INT8", "FP16")}
+        assert per_flop["FP16"] == pytest.approx(2 * per_flop["INT8"], rel=1e-3)
+        assert r["total_ms"] == pytest.approx(sum(r["matrix_ms"].values()) + r["memory_ms"], abs=1e-3)
+        faster = predict(p, gpu, {"matrix": 1.0, "memory": 1.0})
+        assert faster["total_ms"] < r["total_ms"] and spec.source in r["source"]
+    assert predict(p, "Orin")["total_ms"] > predict(p, "A100")["total_ms"] > predict(p, "H100")["total_ms"]
+    with pytest.raises(KeyError, match="unknown GPU"):
+        predict(p, "V100")
+
+
+def test_fp16_and_int8_files_meet_the_flop_targets(written):
+    for model, files in written.items():
+        p16 = plan(files["encoder.fp16.onnx"])
+        p8 = plan(files["encoder.int8.onnx"])
+        p32 = plan(files["encoder.onnx"])
+        assert p16["share"]["FP16"] >= 0.99, (model, p16["share"])
+        assert p8["share"]["INT8"] >= 0.90 and p8["share"]["FP32"] <= 0.01, (model, p8["share"])
+        assert p32["share"]["FP32"] == 1.0 and p16["total_flops"] == p8["total_flops"] == p32["total_flops"]
+        # The layers between the matrix ops run FP16 too: the point of building INT8 on the FP16 graph.
+        assert p8["other_ops"].get("FP32", 0) <= 0.01 * sum(p8["other_ops"].values()), (model, p8["other_ops"])
+    lite = plan(written["lite"]["encoder.onnx"])
+    assert lite["total_flops"] == pytest.approx(75e9, rel=0.02)  # DESIGN.md's measured 75 GFLOP
+    dec = plan(written["lite"]["decoder.onnx"], {"num_prompts": 2})
+    assert dec["uncounted_nodes"] == [] and dec["total_flops"] > plan(written["lite"]["decoder.onnx"])["total_flops"]
+
+
+def test_plan_command_prints_every_file(written, capsys):
+    d = written["tiny"]["encoder.int8.onnx"].parent
+    assert main(["plan", str(d), "--gpu", "Orin,H100"]) == 0
+    out = capsys.readouterr().out
+    for name in ("encoder.onnx", "encoder.fp16.onnx", "encoder.int8.onnx", "decoder.onnx", "decoder.fp16.onnx"):
+        assert re.search(rf"^{re.escape(name)}\s+[\d.]+ GFLOP .* Orin [\d.]+ ms\s+H100 [\d.]+ ms$", out, re.M), name
+    assert main(["plan", str(d), "--gpu", "V100"]) == 2
+    assert "--gpu 'V100'" in capsys.readouterr().err
+
+
+# --- the INT8 file ------------------------------------------------------------------
+
+
+def test_int8_file_is_the_fp16_graph_with_input_qdq_only(written):
+    m = onnx.load(str(written["tiny"]["encoder.int8.onnx"]))
+    g = onnx.shape_inference.infer_shapes(m).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input)}
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    assert next(o.version for o in m.opset_import if o.domain == "") == 19
+    q, dq = [n for n in g.node if n.op_type == "QuantizeLinear"], [n for n in g.node if n.op_type == "DequantizeLinear"]
+    assert q and dq
+    for n in dq:
+        assert readers.get(n.output[0]), f"{n.name}: dead DequantizeLinear"
+        assert all(r.op_type in ("Conv", "MatMul", "Gemm") for r in readers[n.output[0]]), n.name
+        assert inits[n.input[1]].dtype == np.float16 and inits[n.input[2]].dtype == np.int8
+    for n in q:  # never on a matrix op's output: the input comes from anything but Conv/MatMul
+        assert prod.get(n.input[0]) is None or prod[n.input[0]].op_type not in ("Conv", "MatMul", "Gemm"), n.name
+    for n in g.node:
+        if n.op_type in ("Conv", "MatMul", "Gemm") and prod.get(n.input[0], n).op_type == "DequantizeLinear":
+            assert prod[n.input[1]].op_type == "DequantizeLinear", n.name
+            assert types[n.output[0]] == TensorProto.FLOAT16, n.name
+        if n.op_type == "LayerNormalization":
+            assert types[n.input[0]] == TensorProto.FLOAT16 and dict(
+                (a.name, a.i) for a in n.attribute).get("stash_type", 1) == 1
+
+
+def test_quantize_keeps_the_fp16_passs_fp32_nodes(written, tmp_path):
+    files = written["tiny"]
+    src = files["encoder.onnx"]
+    ln = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "LayerNormalization")
+    rec = int8.quantize(src, tmp_path / "e.onnx", "minmax", src.parent / "ranges-minmax.json", keep_fp32=[ln])
+    assert rec["fp32_nodes"] == [ln] and rec["quantized_nodes"] > 0 and rec["skipped"] == {}
+    g = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "e.onnx"))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in g.value_info}
+    node = next(n for n in g.node if n.name == ln)
+    assert types[node.output[0]] == TensorProto.FLOAT
+    # What an FP16 file keeps FP32 is read back from it, so the INT8 file can keep the same.
+    fp16.write_fp16(src, tmp_path / "e16.onnx", _frames(1024, 1))
+    assert ln not in int8.fp32_nodes(tmp_path / "e16.onnx")
+    onnx.save(fp16.convert(onnx.load(str(src)), [ln]), str(tmp_path / "kept.onnx"))
+    assert ln in int8.fp32_nodes(tmp_path / "kept.onnx")
+
+
+# --- the static TensorRT check --------------------------------------------------------
+
+
+def test_every_file_the_project_writes_passes_the_check(written):
+    for model, files in written.items():
+        md = load_model_dir(files["encoder.onnx"].parent)
+        shapes = em.profiles(md)
+        for name, f in files.items():
+            assert problems(f, shapes[name.split(".")[0]]) == [], (model, name)
+
+
+def test_an_unsupported_op_is_refused_with_one_line_naming_the_node(written, tmp_path, capsys):
+    src = written["tiny"]["decoder.onnx"]
+    m = onnx.load(str(src))
+    out = m.graph.output[1].name  # iou (N, 1)
+    m.graph.node.append(helper.make_node("Det", [out], ["det"], name="the_det"))
+    m.graph.output.append(helper.make_tensor_value_info("det", TensorProto.FLOAT, None))
+    found = model_problems(m)
+    assert found == ["node 'the_det' (Det): not supported by TensorRT's ONNX parser (onnx-tensorrt operator table)"]
+    m.graph.node[-1].domain = "com.example"
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert model_problems(m) == ["node 'the_det' (Det): custom domain 'com.example': TensorRT's ONNX parser has "
+                                 "no such operator (it would need a plugin)"]
+
+
+def _corrupt_zero_point(src: Path, dest: Path) -> str:
+    """Copy of an INT8 file with one activation zero point set to 3; returns its Q node's name."""
+    m = onnx.load(str(src))
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear")
+    zp = helper.make_tensor("bad_zp", TensorProto.INT8, [], [3])
+    m.graph.initializer.append(zp)
+    q.input[2] = "bad_zp"
+    onnx.save(m, str(dest))
+    return q.name
+
+
+def test_a_qdq_with_a_nonzero_zero_point_stops_build_before_tensorrt(written, tmp_path, capsys):
+    d = tmp_path / "m"
+    shutil.copytree(written["tiny"]["encoder.onnx"].parent, d)
+    name = _corrupt_zero_point(d / "encoder.int8.onnx", d / "encoder.int8.onnx")
+    found = problems(d / "encoder.int8.onnx")
+    assert found == [f"encoder.int8.onnx: node {name!r} (QuantizeLinear): zero point 3: TensorRT supports "
+                     "symmetric quantization only (zero points 0)"]
+    assert main(["build", str(d), "--precision", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and name in err and "zero point 3" in err
+    assert "TensorRT is not usable" not in err  # refused before TensorRT was asked for
+
+
+def _qdq_graph(x_scale, x_zp, w_axis=1, w_scale_size=6, x_shape=(4, 5)) -> onnx.ModelProto:
+    """x (4, 5) -> Q/DQ -> MatMul with a DQ'd (5, 6) weight; the knobs break one rule each."""
+    inits = [numpy_helper.from_array(np.ones((5, 6), np.int8), "w"),
+             numpy_helper.from_array(np.full(w_scale_size, 0.1, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(w_scale_size, np.int8), "wz"),
+             numpy_helper.from_array(np.asarray(x_scale, np.float32), "xs")]
+    q_inputs = ["x", "xs"]
+    if x_zp is not None:
+        inits.append(numpy_helper.from_array(np.asarray(x_zp), "xz"))
+        q_inputs.append("xz")
+    nodes = [helper.make_node("QuantizeLinear", q_inputs, ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", *q_inputs[1:]], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="wdq", axis=w_axis),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm")]
+    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_qdq_rules_each_name_the_node():
+    assert model_problems(_qdq_graph(0.1, np.int8(0))) == []
+    cases = [
+        (_qdq_graph(0.1, None), "node 'q' (QuantizeLinear): no zero point: ONNX then quantizes to UINT8"),
+        (_qdq_graph(0.1, np.uint8(128)), "node 'q' (QuantizeLinear): zero point of type uint8"),
+        (_qdq_graph(-0.1, np.int8(0)), "node 'q' (QuantizeLinear): scale not all positive and finite"),
+        (_qdq_graph([0.1] * 5, np.zeros(5, np.int8)), "node 'q' (QuantizeLinear): 5 scales on activation 'x'"),
+        (_qdq_graph(0.1, np.int8(0), w_axis=0, w_scale_size=5),
+         "node 'wdq' (DequantizeLinear): per-channel axis 0 of weight 'w', but MatMul 'mm' has its output "
+         "channels on axis 1"),
+    ]
+    for model, start in cases:
+        found = model_problems(model)
+        assert any(p.startswith(start) for p in found), (start, found)
+
+
+def test_dead_dequantizers_and_old_opsets_are_refused():
+    m = _qdq_graph(0.1, np.int8(0))
+    m.graph.node.append(helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["unused"], name="dead"))
+    assert model_problems(m) == ["node 'dead' (DequantizeLinear): dead Q/DQ (nothing reads 'unused'); TensorRT "
+                                 "keeps it as extra layers"]
+    m = _qdq_graph(0.1, np.int8(0))
+    m.opset_import[0].version = 21
+    assert model_problems(m)[0].startswith("opset 21: TensorRT 10's ONNX parser reads opsets 9 to 20")
+
+
+def test_dynamic_axes_must_be_covered_by_the_profile(tiny_model_dir):
+    dec = onnx.load(str(tiny_model_dir.onnx("decoder")))
+    shapes = em.profiles(tiny_model_dir)["decoder"]
+    assert model_problems(dec, shapes) == []
+    partial = {k: v for k, v in shapes.items() if k != POINT_LABELS}
+    assert model_problems(dec, partial) == [f"input {POINT_LABELS!r} has dynamic axes [None, None] but no "
+                                            "optimisation profile covers it"]
+    wrong = {**shapes, EMBEDDING: {k: [1, 256, 32, 32] for k in ("min", "opt", "max")}}
+    assert model_problems(dec, wrong)[0] == f"input {EMBEDDING!r} axis 2 is fixed at 64, its profile says 32/32/32"
+    extra = {**shapes, "boxes": shapes[POINT_COORDS]}
+    assert model_problems(dec, extra) == ["profile for input 'boxes', which the graph does not have"]
+
+
+# --- rebuild policy, providers, bindings ----------------------------------------------
+
+
+def test_rebuild_policy_decisions_and_the_cart_default():
+    from medsam_edge.engines.select import DEFAULT_REBUILD, rebuild_decision
+
+    table = {("usable", "never"): "use", ("stale", "never"): "refuse", ("missing", "never"): "refuse",
+             ("usable", "if-stale"): "use", ("stale", "if-stale"): "build", ("missing", "if-stale"): "build",
+             ("usable", "always"): "build", ("stale", "always"): "build"}
+    for (state, policy), want in table.items():
+        assert rebuild_decision(state, policy) == want, (state, policy)
+    assert DEFAULT_REBUILD == "never"  # a cart never builds behind the user's back
+    with pytest.raises(InputError, match="rebuild 'sometimes': expected one of never, if-stale, always"):
+        rebuild_decision("stale", "sometimes")
+
+
+def test_open_backend_refuses_an_unknown_rebuild_policy(tiny_model_dir):
+    from medsam_edge.engines.select import open_backend
+
+    with pytest.raises(InputError, match="rebuild 'yes'"):
+        open_backend(tiny_model_dir, "onnxruntime-cpu", rebuild="yes")
+    with open_backend(tiny_model_dir, "onnxruntime-cpu", rebuild="always") as b:  # applies to TensorRT only
+        assert b.name == "onnxruntime-cpu"
+
+
+def test_tensorrt_provider_gets_profiles_and_caches_under_the_model_dir(tiny_model_dir, tmp_path):
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend, trt_profile_options
+
+    shapes = em.profiles(tiny_model_dir)
+    opts = trt_profile_options(shapes["decoder"])
+    assert opts["trt_profile_min_shapes"] == f"{EMBEDDING}:1x256x64x64,{POINT_COORDS}:1x1x2,{POINT_LABELS}:1x1"
+    assert opts["trt_profile_opt_shapes"] == f"{EMBEDDING}:1x256x64x64,{POINT_COORDS}:1x2x2,{POINT_LABELS}:1x2"
+    assert opts["trt_profile_max_shapes"] == (f"{EMBEDDING}:1x256x64x64,{POINT_COORDS}:{PROMPTS_MAX}x{POINTS_MAX}x2,"
+                                              f"{POINT_LABELS}:{PROMPTS_MAX}x{POINTS_MAX}")
+    cache = tmp_path / "engines" / "ort_trt_cache"
+    name, dec = OnnxruntimeBackend._provider_options("TensorrtExecutionProvider", cache, shapes["decoder"])
+    assert name == "TensorrtExecutionProvider" and cache.is_dir()
+    assert dec["trt_timing_cache_enable"] and dec["trt_timing_cache_path"] == str(cache)
+    assert dec["trt_engine_cache_path"] == str(cache) and dec["trt_profile_max_shapes"] == opts["trt_profile_max_shapes"]
+    _, enc = OnnxruntimeBackend._provider_options("TensorrtExecutionProvider", cache, shapes["encoder"])
+    assert not any(k.startswith("trt_profile") for k in enc)  # static shapes need no profile
+    assert OnnxruntimeBackend._provider_options("CUDAExecutionProvider", cache, shapes["decoder"]) == \
+        "CUDAExecutionProvider"
+
+
+def test_probe_says_when_a_listed_provider_cannot_run():
+    from medsam_edge.engines.onnxruntime_backend import provider_problem
+
+    trt = "TensorrtExecutionProvider"
+    assert "TensorRT 11 needs onnxruntime-gpu 1.27 or newer" in provider_problem(trt, "1.26.1", 11, True)
+    assert provider_problem(trt, "1.27.0", 11, True) is None and provider_problem(trt, "1.22.0", 10, True) is None
+    assert "no TensorRT library" in provider_problem(trt, "1.22.0", None, True)
+    assert "no NVIDIA driver" in provider_problem("CUDAExecutionProvider", "1.22.0", None, False)
+    assert provider_problem("CUDAExecutionProvider", "1.22.0", None, True) is None
+    assert provider_problem("CPUExecutionProvider") is None
+
+
+def test_io_binding_keeps_the_embedding_where_the_provider_computes(tiny_model_dir):
+    import onnxruntime as ort
+
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+
+    x = _frames(1024, 1)[0][IMAGE]
+    coords, labels = box_tokens(np.array([[100, 120, 600, 700], [300, 300, 900, 800]], np.float32))
+    plain = OnnxruntimeBackend(tiny_model_dir.onnx("encoder"), tiny_model_dir.onnx("decoder"))
+    bound = OnnxruntimeBackend(tiny_model_dir.onnx("encoder"), tiny_model_dir.onnx("decoder"), io_device="cpu")
+    assert plain.io_device is None and plain.describe()["embedding_on"] == "host"
+    e_plain, e_bound = plain.encode(x), bound.encode(x)
+    assert isinstance(e_plain, np.ndarray) and isinstance(e_bound, ort.OrtValue)
+    assert e_bound.device_name().lower() == "cpu" and bound.describe()["embedding_on"] == "cpu"
+    np.testing.assert_array_equal(bound.embedding_to_numpy(e_bound), e_plain)
+    for a, b in zip(bound.decode(e_bound, coords, labels), plain.decode(e_plain, coords, labels)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(bound.decode(e_plain, coords, labels), plain.decode(e_plain, coords, labels)):
+        np.testing.assert_array_equal(a, b)  # a host embedding is bound as an input too
+
+
+def _cudart_calls(path: Path) -> list[tuple[str, int, int]]:
+    """(function, positional arguments, line) of every cudart.X(...) / self._cudart.X(...) call."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("cuda"):
+            owner = node.func.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name in ("cudart", "_cudart"):
+                out.append((node.func.attr, len(node.args), node.lineno))
+    return out
+
+
+def test_cuda_calls_match_the_bindings_signatures():
+    pytest.importorskip("cuda.bindings", reason="cuda-bindings is not installed (pip install cuda-bindings)")
+    from cuda.bindings import runtime
+
+    calls = [c for f in (ENGINES / "tensorrt_backend.py", ENGINES / "cuda.py",
+                         Path(__file__).resolve().parents[1] / "bench" / "trt_checks.py") for c in _cudart_calls(f)]
+    assert len({c[0] for c in calls}) >= 15
+    for fn, nargs, line in calls:
+        assert hasattr(runtime, fn), f"line {line}: cuda.bindings.runtime has no {fn}"
+        sig = (getattr(runtime, fn).__doc__ or "").splitlines()[0]
+        params = [p for p in sig[sig.index("(") + 1: sig.rindex(")")].split(",") if p.strip()]
+        assert nargs == len(params), f"line {line}: {fn} called with {nargs} arguments, bindings take {sig}"
+    for name in ("cudaStreamNonBlocking", "cudaEventDisableTiming"):
+        assert isinstance(getattr(runtime, name), int)
+    for kind in ("HostToDevice", "DeviceToHost", "DeviceToDevice"):
+        assert hasattr(runtime.cudaMemcpyKind, f"cudaMemcpy{kind}")
+    assert hasattr(runtime.cudaStreamCaptureMode, "cudaStreamCaptureModeThreadLocal")
+
+
+def test_bindings_newer_than_the_driver_say_which_extra_to_install():
+    from medsam_edge.engines.cuda import driver_mismatch
+
+    why = driver_mismatch(13050, 12080)
+    assert "CUDA 13.5" in why and "CUDA 12.8" in why and "medsam-edge[gpu-cu12]" in why
+    assert driver_mismatch(12090, 13000) is None and driver_mismatch(12090, 12020) is None
+    assert "no NVIDIA driver" in driver_mismatch(13050, 0)
+
+
+def test_type_stubs_on_the_path_are_not_taken_for_tensorrt(tmp_path, monkeypatch):
+    """tensorrt-stubs installs a bare tensorrt/ folder: it imports, as a namespace package."""
+    import sys
+
+    from medsam_edge.engines.tensorrt_backend import usable
+
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("")
+    had = sys.modules.pop("tensorrt", None)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        ok, why = usable()
+    finally:  # the namespace module must not outlive the test: later ones would take it for TensorRT
+        sys.modules.pop("tensorrt", None)
+        if had is not None:
+            sys.modules["tensorrt"] = had
+    assert not ok and "no __version__" in why
+
+
+def test_the_slot_backend_expires_handles_like_a_device_ring(tiny_model_dir):
+    from fake_slots import SlotBackend
+
+    from medsam_edge.engines.base import ExpiredEmbedding, max_kept_embeddings
+
+    frames = _frames(1024, 2)
+    coords, labels = box_tokens(np.array([[100, 120, 600, 700]], np.float32))
+    b = SlotBackend(tiny_model_dir.onnx("encoder"), tiny_model_dir.onnx("decoder"), slots=2)
+    assert max_kept_embeddings(b, 8) == 1
+    h0 = b.encode(frames[0][IMAGE])
+    ref0 = b.decode(h0, coords, labels)[0]
+    h1 = b.encode(frames[1][IMAGE])
+    assert b.embedding_valid(h0) and b.embedding_valid(h1)
+    h2 = b.encode(frames[1][IMAGE])  # takes h0's slot
+    assert not b.embedding_valid(h0) and b.embedding_valid(h2)
+    with pytest.raises(ExpiredEmbedding):
+        b.decode(h0, coords, labels)
+    np.testing.assert_array_equal(b.decode(b.encode(frames[0][IMAGE]), coords, labels)[0], ref0)
+    assert b.expired_refusals == 1
+
+
+class _BuilderConfig:
+    """The two IBuilderConfig calls use_timing_cache makes, failing the ways TensorRT's do."""
+
+    def __init__(self, failure: str = "") -> None:
+        self.failure, self.used = failure, []
+
+    def create_timing_cache(self, data: bytes):
+        if data and self.failure == "raises":
+            raise RuntimeError("ITimingCache deserialization failed: corrupt header")
+        return None if data and self.failure == "none" else ("cache", bytes(data))
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        self.used.append(cache)
+        return not (self.failure == "mismatch" and cache[1])
+
+
+def test_a_corrupt_or_foreign_timing_cache_is_replaced_by_a_fresh_one():
+    from medsam_edge.engines.trt_build import use_timing_cache
+
+    good = _BuilderConfig()
+    assert use_timing_cache(good, b"saved") is None and good.used == [("cache", b"saved")]
+    for failure, why in (("raises", "unreadable: ITimingCache deserialization failed"),
+                         ("none", "TensorRT could not read it"), ("mismatch", "another GPU or TensorRT")):
+        config = _BuilderConfig(failure)
+        assert why in use_timing_cache(config, b"corrupt"), failure
+        assert config.used[-1] == ("cache", b""), failure  # the build goes on with a fresh cache
+    assert use_timing_cache(_BuilderConfig("mismatch"), b"") is None
