@@ -136,10 +136,16 @@ def write_caches(src: Path, feeds: Iterable[dict], methods: Sequence[str], cache
             # every graph output alive for the whole run, fetched or not.
             sess = _session(model, names, Path(tmp) / "calibrate.onnx", threads)
             frames = 0
-            t0 = time.perf_counter()
+            t0 = last = time.perf_counter()
+            total = len(feeds) if hasattr(feeds, "__len__") else None
             for feed in feeds:
                 collector.add(dict(zip(names, sess.run(names, feed))))
                 frames += 1
+                # Histograms of every tensor per frame take minutes on big models: say where it is.
+                if time.perf_counter() - last > 60:
+                    last = time.perf_counter()
+                    log(f"ranges: group {k + 1}/{len(plan)}, frame {frames}/{total or '?'}, "
+                        f"{last - t0:.0f} s")
             del sess
             if len(plan) > 1:
                 log(f"ranges: tensor group {k + 1}/{len(plan)} ({len(names)} tensors) over {frames} frames, "

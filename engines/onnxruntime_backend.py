@@ -226,7 +226,7 @@ class OnnxruntimeBackend(Backend):
         labels = np.ascontiguousarray(labels, np.float32)
         if self.io_device is None:
             logits, iou = self.decoder.run([LOW_RES_LOGITS, IOU],
-                                           {EMBEDDING: self.embedding_to_numpy(embedding), POINT_COORDS: coords,
+                                           {EMBEDDING: _host(embedding), POINT_COORDS: coords,
                                             POINT_LABELS: labels})
             return logits, iou
         binding = self.decoder.io_binding()
@@ -243,9 +243,14 @@ class OnnxruntimeBackend(Backend):
         return logits, iou
 
     def embedding_to_numpy(self, embedding) -> np.ndarray:
-        return embedding if isinstance(embedding, np.ndarray) else embedding.numpy()
+        return _host(embedding)
 
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.providers,
                 "threads": {k: v or "default" for k, v in self.threads.items()}, "files": self.files,
                 "embedding_on": self.io_device or "host"}
+
+
+def _host(embedding) -> np.ndarray:
+    # Not a method: a subclass whose handles are not arrays resolves them before calling decode.
+    return embedding if isinstance(embedding, np.ndarray) else embedding.numpy()

@@ -290,6 +290,7 @@ class LiveArray(ArraySource):
 def test_a_live_source_streams_in_real_time_and_early_exit_stops_everything(tiny_model_dir):
     from medsam_edge.runtime import Predictor
 
+    before = set(threading.enumerate())  # a failed test before this one may have left its own
     p = Predictor(tiny_model_dir.path, backend="onnxruntime-cpu")
     src = LiveArray(_frames(200, step=1.0), fps=100)
     stream = p.stream(src, prompts=[BOX_A])
@@ -302,7 +303,7 @@ def test_a_live_source_streams_in_real_time_and_early_exit_stops_everything(tiny
     assert len(got) == 3 and stream.ended_early
     stream.close()
     assert src.closed is False  # the caller's source; but the session's threads are gone
-    assert not [t for t in threading.enumerate() if t.name.startswith("medsam-")]
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("medsam-")]
     p.close()
 
 
