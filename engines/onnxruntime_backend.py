@@ -36,6 +36,15 @@ def session_options(ort, threads: int | None = None):
     return opts
 
 
+def decoder_options(ort, threads: int | None = None):
+    """session_options without onnxruntime's memory pattern: the pattern is planned and kept
+    per input shape, so every new prompt count added a block of its own on top of the arena
+    (decoding 16, 16 and 8 prompts held 1.05 GB of RSS, 0.58 GB without; ~30 MB a prompt)."""
+    opts = session_options(ort, threads)
+    opts.enable_mem_pattern = False
+    return opts
+
+
 def release_options(ort):
     """RunOptions that shrink the CPU arena after the call: the working memory goes back
     to the system instead of staying reserved by an idle session (ViT-B FP32: 3.7 GB
@@ -86,7 +95,7 @@ class OnnxruntimeBackend(Backend):
         self.files = {part: Path(f).name for part, f in (("encoder", encoder_onnx), ("decoder", decoder_onnx)) if f}
         self.encoder = (self._session(ort, encoder_onnx, session_options(ort, threads), providers)
                         if encoder_onnx is not None else None)
-        self.decoder = (self._session(ort, decoder_onnx, session_options(ort, decoder_threads or threads), providers)
+        self.decoder = (self._session(ort, decoder_onnx, decoder_options(ort, decoder_threads or threads), providers)
                         if decoder_onnx is not None else None)
         # What actually ran: onnxruntime silently drops a provider it cannot initialise.
         self.providers = (self.encoder or self.decoder).get_providers()
