@@ -136,6 +136,16 @@ def _check_numbers(args) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsam_edge.runtime.outputs import terminate_as_interrupt
+
+    restore = terminate_as_interrupt()  # from the start: a SIGTERM while loading is a clean stop too
+    try:
+        return _run(args)
+    finally:
+        restore()
+
+
+def _run(args: argparse.Namespace) -> int:
     from medsam_edge.runtime import spacing
     from medsam_edge.runtime.outputs import RunOutputs
     from medsam_edge.runtime.predictor import Predictor
@@ -173,8 +183,24 @@ def run(args: argparse.Namespace) -> int:
         outputs.open(video=not args.no_video, masks=None if args.masks == "none" else args.masks, fps=source.fps,
                      extra=extra)
         outputs.run(stream, summary, total=total, live=source.is_live, calibration=calibration)
+    _say_what_went_unused(args, stream, outputs.summary)
     print(json.dumps({k: outputs.summary.get(k) for k in ("complete", "frames", "fps", "reuse_rate", "dropped",
                                                            "bad_frames_skipped", "blank_skipped", "backend",
-                                                           "precision")}))
+                                                           "precision", "source_truncated")}))
     print(f"wrote {args.out}")
     return 0
+
+
+def _say_what_went_unused(args, stream, summary: dict) -> None:
+    """The end-of-run lines for a run that went through but did less than asked."""
+    positions = stream.frames_read + getattr(stream.source, "skipped", 0)  # source frames seen, bad ones too
+    schedule = getattr(getattr(stream.session, "prompter", None), "schedule", None)
+    if args.prompts and schedule is not None and not (args.max_frames and stream.frames_read >= args.max_frames):
+        unused = [f for f in schedule.frames if f >= positions]
+        if unused:
+            named = ", ".join(map(str, unused[:5])) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+            log.warning("%s names frame%s %s, past the source's last frame %d: those prompts were not used",
+                        args.prompts, "s" if len(unused) > 1 else "", named, positions - 1)
+    if summary.get("frames") == 0 and summary.get("blank_skipped"):
+        log.warning("no frame was segmented: all %d frames read were blank (near-black, as with the probe "
+                    "lifted off the skin)", summary["blank_skipped"])
