@@ -45,6 +45,17 @@ def decoder_options(ort, threads: int | None = None):
     return opts
 
 
+def check_contract(session, part: str, path: Path, input_size: int | None) -> None:
+    """InputError unless the loaded file has the contract's inputs and outputs for `part`
+    (an encoder and decoder swapped, an encoder exported at another size than the
+    manifest says): named from onnxruntime's session, so no onnx package is needed."""
+    from medsam_edge.engines.engine_manifest import check_io
+
+    inputs = {i.name: tuple(i.shape) for i in session.get_inputs()}
+    size = input_size or next((d for d in inputs.get(IMAGE, ())[-1:] if isinstance(d, int)), 0)
+    check_io(path, part, size, inputs, [o.name for o in session.get_outputs()])
+
+
 def release_options(ort):
     """RunOptions that shrink the CPU arena after the call: the working memory goes back
     to the system instead of staying reserved by an idle session (ViT-B FP32: 3.7 GB
@@ -65,6 +76,7 @@ class OnnxruntimeBackend(Backend):
         cache_dir: Path | None = None,
         decoder_threads: int | None = None,
         release_memory: bool = False,
+        input_size: int | None = None,
     ) -> None:
         """threads: onnxruntime intra-op threads of the encoder session (and of the decoder
         unless decoder_threads is given; None: onnxruntime's default, every core).
@@ -72,7 +84,8 @@ class OnnxruntimeBackend(Backend):
         release_options); for processes that keep several big encoders open.
         encoder_onnx or decoder_onnx None: a backend of one part (calibration pairs a
         candidate encoder with the FP32 decoder, or the reference's embeddings with a
-        candidate decoder)."""
+        candidate decoder). input_size: the side the manifest says the encoder takes; each
+        file's own inputs and outputs are checked against the contract (check_contract)."""
         import onnxruntime as ort
 
         wanted = PROVIDERS[name]
@@ -97,6 +110,9 @@ class OnnxruntimeBackend(Backend):
                         if encoder_onnx is not None else None)
         self.decoder = (self._session(ort, decoder_onnx, decoder_options(ort, decoder_threads or threads), providers)
                         if decoder_onnx is not None else None)
+        for part, session, path in (("encoder", self.encoder, encoder_onnx), ("decoder", self.decoder, decoder_onnx)):
+            if session is not None:
+                check_contract(session, part, Path(path), input_size)
         # What actually ran: onnxruntime silently drops a provider it cannot initialise.
         self.providers = (self.encoder or self.decoder).get_providers()
         if self.providers[0] != wanted[0]:
