@@ -37,18 +37,20 @@ def run(args: argparse.Namespace) -> int:
     from medsam_edge.errors import InputError
     from medsam_edge.manifest import load_model_dir
 
-    # The user's own mistakes first: they are wrong on any machine.
+    # The user's own mistakes in what was typed first: they are wrong on any machine. Then
+    # TensorRT, before asking for files: a missing fp16/int8 encoder means a calibration of
+    # minutes, which is no use on a machine that cannot build at all.
     md = load_model_dir(args.model_dir)
     precisions = parse_precisions(args.precision, em.PRECISIONS)
     em.profiles(md, args.max_prompts, args.max_points)
-    for p in precisions:
-        em.onnx_for(md, "encoder", p)
     ok, why = usable()
     if not ok:
         raise InputError(
             f"TensorRT is not usable here: {why}; build on the GPU machine that will run the engines, "
             "or run with --backend onnxruntime-cuda/onnxruntime-cpu"
         )
+    for p in precisions:
+        em.onnx_for(md, "encoder", p)
     out = build_engines(md, precisions, args.workspace, args.max_prompts, args.max_points,
                         timing_cache=not args.no_timing_cache)
     print(f"wrote {out}")
