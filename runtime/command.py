@@ -1,10 +1,11 @@
 """`medsam-edge run`: a model directory and a source in, overlay video, masks and JSONL out.
 
-What a user can rely on in --out: a run is complete exactly when summary.json says
-`"complete": true`. Every exit that can still write (the end, an error, Ctrl-C, SIGTERM)
-writes summary.json with `complete`, `stopped` (why) and the last frame written; what was
-written before stays valid (files are renamed from their .partial names as the sinks
-close). A run killed outright leaves no summary.json and only .partial names.
+What a user can rely on in --out (runtime.outputs): a run is complete exactly when
+summary.json says `"complete": true`. summary.json is written when the run starts (not
+complete) and replaced on every exit that can still write (the end, an error, Ctrl-C,
+SIGTERM, a full disk) with `complete`, `stopped` (why) and the last frame every output
+holds; what was written before stays valid (files are renamed from their .partial names
+as the sinks close). A run killed outright keeps the first summary and only .partial names.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ poor or empty masks. For several boxes each with its own clicks, use --prompts F
 Outputs in --out: overlay.mp4, frames.jsonl (one record per frame), masks (--masks) and
 summary.json. A run is complete exactly when summary.json says "complete": true; a run
 that stopped early says why and where in summary.json, and what it wrote stays valid.
+While it runs, outputs carry hidden .partial names; a killed run leaves only those.
 """
 
 
