@@ -42,22 +42,37 @@ def run(args: argparse.Namespace) -> int:
     from medsam_edge.errors import InputError
     from medsam_edge.manifest import load_model_dir
 
-    # The user's own mistakes first: they are wrong on any machine.
+    # The user's own mistakes in what was typed first: they are wrong on any machine. Then
+    # TensorRT, before asking for files: a missing fp16/int8 encoder means a calibration of
+    # minutes, which is no use on a machine that cannot build at all.
     md = load_model_dir(args.model_dir)
     precisions = parse_precisions(args.precision, em.PRECISIONS)
     shapes = em.profiles(md, args.max_prompts, args.max_points, args.opt_prompts, args.opt_points)
-    for p in precisions:
-        em.onnx_for(md, "encoder", p)
-    # What TensorRT's parser and builder would refuse, found before TensorRT is asked for.
-    check_build_inputs(md, precisions, shapes)
+    # A file that is there and that TensorRT's parser or builder would refuse is wrong on
+    # any machine: said before TensorRT is asked for.
+    present = [p for p in precisions if all(_has(md, part, p) for part in em.PARTS)]
+    check_build_inputs(md, present, shapes)
     ok, why = usable()
     if not ok:
         raise InputError(
             f"TensorRT is not usable here: {why}; build on the GPU machine that will run the engines, "
             "or run with --backend onnxruntime-cuda/onnxruntime-cpu"
         )
+    for p in precisions:
+        em.onnx_for(md, "encoder", p)  # a missing one: the one-line "run medsam-edge calibrate"
     out = build_engines(md, precisions, args.workspace, args.max_prompts, args.max_points,
                         timing_cache=not args.no_timing_cache, opt_prompts=args.opt_prompts,
                         opt_points=args.opt_points, check=False)
     print(f"wrote {out}")
     return 0
+
+
+def _has(md, part: str, precision: str) -> bool:
+    from medsam_edge.engines import engine_manifest as em
+    from medsam_edge.errors import InputError
+
+    try:
+        em.onnx_for(md, part, precision)
+        return True
+    except InputError:
+        return False

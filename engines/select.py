@@ -237,6 +237,7 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
         backend = OnnxruntimeBackend(
             encoder, decoder, chosen, precision, threads=threads, cache_dir=md.path / "engines" / "ort_trt_cache",
             decoder_threads=decoder_threads, release_memory=release_memory, trt_profiles=em.profiles(md),
+            input_size=md.preprocess.size,
         )
     log.info("backend %s%s (%s, %s) for %s%s", backend.name, " (auto)" if name == "auto" else "",
              backend.device, backend.precision, md.path,

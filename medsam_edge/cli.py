@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from medsam_edge import __version__
@@ -49,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    # pydicom logs header values it finds malformed, which can include patient names:
-    # our own messages about DICOM input never quote the header.
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    quiet_libraries()
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_INPUT
@@ -60,9 +60,42 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"medsam-edge {args.command}: error: {e}", file=sys.stderr)
         return EXIT_INPUT
-    except KeyboardInterrupt:
-        print(f"medsam-edge {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = str(e) == "stopped by SIGTERM"
+        print(f"medsam-edge {args.command}: {'stopped by SIGTERM' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
+class _BelowCritical(logging.Filter):
+    """Drops the records of the named libraries' loggers (and their children) below CRITICAL."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.CRITICAL:
+            return True
+        return not any(record.name == n or record.name.startswith(n + ".") for n in self.names)
+
+
+def quiet_libraries() -> None:
+    """pydicom and highdicom log header values they find malformed, which can include
+    patient names, and decoder tracebacks for frames we skip and count ourselves: our own
+    messages about DICOM input never quote the header. Setting their loggers' level does
+    not hold (pydicom sets its own to WARNING when it is imported, after this), so the
+    filter sits on the handlers, where every record ends up whatever the logger's level.
+    OpenCV's and FFmpeg's own warnings (a frame the writer could not write, a damaged
+    stream) are said by our messages, once and in words."""
+    quiet = _BelowCritical(("pydicom", "highdicom"))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(quiet)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg first opens
+    if "cv2" in sys.modules:  # imported by the parsers already: the environment is read by now
+        cv2 = sys.modules["cv2"]
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    else:
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """The model directory and its manifest.json: the one record of what was exported.
 
 Export writes it; calibration and the engine builder add to it; the runtime reads the
-preprocessing and file names from it and never guesses.
+preprocessing and file names from it and never guesses. Opening one checks that the
+directory is what its manifest says: the model id is known and its preprocessing and
+input size are that model's, the recorded tensors are the contract's, and the ONNX files'
+SHA-256s are the ones recorded at export (a swapped, replaced or damaged file is refused
+before a backend loads it). The backend checks the loaded files' own inputs and outputs.
 """
 
 from __future__ import annotations
@@ -13,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsam_edge.atomic import write_json
-from medsam_edge.contract import PRECISIONS, Preprocess
+from medsam_edge.contract import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_OUTPUTS,
+    PRECISIONS,
+    Preprocess,
+    encoder_inputs,
+    model_spec,
+)
 from medsam_edge.errors import InputError
 
 FORMAT = "medsam-edge/model-dir"
@@ -22,6 +34,11 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+
+
+# (path, size, mtime, inode) -> SHA-256: a process that opens one directory many times
+# (calibration, benchmarks) hashes each file once.
+_VERIFIED: dict[tuple, str] = {}
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -90,8 +107,52 @@ def load_model_dir(path: str | Path) -> ModelDir:
             f"{FORMAT_VERSION}; export the model again with this version"
         )
     md = ModelDir(path, manifest)
+    _check_consistent(md, mf)
     for part in ("encoder", "decoder"):
         f = md.onnx(part)
         if not f.is_file():
             raise InputError(f"{f}: missing from the model directory; export the model again")
+        _check_hash(f, md.manifest.get(part), mf)
     return md
+
+
+def _check_consistent(md: ModelDir, mf: Path) -> None:
+    """The manifest against the contract: known model, its preprocessing, its tensors."""
+    again = "export the model again"
+    try:
+        spec = model_spec(str(md.manifest.get("model_id")))
+        pre = md.preprocess
+    except InputError as e:
+        raise InputError(f"{mf}: {e}; {again}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{mf}: preprocessing record unreadable ({type(e).__name__}: {e}); {again}") from None
+    if pre != spec.preprocess:
+        raise InputError(f"{mf}: the preprocessing recorded is not {md.model_id}'s (size {pre.size}, {pre.resize}, "
+                         f"{pre.normalize} where {md.model_id} has size {spec.preprocess.size}, "
+                         f"{spec.preprocess.resize}, {spec.preprocess.normalize}): the manifest was edited or "
+                         f"belongs to another model; {again}")
+    if md.manifest.get("input_size", pre.size) != pre.size:
+        raise InputError(f"{mf}: input_size {md.manifest.get('input_size')!r} differs from the preprocessing's "
+                         f"size {pre.size}; {again}")
+    for part, inputs, outputs in (("encoder", encoder_inputs(pre.size), ENCODER_OUTPUTS),
+                                  ("decoder", DECODER_INPUTS, DECODER_OUTPUTS)):
+        record = md.manifest.get(part)
+        if not isinstance(record, dict):
+            raise InputError(f"{mf}: no {part} record; {again}")
+        for key, want in (("inputs", inputs), ("outputs", outputs)):
+            if key in record and record[key] != [t.to_json() for t in want]:
+                raise InputError(f"{mf}: the {part} {key} recorded are not the contract's "
+                                 f"({', '.join(t.name for t in want)} with their shapes); {again}")
+
+
+def _check_hash(onnx: Path, record, mf: Path) -> None:
+    recorded = record.get("sha256") if isinstance(record, dict) else None
+    if not recorded:
+        raise InputError(f"{mf}: no SHA-256 recorded for {onnx.name}; export the model again")
+    st = onnx.stat()
+    key = (str(onnx.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    actual = _VERIFIED.get(key) or sha256_file(onnx)
+    if actual != recorded:
+        raise InputError(f"{onnx}: its SHA-256 is not the one the manifest recorded at export: the file was "
+                         "replaced, swapped with another or damaged; export the model again")
+    _VERIFIED[key] = actual

@@ -1,10 +1,11 @@
 """`medsam-edge run`: a model directory and a source in, overlay video, masks and JSONL out.
 
-What a user can rely on in --out: a run is complete exactly when summary.json says
-`"complete": true`. Every exit that can still write (the end, an error, Ctrl-C, SIGTERM)
-writes summary.json with `complete`, `stopped` (why) and the last frame written; what was
-written before stays valid (files are renamed from their .partial names as the sinks
-close). A run killed outright leaves no summary.json and only .partial names.
+What a user can rely on in --out (runtime.outputs): a run is complete exactly when
+summary.json says `"complete": true`. summary.json is written when the run starts (not
+complete) and replaced on every exit that can still write (the end, an error, Ctrl-C,
+SIGTERM, a full disk) with `complete`, `stopped` (why) and the last frame every output
+holds; what was written before stays valid (files are renamed from their .partial names
+as the sinks close). A run killed outright keeps the first summary and only .partial names.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ poor or empty masks. For several boxes each with its own clicks, use --prompts F
 Outputs in --out: overlay.mp4, frames.jsonl (one record per frame), masks (--masks) and
 summary.json. A run is complete exactly when summary.json says "complete": true; a run
 that stopped early says why and where in summary.json, and what it wrote stays valid.
+While it runs, outputs carry hidden .partial names; a killed run leaves only those.
 """
 
 
@@ -140,6 +142,16 @@ def _check_numbers(args) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsam_edge.runtime.outputs import terminate_as_interrupt
+
+    restore = terminate_as_interrupt()  # from the start: a SIGTERM while loading is a clean stop too
+    try:
+        return _run(args)
+    finally:
+        restore()
+
+
+def _run(args: argparse.Namespace) -> int:
     from medsam_edge.runtime import spacing
     from medsam_edge.runtime.outputs import RunOutputs
     from medsam_edge.runtime.predictor import Predictor
@@ -178,8 +190,24 @@ def run(args: argparse.Namespace) -> int:
         outputs.open(video=not args.no_video, masks=None if args.masks == "none" else args.masks, fps=source.fps,
                      extra=extra)
         outputs.run(stream, summary, total=total, live=source.is_live, calibration=calibration)
+    _say_what_went_unused(args, stream, outputs.summary)
     print(json.dumps({k: outputs.summary.get(k) for k in ("complete", "frames", "fps", "reuse_rate", "dropped",
                                                            "bad_frames_skipped", "blank_skipped", "backend",
-                                                           "precision")}))
+                                                           "precision", "source_truncated")}))
     print(f"wrote {args.out}")
     return 0
+
+
+def _say_what_went_unused(args, stream, summary: dict) -> None:
+    """The end-of-run lines for a run that went through but did less than asked."""
+    positions = stream.frames_read + getattr(stream.source, "skipped", 0)  # source frames seen, bad ones too
+    schedule = getattr(getattr(stream.session, "prompter", None), "schedule", None)
+    if args.prompts and schedule is not None and not (args.max_frames and stream.frames_read >= args.max_frames):
+        unused = [f for f in schedule.frames if f >= positions]
+        if unused:
+            named = ", ".join(map(str, unused[:5])) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+            log.warning("%s names frame%s %s, past the source's last frame %d: those prompts were not used",
+                        args.prompts, "s" if len(unused) > 1 else "", named, positions - 1)
+    if summary.get("frames") == 0 and summary.get("blank_skipped"):
+        log.warning("no frame was segmented: all %d frames read were blank (near-black, as with the probe "
+                    "lifted off the skin)", summary["blank_skipped"])

@@ -48,10 +48,16 @@ class Prompt:
 
     @classmethod
     def of(cls, box=None, points=None, labels=None) -> "Prompt":
-        pts = _no_points() if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+        """box: four numbers; points: [[x, y], ...]; labels: one 1/0 per point (default 1).
+        Anything else is an InputError naming the value."""
+        pts = _no_points() if points is None else _numbers(points, "points", "[[x, y], ...]", (-1, 2))
         lab = (np.ones(len(pts), np.int64) if labels is None
-               else np.asarray(labels, np.float64).reshape(-1).astype(np.int64))
-        return cls(None if box is None else np.asarray(box, np.float32).reshape(4), pts, lab)
+               else _numbers(labels, "labels", "one 1 or 0 per point", (-1,)))
+        if labels is not None and not np.all(np.isfinite(lab)):
+            raise InputError(f"labels {_show(labels)}: expected one 1 or 0 per point")
+        lab = lab.astype(np.int64) if labels is not None else lab
+        box = None if box is None else _numbers(box, "box", "four numbers x0, y0, x1, y1", (4,))
+        return cls(None if box is None else box.astype(np.float32), pts.astype(np.float32), lab)
 
     @property
     def layout(self) -> tuple[int, bool]:
@@ -72,6 +78,24 @@ class Prompt:
             out["points"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.points]
             out["labels"] = [int(v) for v in self.labels]
         return out
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _numbers(value, what: str, expected: str, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` as a float64 array of `shape` (-1: any length), or InputError naming it."""
+    if isinstance(value, (str, bytes)):
+        raise InputError(f"{what} {_show(value)}: expected {expected}")
+    try:
+        a = np.asarray(value, np.float64)
+        if -1 not in shape and a.size != int(np.prod(shape)):
+            raise ValueError
+        return a.reshape(shape)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} {_show(value)}: expected {expected}") from None
 
 
 def parse_point(text: str) -> tuple[list[float], int]:
@@ -101,13 +125,13 @@ def parse_box(text: str) -> list[float]:
     return values
 
 
-def validate_boxes(boxes, height: int, width: int, where: str = "box") -> np.ndarray:
-    """Check boxes against an image; clip the parts outside it.
+def validate_boxes(boxes, height: int, width: int, where: str = "box", warn: bool = True) -> np.ndarray:
+    """Check boxes against an image; clip the parts outside it (logged unless `warn` is False).
 
-    NaN/inf, inverted (x1 <= x0 or y1 <= y0) and wholly-outside boxes are errors: each
-    would silently give a meaningless mask.
+    NaN/inf, inverted (x1 <= x0 or y1 <= y0), smaller than a pixel and wholly-outside
+    boxes are errors: each would silently give a meaningless mask.
     """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    b = _numbers(boxes, where, "boxes [[x0, y0, x1, y1], ...]", (-1, 4)) if len(boxes) else np.zeros((0, 4))
     out = []
     for x0, y0, x1, y1 in b:
         desc = f"{where} [{x0:g},{y0:g},{x1:g},{y1:g}]"
@@ -115,17 +139,20 @@ def validate_boxes(boxes, height: int, width: int, where: str = "box") -> np.nda
             raise InputError(f"{desc}: not a finite number")
         if x1 <= x0 or y1 <= y0:
             raise InputError(f"{desc}: inverted or empty; give x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            raise InputError(f"{desc}: smaller than one pixel ({x1 - x0:g}x{y1 - y0:g}); give a box of at least "
+                             "1x1 pixels around the object")
         cx0, cy0 = min(max(x0, 0.0), width), min(max(y0, 0.0), height)
         cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
         if cx1 - cx0 < 1 or cy1 - cy0 < 1:
             raise InputError(f"{desc}: outside the {width}x{height} image")
-        if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
+        if warn and (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
             log.warning("%s: clipped to the %dx%d image", desc, width, height)
         out.append((cx0, cy0, cx1, cy1))
     return np.asarray(out, np.float32).reshape(-1, 4)
 
 
-def validate_prompts(prompts, height: int, width: int, where: str = "prompt") -> list[Prompt]:
+def validate_prompts(prompts, height: int, width: int, where: str = "prompt", warn: bool = True) -> list[Prompt]:
     """Check prompts against an image: boxes as validate_boxes does, clicks finite, inside
     the image (a click outside it has no pixel to point at) and labelled 0 or 1."""
     prompts = list(prompts)
@@ -137,7 +164,7 @@ def validate_prompts(prompts, height: int, width: int, where: str = "prompt") ->
         if not isinstance(p, Prompt):
             raise InputError(f"{where} {k}: expected a Prompt, got {type(p).__name__}")
         desc = f"{where} {k}"
-        box = None if p.box is None else validate_boxes([p.box], height, width, f"{desc} box")[0]
+        box = None if p.box is None else validate_boxes([p.box], height, width, f"{desc} box", warn)[0]
         if box is None and not len(p.points):
             raise InputError(f"{desc}: neither a box nor a point")
         room = POINTS_MAX - (2 if box is not None else 1)
@@ -161,6 +188,11 @@ def as_prompts(prompts_or_boxes) -> list[Prompt]:
     """A list of Prompts as is; (N, 4) boxes (array or nested lists) as box-only prompts."""
     if prompts_or_boxes is None:
         return []
+    if isinstance(prompts_or_boxes, Prompt):
+        return [prompts_or_boxes]
+    if isinstance(prompts_or_boxes, (str, bytes)) or not hasattr(prompts_or_boxes, "__iter__"):
+        raise InputError(f"prompts {_show(prompts_or_boxes)}: expected Prompt objects or boxes "
+                         "[[x0, y0, x1, y1], ...]")
     items = list(prompts_or_boxes) if not isinstance(prompts_or_boxes, np.ndarray) else None
     if items is not None and all(isinstance(p, Prompt) for p in items):
         return items
@@ -191,6 +223,9 @@ class Prompter:
         self._lock = threading.Lock()
         self._pending: list[Prompt] | None = None
         self._given: list[Prompt] | None = None  # the caller's prompts, once set
+        # The schedule's current entry, validated: a box clipped to the picture is said
+        # once, when its entry first applies (or the frame size changes), not every frame.
+        self._checked: tuple[tuple, list[Prompt]] | None = None
 
     def set_prompts(self, prompts) -> None:
         """Prompt objects or (N, 4) boxes; validated against the next frame."""
@@ -198,7 +233,7 @@ class Prompter:
             self._pending = as_prompts(prompts)
 
     def prompts_for(self, frame) -> list[Prompt]:
-        where = f"{frame.source} frame {frame.index}"
+        where = f"{frame.source} frame {frame.index} prompt"
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
@@ -206,7 +241,7 @@ class Prompter:
         if self._given is not None:
             given, restart = self._given, pending is not None
         elif self.schedule is not None:
-            given = validate_prompts(self.schedule.prompts_for(frame.index), frame.height, frame.width, where)
+            given = self._scheduled(frame, where)
             restart = self.schedule.starts_at(frame.index)
         else:
             given, restart = [], False
@@ -217,6 +252,13 @@ class Prompter:
                 self.tracker.reset(given)
         current = self.tracker.current()
         return validate_prompts(current, frame.height, frame.width, where) if current else []
+
+    def _scheduled(self, frame, where: str) -> list[Prompt]:
+        raw = self.schedule.prompts_for(frame.index)
+        key = (tuple(id(p) for p in raw), frame.height, frame.width)
+        if self._checked is None or self._checked[0] != key:
+            self._checked = (key, validate_prompts(raw, frame.height, frame.width, where))
+        return list(self._checked[1])
 
     def observe(self, masks: np.ndarray, scores: np.ndarray, image: np.ndarray | None = None) -> list[bool]:
         """Tell the tracker this frame's masks; returns which tracks are lost (all False without one)."""

@@ -1,17 +1,26 @@
 """Sinks: where FrameResults go (overlay video, mask files, a JSONL log).
 
-Every sink is a context manager with `write(result)` and `close()`. Streaming files are
-written under a hidden `.partial` name beside their destination and renamed in close(),
-which also runs after an exception in the pipeline (frames written so far are valid and
-kept); a process killed mid-run leaves only `.partial` names, never a truncated file
-under its final name. Sinks do not time themselves: the caller measures the write stage.
+Every sink is a context manager with `write(result)` and `close()`. Everything a sink
+writes goes under a hidden `.partial` name beside its destination (mask PNGs into a
+`.masks.partial/` folder) and is renamed in close(), which also runs after an exception
+in the pipeline: frames written so far are valid and kept. A process killed mid-run
+leaves only `.partial` names, never a file under its final name.
+
+A write that fails (a full disk) raises OSError at that frame; close() still renames
+what is valid: the JSONL is cut back to its last whole record, PNGs and the NPZ are
+written whole or not at all. The overlay video is the exception that is checked:
+OpenCV's writer may drop frames without raising, so close() reads the file back and
+keeps it under its `.partial` name, saying so, unless it holds every frame written.
+Sinks do not time themselves: the caller measures the write stage.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +37,23 @@ PALETTE_BGR = ((0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 128, 0),
                (0, 128, 255), (255, 255, 0), (128, 0, 255), (0, 0, 255))
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
 DEFAULT_FPS = 30.0  # for sources that do not know their rate (image folders, arrays)
+# Less free space than this is a full disk: OpenCV's video writer does not say when its
+# writes fail, so the overlay sink checks before each frame, and --out before the run.
+MIN_FREE_BYTES = 1 << 20
+
+
+def free_bytes(directory: str | os.PathLike) -> int | None:
+    """Bytes an unprivileged writer may still use on `directory`'s filesystem; None for a
+    filesystem that reports no size at all (/proc, some FUSE mounts): writes tell there."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize if st.f_blocks else None
+
+
+def check_free_space(directory: str | os.PathLike, what: str) -> None:
+    """OSError(ENOSPC) when `directory` has less than MIN_FREE_BYTES left."""
+    free = free_bytes(directory)
+    if free is not None and free < MIN_FREE_BYTES:
+        raise OSError(errno.ENOSPC, f"no space left for {what} ({free // 1024} KiB free)")
 
 
 def partial_path(path: Path, keep_suffix: bool = False) -> Path:
@@ -123,6 +149,7 @@ class OverlayVideoSink(Sink):
         self.partial = partial_path(self.path, keep_suffix=True)
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None  # (width, height)
+        self.frames = 0  # frames handed to the writer without an error
 
     def _write(self, result: FrameResult) -> None:
         img = draw_overlay(result)
@@ -138,31 +165,72 @@ class OverlayVideoSink(Sink):
             self._writer = writer
         if (img.shape[1], img.shape[0]) != self._size:
             img = cv2.resize(img, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(img)
+        check_free_space(self.partial.parent, f"{self.path.name} frame {result.frame.index}")
+        # OpenCV 5 returns False for a frame it could not write, OpenCV 4 returns None.
+        if self._writer.write(img) is False:
+            raise OSError(errno.EIO, f"the video writer could not write frame {result.frame.index} "
+                                     f"to {self.partial}")
+        self.frames += 1
 
     def _finish(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            os.replace(self.partial, self.path)
-            self._outputs.append(self.path)
+        if self._writer is None:
+            return
+        self._writer.release()
+        readable = video_frames(self.partial)
+        if readable != self.frames:
+            raise InputError(
+                f"{self.path}: the video written holds {readable} of its {self.frames} frames (was the disk "
+                f"full?); left as {self.partial.name}, not renamed; frames.jsonl has every frame")
+        os.replace(self.partial, self.path)
+        self._outputs.append(self.path)
+
+
+def video_frames(path: Path) -> int:
+    """Frames a written video holds by its container, 0 if it does not open or its last
+    frame does not decode (a writer that ran out of disk leaves no index or no data)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        if count <= 0:
+            return 0
+        cap.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
+        ok, _ = cap.read()
+        return count if ok else 0
+    finally:
+        cap.release()
 
 
 class MaskPngSink(Sink):
-    """One 0/255 PNG per frame and box, `{index:06d}_{box}.png`, each written atomically."""
+    """One 0/255 PNG per frame and box, `{index:06d}_{box}.png`, in a `.partial` folder
+    beside `directory` that close() renames to it (each PNG written atomically inside).
+
+    `directory` must not hold files already: a run's masks are one folder, not a mix.
+    """
 
     def __init__(self, directory: str | os.PathLike) -> None:
         super().__init__()
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.is_dir() and any(self.directory.iterdir()):
+            raise InputError(f"{self.directory}: already holds files; give an empty or new folder for the masks")
+        self.partial = partial_path(self.directory)
+        shutil.rmtree(self.partial, ignore_errors=True)  # a killed run's leftovers
+        self.partial.mkdir(parents=True)
+        self._names: list[str] = []
 
     def _write(self, result: FrameResult) -> None:
         for b, mask in enumerate(result.masks):
             ok, png = cv2.imencode(".png", np.asarray(mask, bool).astype(np.uint8) * 255)
             if not ok:
                 raise RuntimeError(f"PNG encoding failed for frame {result.frame.index} box {b}")
-            dest = self.directory / f"{result.frame.index:06d}_{b}.png"
-            atomic.write_bytes(dest, png.tobytes())
-            self._outputs.append(dest)
+            name = f"{result.frame.index:06d}_{b}.png"
+            atomic.write_bytes(self.partial / name, png.tobytes())
+            self._names.append(name)
+
+    def _finish(self) -> None:
+        if self.directory.is_dir():
+            self.directory.rmdir()  # empty (checked when opened); rename cannot replace it otherwise
+        os.replace(self.partial, self.directory)
+        self._outputs.extend(self.directory / name for name in self._names)
 
 
 class MaskNpzSink(Sink):
@@ -222,20 +290,39 @@ class MaskNpzSink(Sink):
 
 
 class JsonlSink(Sink):
-    """One `json.dumps(result.record())` line per frame, flushed so a reader can tail it."""
+    """One `json.dumps(result.record())` line per frame, flushed so a reader can tail it.
+
+    A line that fails to reach the disk raises; close() cuts the file back to the last
+    whole line before renaming it, so every line of frames.jsonl is a whole record.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
         self.path = Path(path)
         self.partial = partial_path(self.path)
-        self._file = open(self.partial, "w", encoding="utf-8")
+        self._file = open(self.partial, "wb")
+        self._whole = 0  # bytes of whole lines on disk
+        self._failed = False
 
     def _write(self, result: FrameResult) -> None:
-        self._file.write(json.dumps(result.record()) + "\n")
-        self._file.flush()
+        line = (json.dumps(result.record()) + "\n").encode("utf-8")
+        if self._failed:
+            raise OSError(errno.EIO, f"{self.path}: an earlier line could not be written")
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError:
+            self._failed = True
+            raise
+        self._whole += len(line)
 
     def _finish(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            self._failed = True  # the buffer's rest did not fit either
+        if self._failed:
+            os.truncate(self.partial, self._whole)
         os.replace(self.partial, self.path)
         self._outputs.append(self.path)
 

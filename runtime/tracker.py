@@ -49,6 +49,9 @@ class _Track:
     last_area: int = 0
     appearance: np.ndarray | None = None
     lost: bool = False
+    size: tuple[float, float] | None = None  # (w, h) of the box the track started from
+    centre: tuple[float, float] | None = None  # of the last good mask's bounding box
+    why: str | None = None  # why it is lost on the last frame
 
 
 class PromptTracker:
@@ -56,15 +59,28 @@ class PromptTracker:
 
     margin: the box grows by this share of its size on each side, at least `min_margin`
         pixels, so the object's motion stays inside it.
+    max_growth: the box is never wider or taller than this times the starting box. Without
+        it a box regrown with a margin from a mask that fills it grows every frame, and the
+        track is "lost" to area drift within 6-16 frames on the shared BUSI sweep and echo
+        loop; margin 0.1, min_margin 3, max_growth 1.3, leaving 0.5 and predict lost none
+        of their 150 and 120 frames (LiteMedSAM, issue 15's sweep; 0.15/5/no cap lost 142
+        and 104).
+    leaving: a mask touching the border below this share of the first mask's area is
+        leaving the picture.
+    predict: move the box by the mask's last motion (constant velocity, at most half its size).
     centroid: also give the decoder the mask's centroid as a positive click (the box's
         clicks are replaced: the user's clicks were for the first frame only).
     """
 
-    def __init__(self, margin: float = 0.15, min_margin: int = 5, min_area: int = 16, min_score: float = 0.3,
+    def __init__(self, margin: float = 0.1, min_margin: int = 3, min_area: int = 16, min_score: float = 0.3,
                  area_jump: float = 2.5, area_drift: float = 4.0, max_appearance: float = 0.5,
-                 centroid: bool = False) -> None:
+                 centroid: bool = False, max_growth: float | None = 1.3, leaving: float = 0.5,
+                 predict: bool = True) -> None:
+        self.predict = predict
         self.margin = margin
         self.min_margin = min_margin
+        self.max_growth = max_growth
+        self.leaving = leaving
         self.min_area = min_area
         self.min_score = min_score
         self.area_jump = area_jump
@@ -74,7 +90,8 @@ class PromptTracker:
         self.tracks: list[_Track] | None = None
 
     def reset(self, prompts: list[Prompt]) -> None:
-        self.tracks = [_Track(p) for p in prompts]
+        self.tracks = [_Track(p, size=None if p.box is None else (float(p.box[2] - p.box[0]), float(p.box[3] - p.box[1])))
+                       for p in prompts]
 
     def current(self) -> list[Prompt] | None:
         return None if self.tracks is None else [t.prompt for t in self.tracks]
@@ -87,6 +104,7 @@ class PromptTracker:
         lost = []
         for track, mask, score in zip(self.tracks, masks, scores):
             why = self._why_lost(track, mask, float(score), grey)
+            track.why = why
             track.lost = why is not None
             lost.append(track.lost)
             if not track.lost:
@@ -104,7 +122,7 @@ class PromptTracker:
                 return "area jumped"
             if not 1 / self.area_drift <= area / t.first_area <= self.area_drift:
                 return "area drifted"
-            if self._pinned(mask) and area < 0.6 * t.last_area:
+            if self._pinned(mask) and area < self.leaving * t.first_area:
                 return "leaving the picture"
         if grey is not None and t.appearance is not None:
             d = cv2.compareHist(t.appearance, _histogram(grey, mask), cv2.HISTCMP_BHATTACHARYYA)
@@ -122,7 +140,21 @@ class PromptTracker:
         x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
         mx = max(self.min_margin, self.margin * (x1 - x0))
         my = max(self.min_margin, self.margin * (y1 - y0))
-        box = (max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my))
+        bx0, by0, bx1, by1 = x0 - mx, y0 - my, x1 + mx, y1 + my
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        if self.predict and t.centre is not None:
+            # Constant velocity: the box goes where the object is heading, by at most half its size.
+            vx = float(np.clip(centre[0] - t.centre[0], -(x1 - x0) / 2, (x1 - x0) / 2))
+            vy = float(np.clip(centre[1] - t.centre[1], -(y1 - y0) / 2, (y1 - y0) / 2))
+            bx0, bx1, by0, by1 = bx0 + vx, bx1 + vx, by0 + vy, by1 + vy
+        t.centre = centre
+        if self.max_growth and t.size:
+            # Never wider or taller than the starting box allows, about the mask's centre.
+            cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
+            hw = min(bx1 - bx0, t.size[0] * self.max_growth) / 2
+            hh = min(by1 - by0, t.size[1] * self.max_growth) / 2
+            bx0, bx1, by0, by1 = cx - hw, cx + hw, cy - hh, cy + hh
+        box = (max(0, bx0), max(0, by0), min(w, bx1), min(h, by1))
         click = centroid_click(mask) if self.centroid else None
         t.prompt = Prompt.of(box, [click] if click else None, [1] if click else None)
         area = int(mask.sum())

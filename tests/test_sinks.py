@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -196,7 +197,7 @@ def test_only_partial_names_while_writing_and_final_names_after_close(tmp_path, 
         sinks.write(make_result(i))
     top = {p.name for p in out.iterdir()}
     expected_partial = {".overlay.partial.mp4", ".frames.jsonl.partial"}
-    assert top == (expected_partial | {"masks"} if masks == "png" else expected_partial)
+    assert top == (expected_partial | {".masks.partial"} if masks == "png" else expected_partial)
     sinks.close()
     final = {"overlay.mp4", "frames.jsonl", "masks" if masks == "png" else "masks.npz"}
     assert {p.name for p in out.iterdir()} == final
@@ -226,15 +227,19 @@ def test_killed_process_leaves_only_partial_names(tmp_path):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_sinks import make_result
         from medsam_edge.runtime.sinks import open_sinks
-        s = open_sinks({str(out)!r}, video=True, masks="npz", jsonl=True, fps=10)
+        s = open_sinks({str(out)!r}, video=True, masks=sys.argv[1], jsonl=True, fps=10)
         for i in range(2):
             s.write(make_result(i))
         os._exit(9)  # no close, no cleanup: as if killed
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 9, proc.stderr
-    names = {p.name for p in out.iterdir()}
-    assert names == {".overlay.partial.mp4", ".frames.jsonl.partial"}
+    for masks, extra in (("npz", set()), ("png", {".masks.partial"})):
+        proc = subprocess.run([sys.executable, "-c", script, masks], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 9, proc.stderr
+        names = {p.name for p in out.iterdir()}
+        assert names == {".overlay.partial.mp4", ".frames.jsonl.partial"} | extra
+        if extra:  # the PNGs themselves are whole, inside the hidden folder
+            assert sorted(p.name for p in (out / ".masks.partial").iterdir()) == ["000000_0.png", "000001_0.png"]
+        shutil.rmtree(out)
 
 
 class _FailingClose(Sink):

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # closed); fewer are dropped frames. Opening gives up sooner: nobody waits 30 timeouts.
 MAX_LIVE_FAILURES = 30
 MAX_LIVE_PROBE_FAILURES = 5
+# Skipped frames logged one by one; after these, they are only counted (summary.json has
+# the count), so a badly damaged input cannot flood the log.
+MAX_LOGGED_SKIPS = 10
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt")
 
 # What a source's one-pass reader yields: (position in the input, picture or the reason
@@ -91,7 +94,9 @@ class Source:
     frame_count: frames in one pass if known, else None.
     time_source: where timestamps come from ("FrameTime", "fps", "pos_msec", "wall_clock",
         "index", ...); "index" means the rate is unknown and timestamp = position.
-    skipped: bad frames skipped so far (each also logged with its index).
+    skipped: bad frames skipped so far (the first MAX_LOGGED_SKIPS also logged with their index).
+    truncated: None, or why the input ended before the frame count its header declares
+        (set by the pass that found it; the run's summary reports it).
     loop: replayable inputs start again at the end; index and timestamp keep growing.
     Each iteration of a replayable source starts at its beginning; a live one goes on.
     """
@@ -100,6 +105,7 @@ class Source:
     fps: float | None = None
     frame_count: int | None = None
     time_source: str = "index"
+    truncated: str | None = None
 
     def __init__(self, description: str, *, loop: bool = False) -> None:
         self.description = description
@@ -166,7 +172,10 @@ class Source:
                         problem = f"cannot convert to RGB: {exc}"
                 if problem is not None:
                     self.skipped += 1
-                    log.warning("%s: frame %d skipped: %s", self.description, index, problem)
+                    if self.skipped <= MAX_LOGGED_SKIPS:
+                        log.warning("%s: frame %d skipped: %s%s", self.description, index, problem,
+                                    "; further skipped frames are only counted"
+                                    if self.skipped == MAX_LOGGED_SKIPS else "")
                     index += 1
                     continue
                 now = time.perf_counter()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from medsam_edge.errors import InputError
 from medsam_edge.runtime.spacing import Calibration, calibration_from_dataset
 
 from .base import Item, Source, to_uint8
+from .encapsulated import ends_whole, has_end_marker, read_fragments
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +171,8 @@ class DicomSource(Source):
             raise InputError(f"{path}: image pixel module lacks {', '.join(missing)}; "
                              "the file holds no displayable image")
         self._decoder = self._find_decoder(ds)
-        try:
-            self.frame_count = int(ds.get("NumberOfFrames") or 1)
-        except (TypeError, ValueError):
-            raise InputError(f"{path}: NumberOfFrames (0028,0008) is not a whole number") from None
+        self.frame_count = self._frames_declared(ds)
+        self._cut_frames: frozenset[int] = frozenset()
         self._check_length(ds)
         self.geometry = DicomGeometry.from_dataset(ds, self.frame_count, self.description)
         self._times, self.fps, self.time_source = frame_times(ds, self.frame_count)
@@ -199,14 +199,43 @@ class DicomSource(Source):
                              f"{hints}")
         return decoder
 
+    def _frames_declared(self, ds: Dataset) -> int:
+        value = ds.get("NumberOfFrames")
+        if value is None or str(value).strip() == "":
+            return 1  # absent or empty: a single image
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{self.path}: NumberOfFrames (0028,0008) is not a whole number") from None
+        if count < 1:
+            raise InputError(f"{self.path}: NumberOfFrames (0028,0008) is {count}: a DICOM image holds at "
+                             "least one frame; the header is damaged")
+        return count
+
     def _check_length(self, ds: Dataset) -> None:
-        # Native pixel data cut short decodes no frame at all in pydicom; say why upfront.
-        if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        """The header's frame count against the data, before anything is sized by it."""
+        if "PixelData" not in ds:
             return
+        syntax = ds.file_meta.TransferSyntaxUID
+        if syntax.is_encapsulated:
+            self._check_fragments(ds.PixelData, syntax)
+            return
+        # Native pixel data cut short decodes no frame at all in pydicom; say why upfront.
         have, want = len(ds.PixelData), get_expected_length(ds)
         if have < want:
             raise InputError(f"{self.path}: the file is truncated: pixel data holds {have} of "
                              f"{want} bytes; copy it again from its source")
+
+    def _check_fragments(self, data: bytes, syntax) -> None:
+        fragments = read_fragments(data)
+        if len(fragments.spans) < self.frame_count:
+            raise InputError(
+                f"{self.path}: NumberOfFrames (0028,0008) says {self.frame_count} frames but the compressed "
+                f"pixel data holds {len(fragments.spans)} fragments (at least one per frame): the header or "
+                "the data is damaged; copy the file again from its source")
+        last = fragments.last_fragment_of_each_frame(self.frame_count) if has_end_marker(syntax) else None
+        if last is not None:
+            self._cut_frames = frozenset(i for i, k in enumerate(last) if not ends_whole(data, fragments.spans[k]))
 
     def _find_window(self, ds: Dataset) -> tuple[float, float, str] | None:
         center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
@@ -227,13 +256,14 @@ class DicomSource(Source):
             if ds is None:
                 return  # closed while iterating
             stamp = float(self._times[position])
+            if position in self._cut_frames:
+                yield position, "its compressed data does not end with an end-of-image marker (cut short or damaged)", stamp
+                continue
             try:
                 picture, meta = self._decoder.as_array(ds, index=position, as_rgb=True)
                 picture = self._to_display(ds, picture, meta)
             except Exception as exc:  # noqa: BLE001 - any decoder failure is one bad frame
-                # pydicom lists each plugin's failure on its own line: keep one line.
-                message = " ".join(str(exc).split())[:300]
-                yield position, f"cannot decode ({type(exc).__name__}: {message})", stamp
+                yield position, f"cannot decode: {decoder_failure(exc)}", stamp
                 continue
             yield position, picture, stamp
 
@@ -260,6 +290,19 @@ class DicomSource(Source):
 
     def _release(self) -> None:
         self._ds = None  # the whole file lives in memory until then
+
+
+def decoder_failure(exc: Exception) -> str:
+    """pydicom's decoder error as one readable line: it lists each plugin's failure on a
+    line of its own after a preamble, some quoting object reprs ("<_io.BytesIO object at
+    0x...>"); kept: each plugin's name and first sentence, '; '-separated, 300 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    plugins = [re.sub(r"\s*<[^<>]* at 0x[0-9a-f]+>", "", line) for line in lines[1:]]
+    if ":" in (lines[0] if lines else "") and plugins:
+        text = "no decoder could read it (" + "; ".join(plugins) + ")"
+    else:
+        text = re.sub(r"\s*<[^<>]* at 0x[0-9a-f]+>", "", " ".join(lines)) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _finite(value: object) -> float | None:

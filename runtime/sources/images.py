@@ -66,9 +66,16 @@ class ImageSource(Source):
             try:
                 # imdecode(fromfile) instead of imread: works for any path encoding, and
                 # distinguishes a missing file from an undecodable one.
-                picture = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-            except (OSError, cv2.error) as exc:
-                yield position, f"{path.name}: cannot be read ({exc})", stamp
+                data = np.fromfile(path, np.uint8)
+                if data.size == 0:
+                    yield position, f"{path.name}: empty file (0 bytes)", stamp
+                    continue
+                picture = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            except OSError as exc:
+                yield position, f"{path.name}: cannot be read ({exc.strerror or exc})", stamp
+                continue
+            except cv2.error:  # OpenCV's text is an assertion over several lines
+                yield position, f"{path.name}: not a decodable image", stamp
                 continue
             if picture is None:
                 yield position, f"{path.name}: not a decodable image", stamp

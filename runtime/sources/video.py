@@ -16,6 +16,10 @@ from .base import LIVE_SCHEMES, MAX_LIVE_FAILURES, Item, Source, to_rgb8
 
 log = logging.getLogger(__name__)
 
+# Failed reads in a row that end a file before its declared frame count: a damaged stretch
+# (FFmpeg reads on after it) is shorter; a file cut short fails every read from there on.
+MAX_FILE_FAILURES = 30
+
 
 class VideoSource(Source):
     """OpenCV capture: a video file, a camera index, a stream URL or a GStreamer pipeline.
@@ -79,12 +83,19 @@ class VideoSource(Source):
             self._release()
             self._cap = self._open()
         self._fresh = False
-        cap, position, failures, first_msec = self._cap, 0, 0, None
+        self.truncated = None
+        if self.is_live:
+            yield from self._read_live(self._cap)
+        else:
+            yield from self._read_file(self._cap)
+            if self._cap is not None:
+                self._release()
+
+    def _read_live(self, cap: cv2.VideoCapture) -> Iterator[Item]:
+        position, failures = 0, 0
         while cap.isOpened():
             ok, picture = cap.read()
             if not ok:
-                if not self.is_live:
-                    break  # a file's read fails at its end
                 failures += 1
                 if failures >= MAX_LIVE_FAILURES:
                     log.warning("%s: %d reads failed in a row; treating the stream as ended",
@@ -94,18 +105,43 @@ class VideoSource(Source):
                 position += 1
                 continue
             failures = 0
-            stamp: float | None = None
-            if not self.is_live:
-                msec = cap.get(cv2.CAP_PROP_POS_MSEC)
-                first_msec = msec if first_msec is None else first_msec
-                if position > 0 and math.isfinite(msec) and msec > first_msec:
-                    stamp, self.time_source = (msec - first_msec) / 1000.0, "pos_msec"
-                else:
-                    stamp = self._stamp(position)
+            yield position, picture, None
+            position += 1
+
+    def _read_file(self, cap: cv2.VideoCapture) -> Iterator[Item]:
+        """A file's frames. A read fails at the end, but also at a damaged packet in the
+        middle, after which FFmpeg reads on: so within the container's declared frame
+        count a failed read is held, and becomes a skipped (counted) frame when a good one
+        follows; MAX_FILE_FAILURES in a row, or the declared count reached, end the file.
+        A file that ends before its declared count says so (`truncated`)."""
+        declared = self.frame_count
+        position, held, first_msec = 0, 0, None
+        while True:
+            ok, picture = cap.read()
+            if not ok:
+                if declared is None or position + held >= declared:
+                    break  # the end, where the container says it is (or knows nothing)
+                held += 1
+                if held >= MAX_FILE_FAILURES:
+                    break
+                continue
+            for _ in range(held):  # damaged frames between good ones: skipped and counted
+                yield position, "the video's data for this frame is damaged or missing", self._stamp(position)
+                position += 1
+            held = 0
+            msec = cap.get(cv2.CAP_PROP_POS_MSEC)
+            first_msec = msec if first_msec is None else first_msec
+            if position > 0 and math.isfinite(msec) and msec > first_msec:
+                stamp, self.time_source = (msec - first_msec) / 1000.0, "pos_msec"
+            else:
+                stamp = self._stamp(position)
             yield position, picture, stamp
             position += 1
-        if self._cap is cap and not self.is_live:
-            self._release()
+        # Counts estimated from a container's duration can be one frame over: not a truncation.
+        if declared is not None and declared - position > 1:
+            self.truncated = (f"the file ended after {position} of the {declared} frames its container "
+                              "declares (cut short or damaged)")
+            log.warning("%s: %s", self.description, self.truncated)
 
     def _convert(self, picture: np.ndarray) -> np.ndarray:
         return to_rgb8(picture, bgr=True)
