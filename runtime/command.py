@@ -68,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"(default {ReusePolicy.threshold})")
     p.add_argument("--reuse-max", type=int, default=ReusePolicy.max_consecutive,
                    help=f"most frames in a row that may reuse one embedding (default {ReusePolicy.max_consecutive})")
+    p.add_argument("--no-motion", action="store_true",
+                   help="do not compensate the motion between a reused embedding's frame and the frame answered")
     p.add_argument("--realtime", action="store_true",
                    help="threads; encoder on the newest frame, decoder on every frame; drops when behind "
                         "(default for live sources; files replay at their frame rate)")
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     with predictor:
         stream = predictor.stream(source, prompts=prompts, prompts_file=prompts_file, track=args.track,
                                   track_centroid=args.track_centroid, reuse=policy, realtime=realtime,
-                                  refine=args.refine, max_frames=args.max_frames)
+                                  refine=args.refine, max_frames=args.max_frames, motion=not args.no_motion)
         backend = predictor.backend
         mode = "real-time" if realtime else "deterministic"
         log.info("model %s, backend %s (%s, %s), %s mode, reuse %s", predictor.model_dir.model_id, backend.name,
