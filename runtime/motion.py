@@ -50,11 +50,15 @@ MAX_SCALE = 1.3  # most zoom between the two frames (and 1 / MAX_SCALE)
 MAX_ROTATION = 20.0  # degrees
 MIN_INSIDE = 0.9  # share of a region that must map inside the embedding's picture
 MIN_TEXTURE = 2.0  # grey-level spread a region needs for its flow to mean anything
+NEGLIGIBLE = 0.3  # probe pixels: a motion moving no corner of a region farther is none
 _OUTSIDE = -40.0  # logits given to what comes from outside the picture: surely background
 
 
 def identity() -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+_IDENTITY = identity()
 
 
 @dataclass
@@ -196,8 +200,11 @@ class Motion:
     """The motion of every prompt of a frame, or why there is none to apply.
 
     applied: True when every prompt has a plausible transform (then map_prompts and
-    warp_logits use them); False with `why` otherwise. still: nothing moved (identity
-    transforms, no flow was computed). ms: what estimating it cost.
+    warp_logits use them); False with `why` otherwise. beyond: (not applied) the flow
+    found motion that cannot be followed (off the picture, implausible zoom or rotation),
+    as opposed to finding no motion to follow (incoherent flow, no texture, warping that
+    does not help). still: nothing moved enough to warp (identity transforms). ms: what
+    estimating it cost.
     """
 
     prompts: list[PromptMotion]
@@ -206,6 +213,7 @@ class Motion:
     why: str = ""
     still: bool = False
     ms: float = 0.0
+    beyond: bool = False
 
     @property
     def moved(self) -> bool:
@@ -262,7 +270,7 @@ class Motion:
     def record(self) -> dict:
         """For the frame's JSON record: what was applied per prompt, or why nothing was."""
         if not self.applied:
-            return {"applied": False, "why": self.why, "ms": round(self.ms, 3)}
+            return {"applied": False, "why": self.why, "beyond": self.beyond, "ms": round(self.ms, 3)}
         return {"applied": True, "still": self.still, "ms": round(self.ms, 3),
                 "shift_px": [[round(v, 2) for v in m.shift(r)] for m, r in zip(self.prompts, self.regions)],
                 "scale": [round(m.scale, 4) for m in self.prompts],
@@ -293,28 +301,29 @@ class MotionEstimator:
         hw = cur.original_hw
         regions = [prompt_region(p, hw, self.margin) for p in prompts]
         if emb.original_hw != hw or emb.grey.shape != cur.grey.shape:
-            return Motion([], regions, False, "the frames differ in size")
+            return Motion([], regions, False, "the frames differ in size", beyond=True)
         if before is None:
             before = [difference(emb, cur, r, identity()) for r in regions]
         if all(b is not None and b <= STILL for b in before):
-            return Motion([PromptMotion(identity(), b, b) for b in before], regions, True, still=True)
+            return Motion([PromptMotion(_IDENTITY, b, b) for b in before], regions, True, still=True)
         flow = self._dis.calc(cur.grey, emb.grey, None)
         fitted = []
         for r, b in zip(regions, before):
-            m, why = self._fit(flow, emb, cur, r, b)
+            m, why, beyond = self._fit(flow, emb, cur, r, b)
             if m is None:
-                return Motion([], regions, False, why)
+                return Motion([], regions, False, why, beyond=beyond)
             fitted.append(m)
-        return Motion(fitted, regions, True)
+        return Motion(fitted, regions, True, still=all(m.matrix is _IDENTITY for m in fitted))
 
     def _fit(self, flow: np.ndarray, emb: Probe, cur: Probe, region, before: float | None):
+        """-> (PromptMotion or None, why not, whether the motion is beyond following)."""
         if before is None:
-            return None, "the region is outside the picture"
+            return None, "the region is outside the picture", True
         sx, sy = cur.scale
         c0, r0, c1, r1 = _cells(region, sx, sy, cur.grey.shape)
         patch = cur.grey[r0:r1, c0:c1]
         if patch.size < 16 or float(patch.std()) < MIN_TEXTURE:
-            return None, "no texture to follow in the region"
+            return None, "no texture to follow in the region", False
         step = max(1, int(math.sqrt(patch.size / 400)))  # about 400 vectors a region
         ys, xs = np.mgrid[r0:r1:step, c0:c1:step]
         xs, ys = xs.ravel(), ys.ravel()
@@ -324,20 +333,23 @@ class MotionEstimator:
         a, inliers = cv2.estimateAffinePartial2D(src.astype(np.float32), dst.astype(np.float32), method=cv2.RANSAC,
                                                  ransacReprojThreshold=1.0 / sx, maxIters=500, refineIters=10)
         if a is None:
-            return None, "the flow fits no motion"
+            return None, "the flow fits no motion", False
         share = float(inliers.mean())
         m = PromptMotion(a.astype(np.float64), before, before, share)
         if share < MIN_INLIERS:
-            return None, f"the flow is incoherent ({share:.0%} of it agrees)"
+            return None, f"the flow is incoherent ({share:.0%} of it agrees)", False
         if not 1 / MAX_SCALE <= m.scale <= MAX_SCALE or abs(m.rotation) > MAX_ROTATION:
-            return None, f"implausible motion (scale {m.scale:.2f}, rotation {m.rotation:.0f} deg)"
+            return None, f"implausible motion (scale {m.scale:.2f}, rotation {m.rotation:.0f} deg)", True
         if _inside(m.matrix, region, emb.original_hw) < MIN_INSIDE:
-            return None, "the region would come from outside the picture"
+            return None, "the region would come from outside the picture", True
+        if _largest_move(m.matrix, region) * min(sx, sy) < NEGLIGIBLE:
+            # Less than the flow can resolve: warping would only blur.
+            return PromptMotion(_IDENTITY, before, before, share), "", False
         after = difference(emb, cur, region, m.matrix)
         if after is None or after > before:
-            return None, "the motion does not explain the change"
+            return None, "the motion does not explain the change", False
         m.residual = after
-        return m, ""
+        return m, "", False
 
 
 def _cells(region, sx: float, sy: float, shape) -> tuple[int, int, int, int]:
@@ -345,6 +357,13 @@ def _cells(region, sx: float, sy: float, shape) -> tuple[int, int, int, int]:
     h, w = shape
     x0, y0, x1, y1 = region
     return (max(0, int(x0 * sx)), max(0, int(y0 * sy)), min(w, math.ceil(x1 * sx)), min(h, math.ceil(y1 * sy)))
+
+
+def _largest_move(a: np.ndarray, region) -> float:
+    """How far (frame pixels) the transform moves the farthest corner of the region."""
+    x0, y0, x1, y1 = region
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], np.float64)
+    return float(np.hypot(*(apply(a, corners) - corners).T).max())
 
 
 def _inside(a: np.ndarray, region, hw: tuple[int, int]) -> float:

@@ -7,10 +7,12 @@
   on how many frames in a row may reuse:
   - where the prompts are: each prompt's region (its box grown by a margin) must differ
     from the embedding's frame by at most `threshold`, judged on up to 32x32 cells of the
-    region itself, so a change inside a small box is seen. With `motion` on, the region
-    is first compared through the motion the optical flow finds (runtime.motion), and the
-    masks are then warped by that motion; flow that explains nothing means a fresh
-    embedding unless the region did not change at all;
+    region itself, so a change inside a small box is seen (the difference includes any
+    motion: a reused embedding is only as good as the encoder is shift-equivariant, and
+    it is not exactly). With `motion` on, the answer's prompts and masks then follow the
+    motion the optical flow finds there (runtime.motion); a motion the flow finds but
+    cannot follow (off the picture, too large a zoom or turn) means a fresh embedding,
+    and finding no motion in a change that small means none to apply;
   - the whole picture, for cuts and probe lifts: how the grey levels of the image area
     (the fan or the scope's circle, without the text, clocks and traces around it:
     motion.image_area) are spread must change by at most `scene_threshold`;
@@ -213,11 +215,15 @@ class EmbeddingCache:
         if best.kept is None or best.region > p.threshold:
             return Verdict(None, note=best.note if best.kept is None else "", region=best.region, scene=best.scene)
         if self.estimator is not None:
-            best.motion = self.estimator.estimate(best.kept.probe, probe, prompts, best.regions)
-            if not best.motion.applied:
-                # A change under the threshold that the flow cannot explain: encode afresh
-                # rather than answer with masks that may sit where the anatomy no longer is.
-                return Verdict(None, best.motion, f"fresh: {best.motion.why}", best.region, best.scene)
+            best.motion = m = self.estimator.estimate(best.kept.probe, probe, prompts, best.regions)
+            if not m.applied and m.beyond:
+                # The anatomy moved in a way no transform follows (off the picture, a zoom or
+                # turn too large): encode afresh rather than answer where it no longer is.
+                return Verdict(None, m, f"fresh: {m.why}", best.region, best.scene)
+            if not m.applied:
+                # No motion to follow in a change under the threshold (noise, a looping
+                # cine's coding): the embedding answers as it is, as without compensation.
+                best.note = f"motion not compensated: {m.why}"
         return best
 
     def _valid(self, enc: Encoded) -> bool:

@@ -152,17 +152,21 @@ def test_realtime_answers_follow_the_motion_since_the_newest_embedding(lite_mode
         assert np.array_equal(plain[k].masks, seg.decode(plain[k].embedding, plain[k].prompts)[0])
 
 
-def test_implausible_motion_falls_back(lite, echo_frames):
-    """A cut (another picture where the prompt is) cannot be followed: deterministic mode
-    encodes afresh, real-time mode answers uncompensated; both records say why. A frozen
-    frame needs no flow at all."""
-    f0 = echo_frames[0]
-    cut = np.ascontiguousarray(f0[::-1, ::-1])  # the fan turned upside down: nothing to track
-    box = list(VENTRICLE)
-    det = _deterministic(lite, [f0, f0, cut], [box] * 3, FORCED)
+def test_motion_that_cannot_be_followed_means_a_fresh_embedding(lite, echo_frames):
+    """Deterministic mode: where the anatomy in the prompt's region came from outside the
+    embedding's picture, no transform can bring it back: a fresh embedding, and the
+    record says why. A frozen frame needs no flow at all; a cut is a change too large to
+    reuse anything for."""
+    fan = cv2.resize(np.ascontiguousarray(echo_frames[0][20:204, 88:224]), (320, 240))  # the fan fills the frame
+    before = shifted(fan, -15, 0)  # 15 pixels of the fan's left side were beyond the picture
+    box = [5.0, 60.0, 60.0, 150.0]
+    det = _deterministic(lite, [before, before, fan], [box] * 3, FORCED)
     assert [r.reuse for r in det] == ["fresh", "near-repeat", "fresh"]
     assert det[1].motion["applied"] and det[1].motion["still"]  # frozen: identity, no flow computed
-    assert any(n.startswith("fresh: ") for n in det[2].notes), det[2].notes
+    assert "fresh: the region would come from outside the picture" in det[2].notes, det[2].notes
+    f0 = echo_frames[0]
+    cut = np.ascontiguousarray(f0[::-1, ::-1])  # the fan turned upside down
+    assert [r.reuse for r in _deterministic(lite, [f0, cut], [list(VENTRICLE)] * 2, ReusePolicy())] == ["fresh"] * 2
 
 
 def test_realtime_cut_is_answered_uncompensated(lite_model_dir, echo_frames):
@@ -170,7 +174,7 @@ def test_realtime_cut_is_answered_uncompensated(lite_model_dir, echo_frames):
     f0 = echo_frames[0]
     cut = np.ascontiguousarray(f0[::-1, ::-1])
     seg, (r0, r1) = _realtime(lite_model_dir, [f0, cut], [list(VENTRICLE)] * 2, motion=True)
-    assert r1.reuse == "newest" and r1.motion is not None and not r1.motion["applied"]
+    assert r1.reuse == "newest" and r1.motion is not None and not r1.motion["applied"], r1.motion
     assert any(n.startswith("motion not compensated: ") for n in r1.notes)
     assert np.array_equal(r1.masks, seg.decode(r1.embedding, r1.prompts)[0])
 
