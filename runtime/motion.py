@@ -65,30 +65,43 @@ _IDENTITY = identity()
 class Probe:
     """A frame as motion estimation and change detection see it.
 
-    grey: (h, w) uint8, the frame's grey levels with its longest side FLOW_SIZE (or less).
+    grey: (h, w) uint8, the frame's grey levels shrunk by a whole factor (`factor`) so its
+        longest side is at most FLOW_SIZE; it covers the frame's top-left
+        (h * factor, w * factor) pixels (at most factor - 1 columns and rows are left out).
     original_hw: the frame's own size.
     """
 
     grey: np.ndarray
     original_hw: tuple[int, int]
+    factor: int = 1
     _area: np.ndarray | None = field(default=None, repr=False)
     _smooth: np.ndarray | None = field(default=None, repr=False)
     _spread: np.ndarray | None = field(default=None, repr=False)
+    _thumb: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, image: np.ndarray, size: int = FLOW_SIZE) -> "Probe":
         """image: HxWx3 uint8 RGB (or HxW grey)."""
         h, w = image.shape[:2]
-        scale = min(1.0, size / max(h, w))
-        # Shrinking first, then greying: a third of the work, the same grey levels to rounding.
-        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        return cls(np.ascontiguousarray(grey), (h, w))
+        k = max(1, math.ceil(max(h, w) / size))
+        # Grey first, then averaging whole k x k blocks: OpenCV's fast path, a fifth of the
+        # time of shrinking by a fractional factor (0.4 ms for an 854x480 frame).
+        grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if k > 1:
+            grey = cv2.resize(grey[: h // k * k, : w // k * k], (w // k, h // k), interpolation=cv2.INTER_AREA)
+        return cls(np.ascontiguousarray(grey), (h, w), k)
 
     @property
     def scale(self) -> tuple[float, float]:
         """(sx, sy): probe pixels per frame pixel."""
-        return self.grey.shape[1] / self.original_hw[1], self.grey.shape[0] / self.original_hw[0]
+        return 1.0 / self.factor, 1.0 / self.factor
+
+    @property
+    def thumb(self) -> np.ndarray:
+        """(32, 32) float32: the whole probe, for ranking frames by how alike they look."""
+        if self._thumb is None:
+            self._thumb = cv2.resize(self.grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+        return self._thumb
 
     def area(self) -> np.ndarray:
         """(h, w) bool: the image area (see image_area), computed once."""

@@ -37,7 +37,7 @@ from medsam_edge.runtime.frame import Frame, is_blank
 from medsam_edge.runtime.motion import MotionEstimator, Probe
 from medsam_edge.runtime.prompts import Prompter
 from medsam_edge.runtime.result import FRESH, NEAR, NEWEST, FrameResult
-from medsam_edge.runtime.reuse import Kept, closest, thumbnail
+from medsam_edge.runtime.reuse import Kept, closest
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
 from medsam_edge.runtime.session import Answerer, Stats, as_frame
 
@@ -202,7 +202,7 @@ class RealtimeSession:
                         return
                     frame = last = self._newest_frame
                 enc = self.segmenter.encode(frame.image, frame.index)
-                kept = Kept(enc, thumbnail(frame.image), Probe.of(frame.image)) if self._estimator else None
+                kept = Kept(enc, Probe.of(frame.image)) if self._estimator else None
                 with self._cond:
                     self._newest_enc = enc
                     if kept is not None:
@@ -244,9 +244,8 @@ class RealtimeSession:
             if enc.frame_index != frame.index and self._estimator is not None and prompts and kept:
                 t0 = time.perf_counter()
                 probe = probe or Probe.of(frame.image)
-                thumb = thumbnail(frame.image)
                 valid = [k for k in kept if self.segmenter.backend.embedding_valid(k.enc.embedding)] or kept[-1:]
-                verdict = closest(valid, probe, thumb, prompts)
+                verdict = closest(valid, probe, prompts)
                 chosen = verdict.kept or valid[-1]
                 enc = chosen.enc
                 timings["reuse_check"] = (time.perf_counter() - t0) * 1e3

@@ -103,8 +103,8 @@ class Kept:
     """A fresh embedding kept for near repeats, with what its frame looked like."""
 
     enc: Encoded
-    thumb: np.ndarray  # (32, 32) float32 grey of the whole frame
     probe: Probe
+    thumb: np.ndarray | None = None  # (32, 32) float32 grey of the whole frame, for lookups without prompts
 
 
 @dataclass
@@ -120,14 +120,14 @@ class Verdict:
     regions: list[float] | None = None  # each prompt region's difference
 
 
-def closest(kept: list[Kept], probe: Probe, thumb: np.ndarray, prompts: list[Prompt], margin: float = MARGIN,
+def closest(kept: list[Kept], probe: Probe, prompts: list[Prompt], margin: float = MARGIN,
             scene_threshold: float | None = None) -> Verdict:
     """The kept embedding (kept: newest last, all of the frame's size) whose frame is
     closest to this one where the prompts are, judged among the newest and the
     CANDIDATES - 1 others whose whole frames look most like this one (a looping cine, a
     heartbeat, a probe back where it was). Candidates whose picture changed beyond
     scene_threshold are passed over. Verdict.kept is None when none qualifies."""
-    ranked = sorted(kept[:-1], key=lambda k: difference(thumb, k.thumb))[:CANDIDATES - 1]
+    ranked = sorted(kept[:-1], key=lambda k: difference(probe.thumb, k.probe.thumb))[:CANDIDATES - 1]
     regions = [prompt_region(q, probe.original_hw, margin) for q in prompts]
     best = Verdict(None)
     for k in [kept[-1], *ranked]:
@@ -189,15 +189,15 @@ class EmbeddingCache:
         kept = [k for k in self._near if k.enc.original_hw == image.shape[:2]]
         if not kept or self._consecutive >= p.max_consecutive:
             return None, FRESH, keys
-        keys["thumb"] = thumbnail(image)
         if not prompts:
+            keys["thumb"] = thumbnail(image)
             newest = self._near[-1]
             if newest.enc.original_hw == image.shape[:2] and difference(keys["thumb"], newest.thumb) <= p.threshold:
                 self._consecutive += 1
                 return newest.enc, NEAR, keys
             return None, FRESH, keys
         keys["probe"] = Probe.of(image)
-        verdict = self.judge(keys["probe"], keys["thumb"], prompts, kept)
+        verdict = self.judge(keys["probe"], prompts, kept)
         if verdict.note:
             keys["note"] = verdict.note
         if verdict.kept is None:
@@ -206,12 +206,12 @@ class EmbeddingCache:
         keys["motion"] = verdict.motion
         return verdict.kept.enc, NEAR, keys
 
-    def judge(self, probe: Probe, thumb: np.ndarray, prompts: list[Prompt], kept: list[Kept]) -> Verdict:
-        """Which kept embedding, if any, may answer this frame (its probe, whole-frame
-        thumbnail and prompts): the closest where the prompts are, if close enough, and
-        only with a motion the flow can explain when motion compensation is on."""
+    def judge(self, probe: Probe, prompts: list[Prompt], kept: list[Kept]) -> Verdict:
+        """Which kept embedding, if any, may answer this frame (its probe and prompts): the
+        closest where the prompts are, if close enough, and not when compensation is on
+        and the flow finds a motion it cannot follow."""
         p = self.policy
-        best = closest(kept, probe, thumb, prompts, p.margin, p.scene_threshold)
+        best = closest(kept, probe, prompts, p.margin, p.scene_threshold)
         if best.kept is None or best.region > p.threshold:
             return Verdict(None, note=best.note if best.kept is None else "", region=best.region, scene=best.scene)
         if self.estimator is not None:
@@ -237,6 +237,6 @@ class EmbeddingCache:
             while len(self._by_digest) > self.capacity:
                 self._by_digest.popitem(last=False)
         if p.near:
-            self._near.append(Kept(enc, keys["thumb"] if "thumb" in keys else thumbnail(image),
-                                   keys["probe"] if "probe" in keys else Probe.of(image)))
+            self._near.append(Kept(enc, keys["probe"] if "probe" in keys else Probe.of(image),
+                                   keys["thumb"] if "thumb" in keys else thumbnail(image)))
             del self._near[:-max(1, self.capacity)]

@@ -10,6 +10,7 @@ fan, where ultrasound machines draw theirs.
 from __future__ import annotations
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -108,19 +109,27 @@ def test_near_repeats_follow_a_translated_picture(lite, translated):
 
 
 class GatedBackend(OnnxruntimeBackend):
-    """Encodes the first frame, then holds every later encode until `gate` is set: each
-    later frame is answered in real-time mode from the first frame's embedding."""
+    """Encodes the first `free` frames it is given, then holds every later encode until
+    `gate` is set: later frames are answered in real-time mode from those embeddings."""
 
-    def __init__(self, md) -> None:
+    def __init__(self, md, free: int = 1) -> None:
         super().__init__(md.onnx("encoder"), md.onnx("decoder"))
         self.gate = threading.Event()
         self.calls = 0
+        self.free = free
 
     def encode(self, image):
         self.calls += 1
-        if self.calls > 1:
+        if self.calls > self.free:
             self.gate.wait(timeout=60)
         return super().encode(image)
+
+
+def _wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def _realtime(md, frames, boxes, motion: bool):
@@ -177,6 +186,27 @@ def test_realtime_cut_is_answered_uncompensated(lite_model_dir, echo_frames):
     assert r1.reuse == "newest" and r1.motion is not None and not r1.motion["applied"], r1.motion
     assert any(n.startswith("motion not compensated: ") for n in r1.notes)
     assert np.array_equal(r1.masks, seg.decode(r1.embedding, r1.prompts)[0])
+
+
+def test_realtime_answers_from_the_kept_embedding_of_the_same_phase(lite_model_dir, echo_frames):
+    """Two embeddings kept (systole, then diastole); the heart back in systole is answered
+    from the first, not the newest."""
+    backend = GatedBackend(lite_model_dir, free=2)
+    seg = Segmenter(backend, lite_model_dir.preprocess)
+    rt = RealtimeSession(seg, Prompter(PromptSchedule.constant([list(VENTRICLE)]), None))
+    try:
+        rt.submit(echo_frames[0])
+        assert rt.next_result(timeout=120).reuse == "fresh"
+        rt.submit(echo_frames[12])
+        _wait_for(lambda: rt.encoded == 2)  # frame 12's embedding is the newest now
+        assert rt.next_result(timeout=120).embedding_frame == 1
+        rt.submit(echo_frames[0])  # the same phase again (its encode is held)
+        again = rt.next_result(timeout=120)
+    finally:
+        backend.gate.set()
+        rt.close()
+    # Frame indices are the session's own: 0, 1, 2 for echo frames 0, 12, 0.
+    assert again.reuse == "near-repeat" and again.embedding_frame == 0 and again.motion["applied"]
 
 
 def test_a_change_inside_the_prompt_forces_a_fresh_embedding_and_an_overlay_outside_does_not(echo_frames):
