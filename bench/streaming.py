@@ -1,4 +1,6 @@
-"""Streaming through the runtime: the reuse scenarios of bench/reuse.py, and a long real-time run.
+"""Streaming through the runtime: the reuse scenarios of bench/reuse.py (reuse off,
+deterministic and real-time with motion compensation on and off, the Dice-vs-reuse
+curve), and a long real-time run.
 
 The long run loops a clip with the runtime's own loop option in real-time mode (paced
 at the clip's frame rate, as a live probe would deliver it) and records every frame's
@@ -17,12 +19,15 @@ from medsam_edge.runtime.geometry import centre_box
 
 
 def scenario(predictor, spec: str, n_frames: int, thresholds, say=lambda s: None, realtime_predictor=None) -> dict:
-    """bench/reuse.py's scenario on one clip spec ('clip.mp4@x0,y0,x1,y1')."""
+    """bench/reuse.py's scenario on one clip spec ('clip.mp4@x0,y0,x1,y1'); the curve has
+    reuse.THRESHOLDS and `thresholds`."""
     clip, boxes = parse_spec(spec)
     boxes = boxes if boxes is not None else _centre(clip)
-    say(f"stream {clip}: reuse off, reuse on at {', '.join(map(str, thresholds))}, real-time ({n_frames} frames)")
+    curve = sorted(set(reuse.THRESHOLDS) | set(thresholds))
+    say(f"stream {clip}: reuse off, deterministic and real-time with motion compensation on and off, "
+        f"Dice-vs-reuse curve at {', '.join(map(str, curve))} ({n_frames} frames)")
     t0 = time.perf_counter()
-    out = reuse.measure(predictor, clip, boxes, n_frames, thresholds, realtime_predictor=realtime_predictor)
+    out = reuse.measure(predictor, clip, boxes, n_frames, curve, realtime_predictor=realtime_predictor)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
 

@@ -66,10 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reuse", choices=("on", "exact", "off"), default="on",
                    help="embedding reuse: on (exact and near repeats), exact (identical frames only), off")
     p.add_argument("--reuse-threshold", type=float, default=ReusePolicy.threshold,
-                   help="near-repeat threshold: mean thumbnail difference, fraction of full range "
+                   help="near-repeat threshold: mean grey difference in each prompt's region, fraction of full range "
                         f"(default {ReusePolicy.threshold})")
     p.add_argument("--reuse-max", type=int, default=ReusePolicy.max_consecutive,
                    help=f"most frames in a row that may reuse one embedding (default {ReusePolicy.max_consecutive})")
+    p.add_argument("--no-motion", action="store_true",
+                   help="do not compensate the motion between a reused embedding's frame and the frame answered")
     p.add_argument("--realtime", action="store_true",
                    help="threads; encoder on the newest frame, decoder on every frame; drops when behind "
                         "(default for live sources; files replay at their frame rate)")
@@ -177,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     with predictor:
         stream = predictor.stream(source, prompts=prompts, prompts_file=prompts_file, track=args.track,
                                   track_centroid=args.track_centroid, reuse=policy, realtime=realtime,
-                                  refine=args.refine, max_frames=args.max_frames)
+                                  refine=args.refine, max_frames=args.max_frames, motion=not args.no_motion)
         backend = predictor.backend
         mode = "real-time" if realtime else "deterministic"
         log.info("model %s, backend %s (%s, %s), %s mode, reuse %s", predictor.model_dir.model_id, backend.name,

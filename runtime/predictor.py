@@ -20,6 +20,7 @@ says so.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -131,7 +132,7 @@ class Predictor:
     # -- streams ---------------------------------------------------------------------------
     def session(self, prompts=None, prompts_file=None, track: bool = False, reuse=None, realtime: bool = False,
                 refine: bool = False, track_centroid: bool = False, on_result=None, keep_logits: bool = False,
-                image_format: str = "RGB", queue_size: int = 2, source: str = "session"):
+                image_format: str = "RGB", queue_size: int = 2, source: str = "session", motion: bool = True):
         """A push session over this predictor's backend (runtime.session.Session, or
         runtime.realtime.RealtimeSession with realtime=True).
 
@@ -140,7 +141,9 @@ class Predictor:
         prompt from its last mask (lost tracks reported), with the mask centroid as a click
         when track_centroid; reuse: a ReusePolicy, "on", "exact" or "off" (default on;
         deterministic mode only); refine: a second decoder pass with each mask's centroid;
-        on_result: real-time mode's callback (runs in the session's decoder thread).
+        on_result: real-time mode's callback (runs in the session's decoder thread);
+        motion: compensate the motion between a reused embedding's frame and the frame
+        answered (runtime.motion; False: masks as the embedding's frame shows them).
         """
         from medsam_edge.runtime.schedule import PromptSchedule
         from medsam_edge.runtime.tracker import PromptTracker
@@ -155,14 +158,17 @@ class Predictor:
         self._mode(realtime)
         if realtime:
             return RealtimeSession(self.segmenter, prompter, refine, keep_logits, on_result, queue_size, source,
-                                   image_format)
+                                   image_format, motion=motion)
         if on_result is not None:
             raise InputError("on_result is for real-time sessions; a deterministic session returns each result")
-        return Session(self.segmenter, prompter, reuse_policy(reuse), refine, keep_logits, source, image_format)
+        policy = reuse_policy(reuse)
+        policy = policy if motion else replace(policy, motion=False)
+        return Session(self.segmenter, prompter, policy, refine, keep_logits, source, image_format)
 
     def stream(self, source, prompts=None, prompts_file=None, track: bool = False, reuse=None,
                realtime: bool | None = None, refine: bool = False, track_centroid: bool = False,
-               loop: bool = False, max_frames: int | None = None, pace: bool | None = None) -> Stream:
+               loop: bool = False, max_frames: int | None = None, pace: bool | None = None,
+               motion: bool = True) -> Stream:
         """FrameResults for every frame of `source` (a path, URL, camera index, array or an
         open runtime.sources.Source). realtime None: real-time for live sources, else not.
         A source this opens is closed when the stream ends or is closed."""
@@ -173,7 +179,7 @@ class Predictor:
         try:
             live = realtime if realtime is not None else bool(getattr(src, "is_live", False))
             session = self.session(prompts, prompts_file, track, reuse, live, refine, track_centroid,
-                                   source=getattr(src, "description", "stream"))
+                                   source=getattr(src, "description", "stream"), motion=motion)
         except BaseException:
             if owns:
                 src.close()

@@ -7,10 +7,19 @@ answered by the decoder with the newest embedding finished so far; nothing queue
         ...                             # show(result) runs in the session's decoder thread
 
 When the encoder is slower than the video it skips frames (their masks come from a
-slightly older embedding, marked "newest" with its staleness). When even the decoder
-falls behind, the oldest waiting frame is dropped and counted: capture-to-mask latency
-stays flat. Without on_result, the caller pulls: next_result() answers the oldest
-waiting frame in the caller's thread, latest() returns the newest answer.
+slightly older embedding, marked "newest" with its staleness). The anatomy has moved
+since that embedding's frame: with `motion` on (the default) each newest answer maps
+its prompts into the embedding's frame and warps the masks to where the anatomy is now
+(runtime.motion); where the flow explains nothing the answer is left uncompensated and
+its record says why. Anatomy also comes back (a heartbeat, breathing, a looping cine):
+with motion on, the session keeps the last few embeddings and answers each frame with
+the one whose frame is closest where the prompts are (reuse "near-repeat" when that is
+not the newest), so a frame is answered from the same phase of the cycle when one was
+encoded. With motion off, every frame is answered from the newest embedding as it is.
+
+When even the decoder falls behind, the oldest waiting frame is dropped and counted:
+capture-to-mask latency stays flat. Without on_result, the caller pulls: next_result()
+answers the oldest waiting frame in the caller's thread, latest() returns the newest answer.
 """
 
 from __future__ import annotations
@@ -22,17 +31,22 @@ import time
 from collections import deque
 from typing import Callable
 
-from medsam_edge.engines.base import ExpiredEmbedding
+from medsam_edge.engines.base import ExpiredEmbedding, max_kept_embeddings
 from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import Frame, is_blank
+from medsam_edge.runtime.motion import MotionEstimator, Probe
 from medsam_edge.runtime.prompts import Prompter
-from medsam_edge.runtime.result import FRESH, NEWEST, FrameResult
+from medsam_edge.runtime.result import FRESH, NEAR, NEWEST, FrameResult
+from medsam_edge.runtime.reuse import Kept, closest
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
 from medsam_edge.runtime.session import Answerer, Stats, as_frame
 
 log = logging.getLogger(__name__)
 # Attempts at a frame whose newest embedding expired before the decoder read it.
 _EXPIRY_RETRIES = 3
+# Embeddings kept for answering (motion on), where the backend can keep them valid: about
+# 16 s of encodes at 1 s each on two cores, enough to find a heartbeat's phase again.
+KEPT = 16
 
 
 def split_threads(threads: int | None = None, cores: int | None = None) -> tuple[int, int]:
@@ -68,7 +82,7 @@ class RealtimeSession:
 
     def __init__(self, segmenter: Segmenter, prompter: Prompter, refine: bool = False, keep_logits: bool = False,
                  on_result: Callable[[FrameResult], None] | None = None, queue_size: int = 2,
-                 source: str = "session", image_format: str = "RGB") -> None:
+                 source: str = "session", image_format: str = "RGB", motion: bool = True) -> None:
         if queue_size < 1:
             raise InputError(f"queue_size {queue_size}: at least one frame must be able to wait")
         self.segmenter = segmenter
@@ -83,6 +97,11 @@ class RealtimeSession:
         self._cond = threading.Condition()
         self._newest_frame: Frame | None = None
         self._newest_enc: Encoded | None = None
+        self.motion = motion
+        self._estimator = MotionEstimator() if motion else None
+        # The embeddings answers may come from, newest last, with their frames as the
+        # motion estimate and change detection see them.
+        self._kept: deque[Kept] = deque(maxlen=max(1, max_kept_embeddings(segmenter.backend, KEPT)) if motion else 1)
         self._generation = 0  # embeddings finished so far
         self._latest: FrameResult | None = None
         self._ended = self._closed = False
@@ -183,8 +202,11 @@ class RealtimeSession:
                         return
                     frame = last = self._newest_frame
                 enc = self.segmenter.encode(frame.image, frame.index)
+                kept = Kept(enc, Probe.of(frame.image)) if self._estimator else None
                 with self._cond:
                     self._newest_enc = enc
+                    if kept is not None:
+                        self._kept.append(kept)
                     self._generation += 1
                     self.stats.encoded += 1
                     self._cond.notify_all()
@@ -203,6 +225,8 @@ class RealtimeSession:
 
     def _answer(self, frame: Frame) -> FrameResult | None:
         notes: list[str] = []
+        prompts = self.prompter.prompts_for(frame)
+        probe = None
         for attempt in range(_EXPIRY_RETRIES):
             with self._cond:
                 # The first frames wait for the first embedding; a frame of another size than
@@ -212,10 +236,28 @@ class RealtimeSession:
                 self._raise_error()
                 if self._closed:
                     return None
-                enc, generation = self._newest_enc, self._generation
-            kind = FRESH if enc.frame_index == frame.index else NEWEST
+                enc = newest = self._newest_enc
+                generation = self._generation
+                kept = [k for k in self._kept if k.enc.original_hw == frame.image.shape[:2]]
+            timings: dict = {}
+            motion = None
+            if enc.frame_index != frame.index and self._estimator is not None and prompts and kept:
+                t0 = time.perf_counter()
+                probe = probe or Probe.of(frame.image)
+                valid = [k for k in kept if self.segmenter.backend.embedding_valid(k.enc.embedding)] or kept[-1:]
+                verdict = closest(valid, probe, prompts)
+                chosen = verdict.kept or valid[-1]
+                enc = chosen.enc
+                timings["reuse_check"] = (time.perf_counter() - t0) * 1e3
+                if enc.frame_index != frame.index:
+                    motion = self._estimator.estimate(chosen.probe, probe, prompts,
+                                                      verdict.regions if verdict.kept is chosen else None)
+                    timings["motion"] = motion.ms
+                    if not motion.applied:
+                        notes.append(f"motion not compensated: {motion.why}")
+            kind = FRESH if enc.frame_index == frame.index else NEWEST if enc is newest else NEAR
             try:
-                result = self.answerer.answer(frame, enc, kind, {}, notes)
+                result = self.answerer.answer(frame, enc, kind, timings, notes, prompts, motion)
             except ExpiredEmbedding:
                 # Its slot was taken by an encode that finished since: wait for that one.
                 self.stats.reencoded += 1

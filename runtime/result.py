@@ -43,6 +43,10 @@ class FrameResult:
     blank: the frame was blank (probe lifted): nothing was segmented.
     measurements: physical sizes per prompt where the pixel spacing is known
         (runtime.spacing.measurements: "mask_area_mm2", "equivalent_diameter_mm").
+    motion: the motion compensated between the embedding's frame and this one
+        (runtime.motion.Motion.record(): per prompt shift, scale, rotation), or why none
+        was ({"applied": false, "why": ...}); None where none was attempted (a fresh
+        embedding, motion compensation off).
     """
 
     frame: Frame
@@ -60,6 +64,7 @@ class FrameResult:
     notes: list[str] = field(default_factory=list)
     blank: bool = False
     measurements: dict = field(default_factory=dict)
+    motion: dict | None = None
 
     @property
     def fresh(self) -> bool:
@@ -91,6 +96,7 @@ class FrameResult:
             "fresh": self.fresh,
             "embedding_frame": self.embedding_frame,
             "staleness": int(self.staleness),
+            "motion": self.motion,
             "latency_ms": {k: round(float(v), 3) for k, v in self.latency_ms.items()},
             "backend": self.backend,
             **({"notes": list(self.notes)} if self.notes else {}),

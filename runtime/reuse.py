@@ -1,11 +1,23 @@
-"""Embedding reuse: spend the encoder only when the picture changed.
+"""Embedding reuse: spend the encoder only when the picture changed where it matters.
 
 - exact repeat (frozen image, looping cine): a digest of the frame's bytes finds an
   embedding already computed;
-- near repeat (probe held still): the mean absolute difference of small grey thumbnails
-  between this frame and the frame the current embedding came from is under a
-  threshold; comparing with the embedding's own frame (not the previous frame) keeps slow
-  drift from accumulating, and a cap bounds how many frames in a row may reuse.
+- near repeat (probe held still, or moving little): judged against the frame the current
+  embedding came from (not the previous frame, so slow drift cannot pile up), with a cap
+  on how many frames in a row may reuse:
+  - where the prompts are: each prompt's region (its box grown by a margin) must differ
+    from the embedding's frame by at most `threshold`, judged on up to 32x32 cells of the
+    region itself, so a change inside a small box is seen (the difference includes any
+    motion: a reused embedding is only as good as the encoder is shift-equivariant, and
+    it is not exactly). With `motion` on, the answer's prompts and masks then follow the
+    motion the optical flow finds there (runtime.motion); a motion the flow finds but
+    cannot follow (off the picture, too large a zoom or turn) means a fresh embedding,
+    and finding no motion in a change that small means none to apply;
+  - the whole picture, for cuts and probe lifts: how the grey levels of the image area
+    (the fan or the scope's circle, without the text, clocks and traces around it:
+    motion.image_area) are spread must change by at most `scene_threshold`;
+  - without prompts the whole frame's 32x32 thumbnail decides, as before prompts were
+    known here.
 
 The cache keeps no more embeddings than the backend can keep valid at once
 (engines.base.max_kept_embeddings), and asks the backend before handing one out.
@@ -21,20 +33,37 @@ import cv2
 import numpy as np
 
 from medsam_edge.engines.base import Backend, max_kept_embeddings
+from medsam_edge.runtime.motion import MARGIN, Motion, MotionEstimator, Probe, identity, prompt_region
+from medsam_edge.runtime.motion import difference as region_difference
+from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.result import EXACT, FRESH, NEAR
 from medsam_edge.runtime.segmenter import Encoded
 
 THUMB = 32
+# Kept embeddings judged where the prompts are, per frame: the newest and the closest others.
+CANDIDATES = 3
 
 
 @dataclass(frozen=True)
 class ReusePolicy:
+    """When a near repeat may reuse the last embedding (differences are fractions of 0..255).
+
+    threshold: most mean absolute difference over any prompt's region (after motion
+        compensation when `motion`); without prompts, over the whole frame's thumbnail.
+    scene_threshold: most change in how the image area's grey levels are spread
+        (scene_difference, 0..1), for cuts and probe lifts.
+    margin: a prompt's region is its box grown by this share of its size on each side.
+    motion: compensate the motion between the embedding's frame and this one.
+    """
+
     exact: bool = True
     near: bool = True
-    # Mean absolute thumbnail difference, as a fraction of the 0..255 range.
     threshold: float = 0.003
+    scene_threshold: float = 0.15
     max_consecutive: int = 10
-    cache_size: int = 8
+    cache_size: int = 32
+    motion: bool = True
+    margin: float = MARGIN
 
     @classmethod
     def off(cls) -> "ReusePolicy":
@@ -53,25 +82,95 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def difference(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two thumbnails, 0..1."""
-    return float(np.abs(a - b).mean()) / 255.0
+def difference(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+    """Mean absolute difference of two thumbnails (over `where` if given), 0..1."""
+    d = np.abs(a - b)
+    return float(d[where].mean() if where is not None and where.any() else d.mean()) / 255.0
+
+
+def scene_difference(emb: Probe, cur: Probe) -> float:
+    """How differently the grey levels of the image area are spread: the total variation
+    distance (0..1) of 16-bin histograms over the embedding frame's image area.
+
+    Motion moves anatomy around without changing much how bright the picture is; a probe
+    lifted off the skin, a gain or depth change, or a cut to another view does. (A cut to
+    a similar-looking view is caught where the prompts are: the flow explains nothing.)"""
+    return 0.5 * float(np.abs(emb.spread() - cur.spread(emb.area())).sum())
+
+
+@dataclass
+class Kept:
+    """A fresh embedding kept for near repeats, with what its frame looked like."""
+
+    enc: Encoded
+    probe: Probe
+    thumb: np.ndarray | None = None  # (32, 32) float32 grey of the whole frame, for lookups without prompts
+
+
+@dataclass
+class Verdict:
+    """Whether a near repeat may reuse a kept embedding: which, the motion to apply to the
+    answer, a note for the frame's record, and the differences judged."""
+
+    kept: Kept | None
+    motion: Motion | None = None
+    note: str = ""
+    region: float | None = None  # the largest prompt-region difference
+    scene: float | None = None
+    regions: list[float] | None = None  # each prompt region's difference
+
+
+def closest(kept: list[Kept], probe: Probe, prompts: list[Prompt], margin: float = MARGIN,
+            scene_threshold: float | None = None) -> Verdict:
+    """The kept embedding (kept: newest last, all of the frame's size) whose frame is
+    closest to this one where the prompts are, judged among the newest and the
+    CANDIDATES - 1 others whose whole frames look most like this one (a looping cine, a
+    heartbeat, a probe back where it was). Candidates whose picture changed beyond
+    scene_threshold are passed over. Verdict.kept is None when none qualifies."""
+    ranked = sorted(kept[:-1], key=lambda k: difference(probe.thumb, k.probe.thumb))[:CANDIDATES - 1]
+    regions = [prompt_region(q, probe.original_hw, margin) for q in prompts]
+    best = Verdict(None)
+    for k in [kept[-1], *ranked]:
+        scene = None if scene_threshold is None else scene_difference(k.probe, probe)
+        if scene is not None and scene > scene_threshold:
+            if best.kept is None and best.scene is None:
+                best = Verdict(None, note=f"fresh: the picture changed (scene difference {scene:.2f})", scene=scene)
+            continue
+        diffs = [region_difference(k.probe, probe, r, identity()) for r in regions]
+        if any(d is None for d in diffs):
+            continue
+        worst = max(diffs)
+        if best.region is None or worst < best.region:
+            best = Verdict(k, region=worst, scene=scene, regions=diffs)
+    return best
 
 
 class EmbeddingCache:
-    """Decides, per frame, whether an embedding can be reused, and remembers fresh ones."""
+    """Decides, per frame, whether an embedding can be reused, and remembers fresh ones.
+
+    Near repeats are looked for among the kept embeddings, not only the newest: the
+    frames of a looping cine (or a probe back where it was) come back, and the video
+    coding that made them differ in bytes does not make them differ in anatomy.
+    """
 
     def __init__(self, policy: ReusePolicy, backend: Backend | None = None) -> None:
         self.policy = policy
         self.backend = backend
         self.capacity = policy.cache_size if backend is None else max_kept_embeddings(backend, policy.cache_size)
+        self.estimator = MotionEstimator(policy.margin) if policy.near and policy.motion else None
         self._by_digest: OrderedDict[bytes, Encoded] = OrderedDict()
-        self._last: Encoded | None = None
-        self._last_thumb: np.ndarray | None = None
+        # Newest last. At least the newest is kept (it is checked for validity before use).
+        self._near: list[Kept] = []
         self._consecutive = 0
 
-    def lookup(self, image: np.ndarray) -> tuple[Encoded | None, str, dict]:
-        """-> (embedding or None, reason, keys to pass to store() if it was None)."""
+    def lookup(self, image: np.ndarray, prompts: list[Prompt] | None = None
+               ) -> tuple[Encoded | None, str, dict]:
+        """-> (embedding or None, reason, keys to pass to store() if it was None).
+
+        prompts: this frame's prompts (frame pixels), judged where they are; None or none
+        at all: the whole frame decides against the newest embedding. keys may hold
+        "motion" (a runtime.motion.Motion for the answer to a near repeat: from the
+        embedding's frame to this one) and "note" (for the frame's record)."""
         keys: dict = {}
         p = self.policy
         if p.exact and self.capacity:
@@ -84,14 +183,48 @@ class EmbeddingCache:
                 self._by_digest.move_to_end(keys["digest"])
                 self._consecutive = 0
                 return hit, EXACT, keys
-        if p.near and self._last is not None and not self._valid(self._last):
-            self._last = None
-        if p.near and self._last is not None and self._last.original_hw == image.shape[:2]:
+        if not p.near:
+            return None, FRESH, keys
+        self._near = [k for k in self._near if self._valid(k.enc)]
+        kept = [k for k in self._near if k.enc.original_hw == image.shape[:2]]
+        if not kept or self._consecutive >= p.max_consecutive:
+            return None, FRESH, keys
+        if not prompts:
             keys["thumb"] = thumbnail(image)
-            if self._consecutive < p.max_consecutive and difference(keys["thumb"], self._last_thumb) <= p.threshold:
+            newest = self._near[-1]
+            if newest.enc.original_hw == image.shape[:2] and difference(keys["thumb"], newest.thumb) <= p.threshold:
                 self._consecutive += 1
-                return self._last, NEAR, keys
-        return None, FRESH, keys
+                return newest.enc, NEAR, keys
+            return None, FRESH, keys
+        keys["probe"] = Probe.of(image)
+        verdict = self.judge(keys["probe"], prompts, kept)
+        if verdict.note:
+            keys["note"] = verdict.note
+        if verdict.kept is None:
+            return None, FRESH, keys
+        self._consecutive += 1
+        keys["motion"] = verdict.motion
+        return verdict.kept.enc, NEAR, keys
+
+    def judge(self, probe: Probe, prompts: list[Prompt], kept: list[Kept]) -> Verdict:
+        """Which kept embedding, if any, may answer this frame (its probe and prompts): the
+        closest where the prompts are, if close enough, and not when compensation is on
+        and the flow finds a motion it cannot follow."""
+        p = self.policy
+        best = closest(kept, probe, prompts, p.margin, p.scene_threshold)
+        if best.kept is None or best.region > p.threshold:
+            return Verdict(None, note=best.note if best.kept is None else "", region=best.region, scene=best.scene)
+        if self.estimator is not None:
+            best.motion = m = self.estimator.estimate(best.kept.probe, probe, prompts, best.regions)
+            if not m.applied and m.beyond:
+                # The anatomy moved in a way no transform follows (off the picture, a zoom or
+                # turn too large): encode afresh rather than answer where it no longer is.
+                return Verdict(None, m, f"fresh: {m.why}", best.region, best.scene)
+            if not m.applied:
+                # No motion to follow in a change under the threshold (noise, a looping
+                # cine's coding): the embedding answers as it is, as without compensation.
+                best.note = f"motion not compensated: {m.why}"
+        return best
 
     def _valid(self, enc: Encoded) -> bool:
         return self.backend is None or self.backend.embedding_valid(enc.embedding)
@@ -104,5 +237,6 @@ class EmbeddingCache:
             while len(self._by_digest) > self.capacity:
                 self._by_digest.popitem(last=False)
         if p.near:
-            self._last = enc
-            self._last_thumb = keys["thumb"] if "thumb" in keys else thumbnail(image)
+            self._near.append(Kept(enc, keys["probe"] if "probe" in keys else Probe.of(image),
+                                   keys["thumb"] if "thumb" in keys else thumbnail(image)))
+            del self._near[:-max(1, self.capacity)]

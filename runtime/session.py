@@ -24,6 +24,7 @@ import numpy as np
 from medsam_edge.engines.base import ExpiredEmbedding
 from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import Frame, is_blank
+from medsam_edge.runtime.motion import Motion
 from medsam_edge.runtime.prompts import Prompt, Prompter
 from medsam_edge.runtime.result import FRESH, FrameResult
 from medsam_edge.runtime.reuse import EmbeddingCache, ReusePolicy
@@ -84,12 +85,18 @@ class Answerer:
         self.refine = refine
         self.keep_logits = keep_logits
 
-    def answer(self, frame: Frame, enc: Encoded, kind: str, timings: dict, notes: list[str]) -> FrameResult:
-        prompts = self.prompter.prompts_for(frame)
-        masks, scores, logits = self.segmenter.decode(enc, prompts, timings)
+    def answer(self, frame: Frame, enc: Encoded, kind: str, timings: dict, notes: list[str],
+               prompts: list[Prompt] | None = None, motion: Motion | None = None) -> FrameResult:
+        """prompts: this frame's (default: the prompter's); motion: the motion from the
+        embedding's frame to this one, applied to the prompts before decoding and to the
+        logits after it, so the tracker and the result see masks where the anatomy is now."""
+        if prompts is None:
+            prompts = self.prompter.prompts_for(frame)
+        masks, scores, logits = self.decode(enc, prompts, motion, timings)
         refined = [False] * len(prompts)
         if self.refine and len(prompts):
-            prompts, masks, scores, logits, refined = self._refine(enc, prompts, masks, scores, logits, timings)
+            prompts, masks, scores, logits, refined = self._refine(enc, prompts, masks, scores, logits, motion,
+                                                                   timings)
         lost = self.prompter.observe(masks, scores, frame.image)
         timings["total"] = sum(v for k, v in timings.items() if k != "capture_to_mask")
         if frame.captured_at:
@@ -99,10 +106,29 @@ class Answerer:
             # In real-time mode the newest embedding can come from a frame after this one: 0 then.
             staleness=max(0, frame.index - enc.frame_index), lost=lost, refined=refined,
             logits=logits if self.keep_logits else None, latency_ms=timings,
-            backend=self.segmenter.backend.name, notes=notes,
+            backend=self.segmenter.backend.name, notes=notes, motion=None if motion is None else motion.record(),
         )
 
-    def _refine(self, enc, prompts, masks, scores, logits, timings):
+    def decode(self, enc: Encoded, prompts: list[Prompt], motion: Motion | None, timings: dict):
+        """Segmenter.decode, through the motion when there is one to apply: prompts mapped
+        into the embedding's frame, logits warped back (timings gain "motion")."""
+        if motion is None or not motion.moved or not prompts:
+            return self.segmenter.decode(enc, prompts, timings)
+        seg = self.segmenter
+        t0 = time.perf_counter()
+        logits, scores = seg.decode_logits(enc, motion.map_prompts(prompts, enc.original_hw))
+        seg.backend.sync()
+        t1 = time.perf_counter()
+        logits = motion.warp_logits(logits, enc.original_hw, enc.resized_hw, seg.pre)
+        t2 = time.perf_counter()
+        masks = seg.processing.masks(logits, enc.original_hw, enc.resized_hw)
+        t3 = time.perf_counter()
+        timings["decode"] = timings.get("decode", 0.0) + (t1 - t0) * 1e3
+        timings["motion"] = timings.get("motion", 0.0) + (t2 - t1) * 1e3
+        timings["postprocess"] = timings.get("postprocess", 0.0) + (t3 - t2) * 1e3
+        return masks, scores, logits
+
+    def _refine(self, enc, prompts, masks, scores, logits, motion, timings):
         again = {}
         for i, (p, m) in enumerate(zip(prompts, masks)):
             click = centroid_click(m) if p.box is not None else None
@@ -111,8 +137,10 @@ class Answerer:
         if not again:
             return prompts, masks, scores, logits, [False] * len(prompts)
         t = {}
-        m2, s2, l2 = self.segmenter.decode(enc, list(again.values()), t)
+        m2, s2, l2 = self.decode(enc, list(again.values()), None if motion is None else motion.select(list(again)), t)
         timings["refine"] = t.get("decode", 0.0) + t.get("postprocess", 0.0)
+        if "motion" in t:
+            timings["motion"] = timings.get("motion", 0.0) + t["motion"]
         prompts, masks, scores, logits = list(prompts), masks.copy(), scores.copy(), logits.copy()
         for k, i in enumerate(again):
             prompts[i], masks[i], scores[i], logits[i] = again[i], m2[k], s2[k], l2[k]
@@ -163,20 +191,28 @@ class Session:
                                scores=np.zeros(0, np.float32), reuse=FRESH, blank=True, latency_ms=timings,
                                backend=self.segmenter.backend.name)
         notes: list[str] = []
+        # The prompts first: where they are decides whether the last embedding still serves.
+        prompts = self.prompter.prompts_for(frame)
         t0 = time.perf_counter()
-        enc, kind, keys = self.cache.lookup(frame.image)
-        timings["reuse_check"] = (time.perf_counter() - t0) * 1e3
+        enc, kind, keys = self.cache.lookup(frame.image, prompts)
+        motion: Motion | None = keys.get("motion")
+        timings["reuse_check"] = (time.perf_counter() - t0) * 1e3 - (motion.ms if motion else 0.0)
+        if motion is not None:
+            timings["motion"] = motion.ms
+        if keys.get("note"):
+            notes.append(keys["note"])
         if enc is None:
             enc = self._encode(frame, keys, timings)
         try:
-            result = self.answerer.answer(frame, enc, kind, timings, notes)
+            result = self.answerer.answer(frame, enc, kind, timings, notes, prompts, motion)
         except ExpiredEmbedding:
             # The backend took the embedding's storage back (device slots, a server that
             # restarted): compute it again, once, and say so in the record.
             self.stats.reencoded += 1
             notes.append("re-encoded: the embedding had expired")
             enc, kind = self._encode(frame, {}, timings), FRESH
-            result = self.answerer.answer(frame, enc, kind, timings, notes)
+            timings.pop("motion", None)
+            result = self.answerer.answer(frame, enc, kind, timings, notes, prompts)
         self.stats.frames += 1
         self.stats.embeddings[kind] += 1
         return result

@@ -140,8 +140,11 @@ def test_streaming_and_long_run_are_reported(bench_run):
     _, rep, out = bench_run
     (st,) = rep["streaming"]
     modes = [r["mode"] for r in st["rows"]]
-    assert modes[0] == "reuse off" and modes[-1].startswith("real-time") and len(modes) == 3
-    assert all(r["frames"] == 6 and r["capture_to_mask_ms"] for r in st["rows"][:2])
+    # Reuse off, deterministic with motion compensation on and off, real-time on and off.
+    assert modes[0] == "reuse off" and modes[-1].startswith("real-time") and len(modes) == 5
+    assert all(r["frames"] == 6 and r["capture_to_mask_ms"] for r in st["rows"][:3])
+    assert st["curve"] and {p["motion"] for p in st["curve"]} == {True, False}
+    assert (out / "report.md").read_text().count("Dice vs reuse") == 1
     lr = rep["long_run"]
     assert lr["frames"] + lr["dropped"] <= 12 and len(lr["capture_to_mask_samples_ms"]) == lr["frames"]
     assert lr["dice_count"] > 0  # compared with fresh masks by clip position
