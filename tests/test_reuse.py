@@ -49,9 +49,10 @@ def moved(box, dx: float, dy: float) -> list[float]:
 
 
 def with_overlay(image: np.ndarray, k: int) -> np.ndarray:
-    """The screen at tick k: a clock left of the fan and an ECG trace under it."""
+    """The screen at tick k: a clock and a frame counter left of the fan, an ECG trace under it."""
     out = image.copy()
     cv2.putText(out, f"12:0{k % 10}", (4, 118), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
+    cv2.putText(out, f"F{37 * k:04d}", (4, 145), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
     xs = np.arange(0, 320, 2)
     ys = 212 + (5 * np.sin((xs + 25 * k) / 9.0)).astype(int)
     cv2.polylines(out, [np.stack([xs, ys], axis=1).astype(np.int32)], False, (90, 255, 90), 1)
@@ -211,7 +212,7 @@ def test_realtime_answers_from_the_kept_embedding_of_the_same_phase(lite_model_d
 
 def test_a_change_inside_the_prompt_forces_a_fresh_embedding_and_an_overlay_outside_does_not(echo_frames):
     f0 = echo_frames[0]
-    policy = ReusePolicy(exact=False)
+    policy = ReusePolicy(exact=False, max_consecutive=100)  # the default threshold; no cap in the way
     prompts = [Prompt.of(VENTRICLE)]
     cache = EmbeddingCache(policy)
     kinds = []
