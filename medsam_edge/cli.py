@@ -93,7 +93,12 @@ def quiet_libraries() -> None:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg first opens
     if "cv2" in sys.modules:  # imported by the parsers already: the environment is read by now
         cv2 = sys.modules["cv2"]
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        # OpenCV 5 has cv2.utils.logging; OpenCV 4's wheels only cv2.setLogLevel.
+        levels = getattr(getattr(cv2, "utils", None), "logging", None)
+        if levels is not None:
+            levels.setLogLevel(levels.LOG_LEVEL_ERROR)
+        elif hasattr(cv2, "setLogLevel"):
+            cv2.setLogLevel(2)  # cv::utils::logging::LOG_LEVEL_ERROR
     else:
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 

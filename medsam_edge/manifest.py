@@ -92,10 +92,11 @@ def load_model_dir(path: str | Path) -> ModelDir:
         raise InputError(f"{path}: no {MANIFEST}; this is not a model directory written by `medsam-edge export`")
     try:
         manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InputError(f"{mf}: unreadable manifest ({e}); export the model again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(f"{mf}: not a medsam-edge manifest (format {manifest.get('format')!r})")
+        found = manifest.get("format") if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
+        raise InputError(f"{mf}: not a medsam-edge manifest (format {found!r}); export the model again")
     if manifest.get("format_version") == 1:
         raise InputError(
             f"{mf}: exported by an earlier medsam-edge whose decoder takes boxes only; export the model "

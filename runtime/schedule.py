@@ -41,7 +41,7 @@ class PromptSchedule:
         try:
             text = path.read_text()
             entries = _read_csv(text) if path.suffix.lower() == ".csv" else _read_json(text)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
             raise InputError(f"{path}: not a prompts file ({e}); see `medsam-edge run --help` for the format") from None
         if not entries:
             raise InputError(f"{path}: no prompts in the file")

@@ -289,7 +289,7 @@ def _run(case: Case, folder: Path, model: Path, seed: int) -> Case:
     r = cli("run", str(model_dir), source, *extra, "--out", str(out), "--max-frames", MAX_FRAMES, "--masks", "png",
             timeout=CASE_SECONDS)
     case.outcome = {"exit": r.returncode, "seconds": round(time.monotonic() - t0, 1),
-                    "last": (r.stderr.strip().splitlines() or [""])[-1][-160:], "stderr": r.stderr,
+                    "last": (r.stderr.strip().splitlines() or [""])[-1], "stderr": r.stderr,
                     "out": out}
     return case
 
