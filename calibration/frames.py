@@ -64,6 +64,20 @@ class FrameSet:
     def holdout(self) -> list[int]:
         return self.split("holdout")
 
+    def spread(self, indices: Sequence[int], n: int) -> list[int]:
+        """At most n of `indices`, taken from each source in turn (every source kept while
+        n allows), each source's frames in their order."""
+        by_source: dict[str, list[int]] = {}
+        for i in indices:
+            by_source.setdefault(self.meta[i]["source"], []).append(i)
+        queues = list(by_source.values())
+        out: list[int] = []
+        while len(out) < n and any(queues):
+            for q in queues:
+                if q and len(out) < n:
+                    out.append(q.pop(0))
+        return sorted(out)
+
     def describe(self) -> dict:
         """What the manifest records: which frames, from where, in which split."""
         cal = sorted({self.meta[i]["source"] for i in self.calibration})

@@ -36,6 +36,7 @@ PRECISIONS = ("fp16", "int8")
 # What the report scores, beside FP32: this run's files or an earlier run's, and bf16
 # (the FP32 files at BF16 inference precision, where a backend here runs it).
 REPORTED = ("fp16", "int8", "int8dyn", "bf16")
+RANGE_FRAMES = 16  # INT8 range frames at most (_int8)
 
 
 @dataclass
@@ -182,7 +183,13 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     judged_path = judge(search, "encoder", fp32_dec, o.target("int8"), o.threads)
     trial = staging / "trial.int8.onnx"
     caches = {m: staging / f"ranges-{m}.json" for m in o.search.methods}
-    swept = int8.calibrate(src, FrameReader(fs, fs.calibration), o.search.methods, caches, o.threads, log)
+    # Ranges cost a histogram pass over every calibrated tensor of every frame (LiteMedSAM:
+    # 2.1 GB of tensors, about 40 s a frame on 2 cores at percentile): at most RANGE_FRAMES,
+    # spread over the sources; the search and the report still use every frame.
+    ranged = fs.spread(fs.calibration, RANGE_FRAMES)
+    if len(ranged) < len(fs.calibration):
+        log(f"ranges: {len(ranged)} of the {len(fs.calibration)} calibration frames, spread over the sources")
+    swept = int8.calibrate(src, FrameReader(fs, ranged), o.search.methods, caches, o.threads, log)
     # The INT8 file is the FP16 graph plus Q/DQ: it keeps the FP16 pass's measured FP32
     # nodes (this run's, else an earlier run's file; without either, the range rule alone).
     fp16_file = written.get("encoder.fp16") or (md.onnx("encoder", "fp16") if md.onnx("encoder", "fp16").is_file()

@@ -368,3 +368,14 @@ def test_calibrated_files_pass_the_static_tensorrt_check_and_meet_the_flop_targe
     assert plan(md.onnx("encoder", "fp16"))["share"]["FP16"] >= 0.99
     # The strict target leaves a few nodes unquantized: they run FP16, not FP32.
     assert plan(md.onnx("encoder", "int8"))["share"]["FP32"] <= 0.01
+
+
+def test_range_frames_are_spread_over_every_source():
+    from medsam_edge.calibration.frames import FrameSet
+
+    meta = [{"source": s, "split": "calibration"} for s in ["a"] * 10 + ["b"] * 3 + ["c"] * 1]
+    fs = FrameSet(np.zeros((len(meta), 1, 1, 3), np.uint8), meta, None)
+    picked = fs.spread(fs.calibration, 5)
+    assert len(picked) == 5 and {meta[i]["source"] for i in picked} == {"a", "b", "c"}
+    assert picked == sorted(picked) and picked[:2] == [0, 1]  # each source's frames from its start
+    assert fs.spread(fs.calibration, 100) == fs.calibration
