@@ -156,26 +156,24 @@ def test_tracker_follows_the_mask_and_reports_loss():
 
 
 
+def _width_after_filling_its_box(tracker: PromptTracker, frames: int = 10) -> float:
+    """The box's width after `frames` masks that each fill the box exactly."""
+    tracker.reset([Prompt.of(box=[40, 40, 60, 60])])
+    for _ in range(frames):
+        x0, y0, x1, y1 = (int(v) for v in tracker.current()[0].box)
+        m = np.zeros((1, 100, 100), bool)
+        m[0, y0:y1, x0:x1] = True
+        tracker.update(m, np.array([0.9]))
+    box = tracker.current()[0].box
+    assert box[3] - box[1] == pytest.approx(box[2] - box[0])  # a square stays square
+    return float(box[2] - box[0])
+
+
 def test_tracker_box_stays_within_its_growth_cap_and_leads_a_moving_mask():
     # A mask that fills its box: regrown with a margin every frame, the box would grow
     # without bound (and the track be "lost" to area drift); the cap holds it.
-    t = PromptTracker(predict=False)
-    t.reset([Prompt.of(box=[40, 40, 60, 60])])
-    for _ in range(10):
-        x0, y0, x1, y1 = (int(v) for v in t.current()[0].box)
-        m = np.zeros((1, 100, 100), bool)
-        m[0, y0:y1, x0:x1] = True
-        t.update(m, np.array([0.9]))
-    x0, y0, x1, y1 = t.current()[0].box
-    assert x1 - x0 <= 1.3 * 20 + 1e-6 and y1 - y0 <= 1.3 * 20 + 1e-6
-    uncapped = PromptTracker(predict=False, max_growth=None)
-    uncapped.reset([Prompt.of(box=[40, 40, 60, 60])])
-    for _ in range(10):
-        x0, y0, x1, y1 = (int(v) for v in uncapped.current()[0].box)
-        m = np.zeros((1, 100, 100), bool)
-        m[0, y0:y1, x0:x1] = True
-        uncapped.update(m, np.array([0.9]))
-    assert uncapped.current()[0].box[2] - uncapped.current()[0].box[0] > 30
+    assert _width_after_filling_its_box(PromptTracker(predict=False)) <= 1.3 * 20 + 1e-6
+    assert _width_after_filling_its_box(PromptTracker(predict=False, max_growth=None)) > 30
     # Constant velocity: a disk moving +4 px per frame in x gets a box centred ahead of it.
     p = PromptTracker()
     p.reset([Prompt.of(box=[20, 30, 40, 50])])
@@ -183,6 +181,7 @@ def test_tracker_box_stays_within_its_growth_cap_and_leads_a_moving_mask():
         p.update(_disk(100, 100, 30 + 4 * k, 40, 8)[None], np.array([0.9]))
     x0, _, x1, _ = p.current()[0].box
     assert (x0 + x1) / 2 > 30 + 4 * 2 + 1
+
 
 def _moving_frames(n: int, step: float, seed: int = 0) -> np.ndarray:
     """A bright disk on textured dark noise, moving `step` pixels per frame."""
