@@ -14,7 +14,7 @@ from medsam_edge.errors import InputError
 
 from medsam_edge.contract import parse_precisions
 
-from .int8 import MAX_TRIALS, METHODS
+from .int8 import MAX_TRIALS, METHODS, SEARCH_MARGIN
 
 CALIBRATED = ("fp16", "int8")  # what calibrate writes files for
 FRAMES_SMALL, FRAMES_LARGE = 48, 12
@@ -58,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search-frames", type=int, default=12, help="calibration frames the searches judge on (12)")
     p.add_argument("--max-trials", type=int, default=MAX_TRIALS,
                    help=f"INT8 sensitivity trials at most ({MAX_TRIALS})")
+    p.add_argument("--search-margin", type=float, default=SEARCH_MARGIN, metavar="SHARE",
+                   help="share of the INT8 target's allowed Dice loss the INT8 searches may use on calibration "
+                        f"frames (default {SEARCH_MARGIN}): unseen sources lose more than the frames the "
+                        "search judged on; 1 judges the search by the report's own target")
     p.add_argument("--cache-dir", type=Path, help="where sampled frames are cached (default ~/.cache/medsam-edge)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no table")
@@ -75,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from .run import FrameOptions, Options, SearchOptions, calibrate
 
     precisions = parse_precisions(args.precision, CALIBRATED)
+    if not 0.0 < args.search_margin <= 1.0:
+        raise InputError(f"--search-margin {args.search_margin}: must be in (0, 1]; {SEARCH_MARGIN} is the default")
     for name in ("frames_count", "search_frames", "max_trials"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
@@ -86,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                             eval_count=args.eval_count, box_files=tuple(args.boxes), mask_dirs=tuple(args.masks),
                             cache_dir=str(args.cache_dir or default_cache_dir())),
         search=SearchOptions(methods=METHODS if args.method == "auto" else (args.method,),
-                             search_frames=args.search_frames, max_trials=args.max_trials),
+                             search_frames=args.search_frames, max_trials=args.max_trials,
+                             margin=args.search_margin),
         dynamic=not args.no_dynamic,
         checkpoint=str(args.checkpoint) if args.checkpoint else None,
         threads=args.threads,

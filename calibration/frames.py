@@ -65,17 +65,24 @@ class FrameSet:
         return self.split("holdout")
 
     def spread(self, indices: Sequence[int], n: int) -> list[int]:
-        """At most n of `indices`, taken from each source in turn (every source kept while
-        n allows), each source's frames in their order."""
+        """At most n of `indices`: every source's share as even as n allows (round robin over
+        the sources), each share spread evenly over that source's frames (a clip's start and
+        end differ more than two neighbouring frames do)."""
         by_source: dict[str, list[int]] = {}
         for i in indices:
             by_source.setdefault(self.meta[i]["source"], []).append(i)
         queues = list(by_source.values())
+        counts = [0] * len(queues)
+        while sum(counts) < n and any(c < len(q) for c, q in zip(counts, queues)):
+            for j, q in enumerate(queues):
+                if counts[j] < len(q) and sum(counts) < n:
+                    counts[j] += 1
         out: list[int] = []
-        while len(out) < n and any(queues):
-            for q in queues:
-                if q and len(out) < n:
-                    out.append(q.pop(0))
+        for q, c in zip(queues, counts):
+            if c == 1:
+                out.append(q[len(q) // 2])
+            elif c > 1:
+                out += [q[round(k)] for k in np.linspace(0, len(q) - 1, c)]
         return sorted(out)
 
     def describe(self) -> dict:

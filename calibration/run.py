@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, box_tokens
@@ -61,6 +60,7 @@ class SearchOptions:
     search_frames: int = 12  # calibration frames the searches judge on
     range_frames: int = 4  # frames for FP16 range measurement
     max_trials: int = int8.MAX_TRIALS
+    margin: float = int8.SEARCH_MARGIN
 
 
 @dataclass
@@ -78,6 +78,11 @@ class Options:
     def target(self, precision: str) -> dict:
         return {**TARGETS, **(self.targets or {})}[precision]
 
+    def search_target(self, precision: str) -> dict:
+        """What the INT8 searches hold a candidate to on calibration frames: each bound's
+        allowed loss (1 - bound) scaled by the margin. The report keeps target()."""
+        return {k: 1.0 - self.search.margin * (1.0 - b) for k, b in self.target(precision).items()}
+
 
 def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
     """Write the asked precisions into `md` and its fidelity report; returns the report."""
@@ -92,7 +97,9 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=f".calibrate.{os.getpid()}.", dir=md.path))
     try:
         with steps.step("FP32 reference on calibration frames"):
-            cal = _spread(fs.calibration, o.search.search_frames)
+            # Every calibration source in the search where the count allows: a search judged
+            # on a few sources keeps the nodes those need, not the ones another vendor's need.
+            cal = fs.spread(fs.calibration, o.search.search_frames)
             search = Scorer(fs, cal, load_prompts(fs, cal, o.frames.box_files, o.frames.mask_dirs), fp32_pair(md, o.threads))
         record: dict = {"frames": fs.describe(), "targets": {p: o.target(p) for p in TARGETS}}
         written: dict[str, Path] = {}
@@ -144,12 +151,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _spread(indices: list[int], n: int) -> list[int]:
-    if len(indices) <= n:
-        return list(indices)
-    return [indices[int(round(k))] for k in np.linspace(0, len(indices) - 1, n)]
-
-
 def _staged(staging: Path, part: str, precision: str) -> Path:
     """Where this run writes `part` of `precision`: the contract's own file name for it (never
     the FP32 file that stands in for a missing one)."""
@@ -180,7 +181,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     model = onnx.load(str(src))
     nodes = int8.quantizable(model)
     fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
-    judged_path = judge(search, "encoder", fp32_dec, o.target("int8"), o.threads)
+    judged_path = judge(search, "encoder", fp32_dec, o.search_target("int8"), o.threads)
     trial = staging / "trial.int8.onnx"
     caches = {m: staging / f"ranges-{m}.json" for m in o.search.methods}
     # Ranges cost a histogram pass over every calibrated tensor of every frame (LiteMedSAM:
@@ -206,7 +207,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     best = min(methods, key=lambda m: methods[m]["loss"])
     cache = caches[best]
     rec: dict = {"method": best, "methods": methods, "scheme": int8.scheme(), "calibration": swept,
-                 "quantizable_nodes": len(nodes),
+                 "search_target": o.search_target("int8"), "quantizable_nodes": len(nodes),
                  "activation_matmuls": len(int8.activation_matmuls(model)), "ranking": [], "search": []}
     exclude: list[str] = []
     if not methods[best]["passed"]:
@@ -235,7 +236,8 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
 def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Options, log) -> dict:
     src = md.onnx("encoder")
     out = _staged(staging, "encoder", "int8dyn")
-    judged_path = judge(search, "encoder", open_part(md.onnx("decoder"), "decoder", o.threads), o.target("int8"), o.threads)
+    judged_path = judge(search, "encoder", open_part(md.onnx("decoder"), "decoder", o.threads),
+                        o.search_target("int8"), o.threads)
     int8.quantize_dynamic_cpu(src, out)
     v, exclude, trials = judged_path(out), [], []
     if not v.passed and rec8.get("ranking"):
@@ -252,7 +254,8 @@ def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Op
     written["encoder.int8dyn"] = out
     return {"file": out.name, "target": "onnxruntime CPU only (MatMulInteger; TensorRT does not build it)",
             "tool": "onnxruntime.quantization.quantize_dynamic(MatMul/Gemm, per_channel, QInt8 weights)",
-            "passed_on_calibration": v.passed, "excluded_nodes": exclude, "search": trials}
+            "search_target": o.search_target("int8"), "passed_on_calibration": v.passed,
+            "excluded_nodes": exclude, "search": trials}
 
 
 def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
