@@ -29,6 +29,7 @@ import time
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -83,9 +84,26 @@ def latency_rows_from(lat: list[float]) -> dict:
     return {"capture_to_mask_ms": pct(lat), "first_half_ms": pct(lat[:half]), "second_half_ms": pct(lat[half:])}
 
 
-def dice_vs(results, fresh_by_index: dict, only_reused: bool) -> list[float]:
-    return [dice(r.masks[i], fresh_by_index[r.frame.index].masks[i]) for r in results
-            if r.frame.index in fresh_by_index and not (only_reused and r.fresh) for i in range(len(r.masks))]
+def bounce(n: int) -> Callable[[int], int]:
+    """Frame index -> clip position of a clip of n frames played forward, backward,
+    forward... (a looped run's indices keep growing past the clip's)."""
+    period = max(1, 2 * n - 2)
+
+    def position(index: int) -> int:
+        p = index % period
+        return p if p < n else period - p
+
+    return position
+
+
+def dice_vs(results, fresh_by_index: dict, only_reused: bool, position: Callable[[int], int] | None = None) -> list[float]:
+    """Dice of each mask against the fresh mask of its frame (of its clip position, where
+    `position` maps a looped run's frame index to one)."""
+    def key(r):
+        return position(r.frame.index) if position else r.frame.index
+
+    return [dice(r.masks[i], fresh_by_index[key(r)].masks[i]) for r in results
+            if key(r) in fresh_by_index and not (only_reused and r.fresh) for i in range(len(r.masks))]
 
 
 class Replay(Backend):
@@ -130,9 +148,10 @@ def _median(results, key: str) -> float | None:
     return round(float(np.median(v)), 3) if v else None
 
 
-def _row(mode: str, results: list, seconds: float | None, fresh: dict, **extra) -> dict:
+def _row(mode: str, results: list, seconds: float | None, fresh: dict, position=None, **extra) -> dict:
     n = max(1, len(results))
-    every, reused = dice_vs(results, fresh, only_reused=False), dice_vs(results, fresh, only_reused=True)
+    every = dice_vs(results, fresh, only_reused=False, position=position)
+    reused = dice_vs(results, fresh, only_reused=True, position=position)
     moved = [r for r in results if r.motion and r.motion.get("applied") and not r.motion.get("still")]
     refused = [r for r in results if r.motion and not r.motion.get("applied")]
     return {"mode": mode, "frames": len(results), "seconds": None if seconds is None else round(seconds, 3),
@@ -152,11 +171,18 @@ def _row(mode: str, results: list, seconds: float | None, fresh: dict, **extra) 
 
 def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresholds=THRESHOLDS,
             max_consecutive: int | None = None, realtime: bool = True,
-            realtime_predictor: Predictor | None = None, curve: bool = True) -> dict:
+            realtime_predictor: Predictor | None = None, curve: bool = True,
+            realtime_seconds: float | None = None, deterministic_rows: bool = True) -> dict:
     """The rows and the curve of the module docstring for one clip and its boxes.
 
     realtime_predictor: the one opened for real-time mode (its threads split between encoder
     and decoder); `predictor` if not given.
+    realtime_seconds: play the clip forward and backward for this long in the real-time
+    rows. A clip of a few seconds is over before real-time mode's start-up (the first
+    encode) is, so its rows would measure that, not the steady state; played back and
+    forth it has no cut at the loop (a cut would be judged instead of the motion).
+    deterministic_rows: False leaves out the deterministic reuse-on rows (the reuse-off
+    pass stays: it is the fresh reference).
     """
     with open_source(clip) as src:
         fps = src.fps or 30.0
@@ -176,7 +202,7 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
     res, t = _timed(deterministic(ReusePolicy.off(), replay))
     fresh = {r.frame.index: r for r in res}
     rows = [_row("reuse off", res, t, fresh, dropped=0, encoded=len(res))]
-    for motion in (True, False):
+    for motion in (True, False) if deterministic_rows else ():
         res, t = _timed(deterministic(replace(default, motion=motion)))
         rows.append(_row(f"deterministic, reuse on, motion {'on' if motion else 'off'}", res, t, fresh, dropped=0,
                          encoded=sum(r.fresh for r in res), policy=_policy_json(replace(default, motion=motion))))
@@ -192,11 +218,17 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
                               | {"threshold": th, "motion": motion})
     if realtime:
         live = realtime_predictor or predictor
+        looped = realtime_seconds is not None
+        count = max(1, round(realtime_seconds * fps)) if looped else None
+        played = np.concatenate([frames, frames[-2:0:-1]]) if looped else frames
         for motion in (True, False):
-            rt = live.stream(ArraySource(frames, fps=fps), prompts=prompts, realtime=True, pace=True, motion=motion)
+            rt = live.stream(ArraySource(played, fps=fps, loop=looped), prompts=prompts, realtime=True, pace=True,
+                             motion=motion, max_frames=count)
             res, t = _timed(rt)
-            rows.append(_row(f"real-time at {fps:g} fps, motion {'on' if motion else 'off'}", res, t, fresh,
-                             dropped=rt.stats.dropped, encoded=rt.stats.encoded))
+            what = f", {count} frames back and forth" if looped else ""
+            rows.append(_row(f"real-time at {fps:g} fps{what}, motion {'on' if motion else 'off'}", res, t, fresh,
+                             position=bounce(len(frames)) if looped else None, dropped=rt.stats.dropped,
+                             encoded=rt.stats.encoded))
     return {"clip": str(clip), "frames": len(frames), "clip_fps": fps, "boxes": np.asarray(boxes).tolist(),
             "model": predictor.model_dir.model_id, "backend": predictor.backend.name,
             "default_policy": _policy_json(default), "rows": rows, "curve": points, "fresh_masks": fresh}
@@ -258,6 +290,11 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", default=",".join(str(t) for t in THRESHOLDS))
     ap.add_argument("--max-consecutive", type=int)
     ap.add_argument("--no-curve", action="store_true", help="skip the Dice-vs-reuse curve")
+    ap.add_argument("--realtime-seconds", type=float, metavar="S",
+                    help="play each clip back and forth for S seconds in the real-time rows (default: the clip "
+                         "once, which on a short clip measures mostly the start-up)")
+    ap.add_argument("--realtime-only", action="store_true",
+                    help="the fresh reference and the real-time rows only (no deterministic reuse-on rows, no curve)")
     ap.add_argument("--backend", default="onnxruntime-cpu")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -273,7 +310,9 @@ def main(argv=None) -> int:
             ap.error(f"{spec}: give the clip's box as CLIP@x0,y0,x1,y1")
         t0 = time.perf_counter()
         result = measure(pred, clip, boxes, args.frames, [float(x) for x in args.thresholds.split(",")],
-                         args.max_consecutive, realtime_predictor=live, curve=not args.no_curve)
+                         args.max_consecutive, realtime_predictor=live,
+                         curve=not (args.no_curve or args.realtime_only), realtime_seconds=args.realtime_seconds,
+                         deterministic_rows=not args.realtime_only)
         result.pop("fresh_masks")
         result["wall_s"] = round(time.perf_counter() - t0, 1)
         results.append(result)

@@ -217,3 +217,30 @@ def test_realtime_streaming_splits_threads(bench_run):
     _, rep, _ = bench_run
     (st,) = rep["streaming"]
     assert st["realtime_threads"].endswith("/1") and rep["long_run"]["threads"].endswith("/1")
+
+
+def test_looped_real_time_rows_compare_every_pass_with_the_fresh_masks(tiny_model_dir, tmp_path):
+    """A clip shorter than real-time mode's start-up is played back and forth: frame indices
+    run past the clip's, and each answer is still judged against the fresh mask of its clip
+    position."""
+    from medsam_edge.bench import reuse
+    from medsam_edge.runtime import Predictor
+
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 64))
+    for i in range(6):
+        img = np.full((64, 64, 3), 30, np.uint8)
+        cv2.circle(img, (28 + i, 32), 12, (220, 220, 220), -1)
+        writer.write(img)
+    writer.release()
+    with Predictor(tiny_model_dir.path, backend="onnxruntime-cpu") as pred, \
+            Predictor(tiny_model_dir.path, backend="onnxruntime-cpu", realtime=True) as live:
+        result = reuse.measure(pred, str(clip), [12, 16, 48, 48], n_frames=6, realtime_predictor=live, curve=False,
+                               realtime_seconds=1.0, deterministic_rows=False)
+    modes = [r["mode"] for r in result["rows"]]
+    assert modes[0] == "reuse off" and len(modes) == 3 and all("30 frames back and forth" in m for m in modes[1:])
+    assert [reuse.bounce(6)(i) for i in range(12)] == [0, 1, 2, 3, 4, 5, 4, 3, 2, 1, 0, 1]
+    for row in result["rows"][1:]:
+        indices = [s["index"] for s in row["samples"]]
+        assert row["frames"] + row["dropped"] <= 30 and max(indices) >= 6  # past one pass of the clip
+        assert row["dice_count"] == row["frames"]  # every answer found its fresh mask
