@@ -43,6 +43,16 @@ def _failing_encoder(path, size: int) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
+def _moving_disc_clip(path: Path) -> None:
+    """Six 64x64 frames at 30 fps of a bright disc moving right one pixel a frame."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 64))
+    for i in range(6):
+        img = np.full((64, 64, 3), 30, np.uint8)
+        cv2.circle(img, (28 + i, 32), 12, (220, 220, 220), -1)
+        writer.write(img)
+    writer.release()
+
+
 @pytest.fixture(scope="module")
 def bench_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
@@ -58,12 +68,7 @@ def bench_run(tiny_model_dir, tmp_path_factory):
     cv2.imwrite(str(frames / "a.png"), np.where(blob, 230, 20).astype(np.uint8).repeat(3, -1))
     cv2.imwrite(str(frames / "b.png"), np.where(blob, 20, 230).astype(np.uint8).repeat(3, -1))
     clip = root / "clip.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 64))
-    for i in range(6):
-        img = np.full((64, 64, 3), 30, np.uint8)
-        cv2.circle(img, (28 + i, 32), 12, (220, 220, 220), -1)
-        writer.write(img)
-    writer.release()
+    _moving_disc_clip(clip)
     out = root / "out"
     rc = main(["bench", str(md), "--frames", str(frames), "--runs", "2", "--max-frames", "2", "--quick",
                "--stream", f"{clip}@12,16,48,48", "--stream-frames", "6",
@@ -227,12 +232,7 @@ def test_looped_real_time_rows_compare_every_pass_with_the_fresh_masks(tiny_mode
     from medsam_edge.runtime import Predictor
 
     clip = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 64))
-    for i in range(6):
-        img = np.full((64, 64, 3), 30, np.uint8)
-        cv2.circle(img, (28 + i, 32), 12, (220, 220, 220), -1)
-        writer.write(img)
-    writer.release()
+    _moving_disc_clip(clip)
     with Predictor(tiny_model_dir.path, backend="onnxruntime-cpu") as pred, \
             Predictor(tiny_model_dir.path, backend="onnxruntime-cpu", realtime=True) as live:
         result = reuse.measure(pred, str(clip), [12, 16, 48, 48], n_frames=6, realtime_predictor=live, curve=False,
