@@ -143,55 +143,55 @@ class RunOutputs:
         stopped = None
         t_start = time.perf_counter()
         bar = _progress(total, live)
-        restore = terminate_as_interrupt()
-        try:
-            for result in stream:
-                result.measurements = measurements(result.masks, calibration)
-                tracks.add(result.record())
-                t0 = time.perf_counter()
-                self.sinks.write(result)
-                writes.append((time.perf_counter() - t0) * 1e3)
-                last = result.frame.index
-                latencies.append(result.latency_ms.get("capture_to_mask", result.latency_ms.get("total", 0.0)))
-                bar.update(1)
-                elapsed = time.perf_counter() - t_start
-                bar.set_postfix_str(f"{len(latencies) / elapsed:.1f} fps, {latencies[-1]:.0f} ms, {result.reuse}",
-                                    refresh=False)
-        except KeyboardInterrupt as e:
-            stopped = str(e) or "interrupted (Ctrl-C)"
-            raise
-        except InputError as e:
-            stopped = f"error: {e}"
-            raise
-        except OSError as e:
-            stopped = f"error: {e}"
-            raise _disk_error(e, self.out) from None
-        except BaseException as e:
-            stopped = f"error: {type(e).__name__}: {e}"
-            raise
-        finally:
-            restore()
-            bar.close()
-            stream.close()
-            close_error = self._close_sinks()
-            stopped = "; ".join(s for s in (stopped, close_error) if s) or None
-            wall = time.perf_counter() - t_start
-            self.summary = {
-                "complete": stopped is None and not stream.ended_early,
-                "stopped": stopped,
-                "last_frame": last,
-                "started": getattr(self, "started", None),
-                **summary,
-                "seconds": round(wall, 3),
-                "fps": round(len(latencies) / wall, 3) if wall > 0 else 0.0,
-                **stream.stats.summary(getattr(stream.source, "skipped", 0)),
-                "source_truncated": getattr(stream.source, "truncated", None),
-                "measurements": tracks.summary(calibration),
-                "latency_ms": percentiles(latencies),
-                "write_ms": percentiles(writes),
-                "outputs": [str(p) for p in self.sinks.outputs],
-            }
-            self._write_summary()
+        with StopRequest() as stop:
+            try:
+                for result in stream:
+                    result.measurements = measurements(result.masks, calibration)
+                    tracks.add(result.record())
+                    t0 = time.perf_counter()
+                    self.sinks.write(result)
+                    writes.append((time.perf_counter() - t0) * 1e3)
+                    last = result.frame.index
+                    latencies.append(result.latency_ms.get("capture_to_mask", result.latency_ms.get("total", 0.0)))
+                    bar.update(1)
+                    elapsed = time.perf_counter() - t_start
+                    bar.set_postfix_str(f"{len(latencies) / elapsed:.1f} fps, {latencies[-1]:.0f} ms, {result.reuse}",
+                                        refresh=False)
+                    stop.check()
+            except KeyboardInterrupt as e:
+                stopped = str(e) or "interrupted (Ctrl-C)"
+                raise
+            except InputError as e:
+                stopped = f"error: {e}"
+                raise
+            except OSError as e:
+                stopped = f"error: {e}"
+                raise _disk_error(e, self.out) from None
+            except BaseException as e:
+                stopped = f"error: {type(e).__name__}: {e}"
+                raise
+            finally:
+                bar.close()
+                stream.close()
+                close_error = self._close_sinks()
+                stopped = "; ".join(s for s in (stopped, close_error) if s) or None
+                wall = time.perf_counter() - t_start
+                self.summary = {
+                    "complete": stopped is None and not stream.ended_early,
+                    "stopped": stopped,
+                    "last_frame": last,
+                    "started": getattr(self, "started", None),
+                    **summary,
+                    "seconds": round(wall, 3),
+                    "fps": round(len(latencies) / wall, 3) if wall > 0 else 0.0,
+                    **stream.stats.summary(getattr(stream.source, "skipped", 0)),
+                    "source_truncated": getattr(stream.source, "truncated", None),
+                    "measurements": tracks.summary(calibration),
+                    "latency_ms": percentiles(latencies),
+                    "write_ms": percentiles(writes),
+                    "outputs": [str(p) for p in self.sinks.outputs],
+                }
+                self._write_summary()
         if close_error:
             raise InputError(close_error)
         return self.summary
@@ -237,6 +237,40 @@ def _disk_error(e: OSError, out: Path) -> InputError:
         return InputError(f"--out {out}: the disk is full; free space or choose another --out "
                           "(what was written is kept; summary.json says the run is not complete)")
     return InputError(f"--out {out}: cannot write ({e.strerror or e})")
+
+
+class StopRequest:
+    """Ctrl-C and SIGTERM while a run writes: the first one stops the run after the frame
+    it is on, the second at once. Raised wherever the signal lands, the interrupt could
+    leave a stream worker's queue or lock half-used and the close waiting on it (a run on
+    a loaded CI machine did not exit two minutes after Ctrl-C); between two frames nothing
+    is in flight but what the stream's close ends."""
+
+    def __init__(self) -> None:
+        self.error: KeyboardInterrupt | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        error = Terminated("stopped by SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
+        if self.error is not None:
+            raise error
+        self.error = error
+        log.info("%s: stopping after this frame (again to stop at once)",
+                 "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
 def terminate_as_interrupt():

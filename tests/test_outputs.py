@@ -15,7 +15,7 @@ import pytest
 
 from medsam_edge.errors import InputError
 from medsam_edge.runtime import sinks as sinks_module
-from medsam_edge.runtime.outputs import RUNNING, RunOutputs
+from medsam_edge.runtime.outputs import RUNNING, RunOutputs, StopRequest, Terminated
 from medsam_edge.runtime.sinks import JsonlSink, MaskPngSink, OverlayVideoSink
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -174,6 +174,18 @@ def test_a_run_on_a_disk_that_fills_stops_with_one_line_and_says_so(tiny_model_d
 
 
 # -- real signals to a real run --------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_the_first_signal_waits_for_the_frame_and_the_second_stops_at_once(sig):
+    before = signal.getsignal(sig)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), sig)  # handled in this (the main) thread before kill returns
+        with pytest.raises(Terminated if sig == signal.SIGTERM else KeyboardInterrupt):
+            stop.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), sig)
+    assert signal.getsignal(sig) is before
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_signalled_run_follows_the_rule(tiny_model_dir, tmp_path, sig):
     out = tmp_path / "out"
