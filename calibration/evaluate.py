@@ -67,12 +67,22 @@ class Scores:
     truth_dice: list[float] = field(default_factory=list)
     truth_iou: list[float] = field(default_factory=list)
     logits_rel_err: list[float] = field(default_factory=list)
+    dice_source: list[str] = field(default_factory=list)  # the source of each dice entry
+
+    def by_source(self) -> dict[str, dict]:
+        """Dice stats per source: a user's frames come from one source, so a file must hold
+        on each, not only on the pool (where an easy source hides a hard one)."""
+        out: dict[str, list[float]] = {}
+        for d, src in zip(self.dice, self.dice_source):
+            out.setdefault(src, []).append(d)
+        return {src: stats(v) for src, v in sorted(out.items())}
 
     def summary(self) -> dict:
         return {
             "frames": len(self.cosine),
             "boxes": len(self.dice),
             "dice": stats(self.dice),
+            "dice_by_source": self.by_source(),
             "iou": stats(self.iou),
             "embedding_cosine": stats(self.cosine),
             "embedding_rel_err": {"mean": _mean(self.rel_err), "max": _max(self.rel_err)},
@@ -149,6 +159,7 @@ class Scorer:
                 got = self._masks(r.index, logits)
                 for g, want, truth in zip(got, r.masks, r.truths):
                     s.dice.append(dice(g, want))
+                    s.dice_source.append(self.frames.meta[r.index]["source"])
                     s.iou.append(iou(g, want))
                     if truth is not None:
                         s.truth_dice.append(dice(g, truth))
@@ -180,11 +191,21 @@ def meets(dice_stats: dict, target: dict) -> bool:
     return all(dice_stats[k] is not None and dice_stats[k] >= v for k, v in target.items())
 
 
+def meets_by_source(by_source: dict[str, dict], target: dict) -> bool:
+    """Every source's own mean Dice meets the target's mean bound (its tail bounds are
+    left to the pool: a source may have only a frame or two)."""
+    return "mean" not in target or all(s["mean"] is not None and s["mean"] >= target["mean"]
+                                       for s in by_source.values())
+
+
 def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | None = None):
     """Path -> Verdict for a candidate encoder or decoder, masks scored on the scorer's frames.
 
     loss: 1 - mean Dice, plus a thousandth of the embedding and logits relative errors so
     that candidates with equal masks are still told apart.
+    passed: the target met by the pooled frames and its mean bound by every source's own
+    mean (meets_by_source). LiteMedSAM's Q/DQ file passed a pooled search whose worst
+    source was at 0.977 and gave 0.943 on an unseen vendor's clip.
     """
     from .fp16 import Verdict
 
@@ -197,7 +218,8 @@ def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | 
         loss = (1.0 - d["mean"]) + 1e-3 * ((_mean(s.rel_err) or 0.0) + (_mean(s.logits_rel_err) or 0.0))
         if not np.isfinite(loss):
             loss = float("inf")
-        return Verdict(loss, meets(d, target), s.summary())
+        summary = s.summary()
+        return Verdict(loss, meets(d, target) and meets_by_source(summary["dice_by_source"], target), summary)
 
     return run
 

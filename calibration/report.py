@@ -12,7 +12,7 @@ import datetime
 from medsam_edge.atomic import write_json, write_text
 from medsam_edge.manifest import ModelDir
 
-from .evaluate import TARGETS, Scores, meets
+from .evaluate import TARGETS, Scores, meets, meets_by_source
 
 JSON_FILE = "fidelity.json"
 MD_FILE = "fidelity.md"
@@ -35,7 +35,9 @@ def build(md: ModelDir, reference: str, scores: dict[str, dict], files: dict[str
                 backends[b] = {"not_run": s}
                 continue
             summary = s.summary()
-            backends[b] = {**summary, "meets_target": meets(summary["dice"], target) if target else None}
+            met = (meets(summary["dice"], target) and meets_by_source(summary["dice_by_source"], target)
+                   if target else None)
+            backends[b] = {**summary, "meets_target": met}
         ran = [b for b, v in backends.items() if "not_run" not in v]
         primary = backends[ran[0]] if ran else {}
         rows[p] = {**files.get(p, {}), "backend": ran[0] if ran else None, **primary, "target": target,
@@ -92,6 +94,7 @@ def markdown(r: dict) -> str:
                 f"{head} {_f(d['mean'])} | {_f(d['p5'])} | {_f(d['worst'])} | {_f(v['iou']['mean'])} | "
                 f"{_f(c['mean'], 6)} | {_f(c['worst'], 6)} | {_f(t['mean'])} | {_f(t['p5'])} | {ok} |"
             )
+    lines += _by_source(r)
     ceil = r["reference_vs_truth"]["dice"]
     lines += ["", f"Reference against ground truth: Dice mean {_f(ceil['mean'])}, p5 {_f(ceil['p5'])}, "
                   f"worst {_f(ceil['worst'])} (the ceiling for every row's GT columns).", ""]
@@ -121,6 +124,23 @@ def markdown(r: dict) -> str:
                          f"{_f(v['speedup_vs_onnxruntime_fp32'], 2)}× |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _by_source(r: dict) -> list[str]:
+    """Mean (worst) Dice per held-out source: a target is met only where every source's
+    mean meets its mean bound."""
+    rows = [(f"{p} @ {b}", v["dice_by_source"]) for p, row in r["precisions"].items()
+            for b, v in row["backends"].items() if v.get("dice_by_source")]
+    sources = sorted({s for _, by in rows for s in by})
+    if len(sources) < 2:
+        return []
+    lines = ["", "Dice mean (worst) per held-out source:", "",
+             "| precision @ backend | " + " | ".join(s.rsplit("/", 1)[-1] for s in sources) + " |",
+             "|---|" + "---|" * len(sources)]
+    for name, by in rows:
+        cells = [f"{_f(by[s]['mean'])} ({_f(by[s]['worst'], 3)})" if s in by else "–" for s in sources]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _targets(r: dict) -> dict:

@@ -31,7 +31,7 @@ from medsam_edge.runtime.preprocess import preprocess
 DICOM = "pydicom:examples_ybr_color.dcm"
 # Stricter than the tiny random model meets with every Conv/MatMul quantized (Dice ~0.94
 # on these pictures), loose enough that a few nodes in float meet it.
-STRICT_INT8 = {"mean": 0.985, "p5": 0.96}
+STRICT_INT8 = {"mean": 0.95, "p5": 0.9}
 
 
 def _pictures(folder: Path, masks: Path | None, n: int, seed: int = 0, prefix: str = "img") -> None:
@@ -288,6 +288,21 @@ def test_smallest_exclusion_finds_the_fewest_nodes():
     assert excl == order[:11] and v.passed and len(trials) == len(calls) <= 9
 
 
+def test_a_pool_that_meets_the_target_fails_when_one_source_misses_its_mean():
+    from medsam_edge.calibration.evaluate import Scores, meets, meets_by_source
+    from medsam_edge.calibration.report import _by_source
+
+    # Ten easy frames of one vendor hide two poor ones of another in the pooled figures.
+    s = Scores(dice=[1.0] * 10 + [0.95, 0.95], dice_source=["a"] * 10 + ["b"] * 2)
+    target = {"mean": 0.97, "p5": 0.93}
+    by = s.summary()["dice_by_source"]
+    assert meets(s.summary()["dice"], target) and not meets_by_source(by, target)
+    assert by["b"]["mean"] == pytest.approx(0.95) and by["a"]["worst"] == 1.0
+    assert meets_by_source(by, {"mean": 0.95, "p5": 0.99}) and meets_by_source(by, {"worst": 0.99})
+    rep = {"precisions": {"int8": {"backends": {"openvino-cpu": {"dice_by_source": by}}}}}
+    assert "| int8 @ openvino-cpu | 1.0000 (1.000) | 0.9500 (0.950) |" in _by_source(rep)
+
+
 # --- report and manifest ------------------------------------------------------------
 
 
@@ -310,6 +325,7 @@ def test_report_files_written_and_manifest_records_precision(calibrated, data):
     assert rep["latency"]["encoder"]["int8@onnxruntime-cpu"]["median_ms"] > 0
     md_text = (calibrated / "fidelity.md").read_text()
     assert "| int8 | onnxruntime-cpu | encoder.int8.onnx |" in md_text and "sources the calibration never saw" in md_text
+    assert set(rep["precisions"]["int8"]["dice_by_source"]) == {str(data["eval"])}
     prec = load_model_dir(calibrated).manifest["precision"]
     assert prec["frames"]["calibration"] > 0 and prec["frames"]["frames"]
     assert prec["fp16"]["encoder"]["tool"].startswith("onnxconverter-common")
