@@ -134,7 +134,8 @@ def _by_source(r: dict) -> list[str]:
     sources = sorted({s for _, by in rows for s in by})
     if len(sources) < 2:
         return []
-    lines = ["", "Dice mean (worst) per held-out source:", "",
+    lines = ["", "Dice mean (worst) per held-out source (a target is met only where every source's mean "
+                 "meets its mean bound):", "",
              "| precision @ backend | " + " | ".join(s.rsplit("/", 1)[-1] for s in sources) + " |",
              "|---|" + "---|" * len(sources)]
     for name, by in rows:
