@@ -198,13 +198,18 @@ def meets_by_source(by_source: dict[str, dict], target: dict) -> bool:
                                        for s in by_source.values())
 
 
+def meets_summary(summary: dict, target: dict) -> bool:
+    """The rule every verdict uses, in the searches and in the report: the target met by the
+    pooled frames, and its mean bound by every source's own mean."""
+    return meets(summary["dice"], target) and meets_by_source(summary["dice_by_source"], target)
+
+
 def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | None = None):
     """Path -> Verdict for a candidate encoder or decoder, masks scored on the scorer's frames.
 
     loss: 1 - mean Dice, plus a thousandth of the embedding and logits relative errors so
     that candidates with equal masks are still told apart.
-    passed: the target met by the pooled frames and its mean bound by every source's own
-    mean (meets_by_source). LiteMedSAM's Q/DQ file passed a pooled search whose worst
+    passed: meets_summary. LiteMedSAM's Q/DQ file passed a pooled search whose worst
     source was at 0.977 and gave 0.943 on an unseen vendor's clip.
     """
     from .fp16 import Verdict
@@ -214,12 +219,11 @@ def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | 
         enc, dec = (cand, fp32_decoder) if part == "encoder" else (None, cand)
         s = scorer.score(enc, dec)
         cand.close()
-        d = stats(s.dice)
-        loss = (1.0 - d["mean"]) + 1e-3 * ((_mean(s.rel_err) or 0.0) + (_mean(s.logits_rel_err) or 0.0))
+        summary = s.summary()
+        loss = (1.0 - summary["dice"]["mean"]) + 1e-3 * ((_mean(s.rel_err) or 0.0) + (_mean(s.logits_rel_err) or 0.0))
         if not np.isfinite(loss):
             loss = float("inf")
-        summary = s.summary()
-        return Verdict(loss, meets(d, target) and meets_by_source(summary["dice_by_source"], target), summary)
+        return Verdict(loss, meets_summary(summary, target), summary)
 
     return run
 

@@ -12,7 +12,7 @@ import datetime
 from medsam_edge.atomic import write_json, write_text
 from medsam_edge.manifest import ModelDir
 
-from .evaluate import TARGETS, Scores, meets, meets_by_source
+from .evaluate import TARGETS, Scores, meets_summary
 
 JSON_FILE = "fidelity.json"
 MD_FILE = "fidelity.md"
@@ -35,9 +35,7 @@ def build(md: ModelDir, reference: str, scores: dict[str, dict], files: dict[str
                 backends[b] = {"not_run": s}
                 continue
             summary = s.summary()
-            met = (meets(summary["dice"], target) and meets_by_source(summary["dice_by_source"], target)
-                   if target else None)
-            backends[b] = {**summary, "meets_target": met}
+            backends[b] = {**summary, "meets_target": meets_summary(summary, target) if target else None}
         ran = [b for b, v in backends.items() if "not_run" not in v]
         primary = backends[ran[0]] if ran else {}
         rows[p] = {**files.get(p, {}), "backend": ran[0] if ran else None, **primary, "target": target,
