@@ -178,9 +178,11 @@ def _stream_table(st: dict) -> str:
         out.append(f"| {r['mode']} | {r['fps']:.2f} | {r['reuse_rate']:.2f} | {r.get('encoded', '-')} "
                    f"| {r.get('dropped', 0)} | {_pp(r['capture_to_mask_ms'])} | {_pp(r['first_half_ms'])} "
                    f"| {_pp(r['second_half_ms'])} | {r['dice_mean']:.4f} / {r['dice_min']:.4f} |")
-    if st.get("curve"):
-        from medsam_edge.bench.reuse import curve_table
+    from medsam_edge.bench.reuse import curve_table, stability_line
 
+    if st.get("reference_stability"):
+        out += ["", stability_line(st["reference_stability"])]
+    if st.get("curve"):
         out += ["", curve_table(st)]
     return "\n".join(out)
 

@@ -8,7 +8,9 @@ For each clip, in one process on the same frames and boxes:
   the reuse-off pass is handed back when the runtime asks for that frame (the decoder
   runs for real), so a curve costs decoder time only and its rows have no fps;
 - real-time mode at the clip's frame rate (paced as a live probe delivers it), motion
-  compensation on, then off.
+  compensation on, then off;
+- the fresh reference against itself k frames earlier (reference_stability): what any
+  reused answer pays where the model answers a frame differently from its neighbour.
 Rows report masks per second, reuse rate, dropped frames, capture-to-mask latency (first
 and second half, to show it stays flat), Dice of every mask against the fresh mask of the
 same frame (over all frames: `dice_mean`, and over reused ones: `dice_reused_mean`), and
@@ -29,7 +31,7 @@ import time
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -46,6 +48,8 @@ from medsam_edge.runtime.sources import ArraySource, open_source
 
 # The Dice-vs-reuse curve's thresholds (ReusePolicy.threshold: mean absolute difference
 # in a prompt's region, fraction of 0..255).
+# Frame distances at which the fresh reference is compared with itself (reference_stability).
+STABILITY_LAGS = (1, 2, 5, 10, 30)
 THRESHOLDS = (0.003, 0.004, 0.005, 0.0055, 0.006, 0.0065, 0.008, 0.01, 0.015, 0.02)
 # Every shared moving clip with the box its numbers are for (x0, y0, x1, y1 on frame 0):
 # busi and echo as BENCHMARKS.md has always used them, the others an object picked on the
@@ -94,6 +98,23 @@ def bounce(n: int) -> Callable[[int], int]:
         return p if p < n else period - p
 
     return position
+
+
+def reference_stability(fresh_masks: dict, lags: Sequence[int] = STABILITY_LAGS, bound: float = 0.95) -> dict:
+    """How much the fresh reference changes by itself: Dice of each frame's fresh masks
+    against those of the frame `lag` earlier ({frame index: masks}), per lag: mean, min and
+    the share of pairs under `bound`. An answer reused from the earlier frame differs from
+    the fresh one at least this much wherever nothing moved: motion compensation recovers
+    what moved, not the model answering a speckled or re-compressed picture differently.
+    At lag 1 that is most of it, so this is the ceiling the real-time and reuse rows sit under."""
+    out = {}
+    for lag in lags:
+        d = [dice(m, prev) for i, masks in fresh_masks.items() if i - lag in fresh_masks
+             for m, prev in zip(masks, fresh_masks[i - lag])]
+        if d:
+            out[str(lag)] = {"mean": float(np.mean(d)), "min": float(np.min(d)),
+                             "below": float(np.mean(np.asarray(d) < bound)), "pairs": len(d)}
+    return out
 
 
 def dice_vs(results, fresh_by_index: dict, only_reused: bool, position: Callable[[int], int] | None = None) -> list[float]:
@@ -202,6 +223,7 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
     res, t = _timed(deterministic(ReusePolicy.off(), replay))
     fresh = {r.frame.index: r for r in res}
     rows = [_row("reuse off", res, t, fresh, dropped=0, encoded=len(res))]
+    stability = reference_stability({i: r.masks for i, r in fresh.items()})
     for motion in (True, False) if deterministic_rows else ():
         res, t = _timed(deterministic(replace(default, motion=motion)))
         rows.append(_row(f"deterministic, reuse on, motion {'on' if motion else 'off'}", res, t, fresh, dropped=0,
@@ -231,7 +253,8 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
                              encoded=rt.stats.encoded))
     return {"clip": str(clip), "frames": len(frames), "clip_fps": fps, "boxes": np.asarray(boxes).tolist(),
             "model": predictor.model_dir.model_id, "backend": predictor.backend.name,
-            "default_policy": _policy_json(default), "rows": rows, "curve": points, "fresh_masks": fresh}
+            "default_policy": _policy_json(default), "rows": rows, "curve": points,
+            "reference_stability": stability, "fresh_masks": fresh}
 
 
 def _policy_json(p: ReusePolicy) -> dict:
@@ -253,9 +276,18 @@ def markdown(result: dict) -> str:
                    f"| {_n(r['staleness_mean'], 1)} | {r['dice_mean']:.4f} / {r['dice_min']:.4f} | {reused} "
                    f"| {r['motion_applied']} / {r['motion_refused']} | {_n(r['decode_ms_p50'], 1)} / "
                    f"{_n(r['motion_ms_p50'], 2)} |")
+    if result.get("reference_stability"):
+        out += ["", stability_line(result["reference_stability"])]
     if result.get("curve"):
         out += ["", curve_table(result)]
     return "\n".join(out)
+
+
+def stability_line(stability: dict) -> str:
+    """The fresh reference against itself k frames earlier: the ceiling of every row above."""
+    cells = ", ".join(f"{k} frame{'s' if k != '1' else ''}: {v['mean']:.4f} (min {v['min']:.3f}, "
+                      f"{v['below']:.0%} of pairs under 0.95)" for k, v in stability.items())
+    return f"Fresh masks against the fresh masks k frames earlier, nothing reused (Dice mean): {cells}."
 
 
 def curve_table(result: dict) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from medsam_edge.runtime.postprocess import masks_from_logits
 
 from .boxes import Prompt, tighten
 from .frames import FrameSet
+
+if TYPE_CHECKING:  # fp16 imports onnx, which scoring does not need
+    from .fp16 import Verdict
 
 
 def open_part(path: str | Path, part: str, threads: int | None = None, release_memory: bool | None = None):
@@ -204,28 +207,48 @@ def meets_summary(summary: dict, target: dict) -> bool:
     return meets(summary["dice"], target) and meets_by_source(summary["dice_by_source"], target)
 
 
-def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | None = None):
+def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | None = None,
+          also: Sequence[Callable[[Path], object]] = ()):
     """Path -> Verdict for a candidate encoder or decoder, masks scored on the scorer's frames.
 
     loss: 1 - mean Dice, plus a thousandth of the embedding and logits relative errors so
     that candidates with equal masks are still told apart.
     passed: meets_summary. LiteMedSAM's Q/DQ file passed a pooled search whose worst
     source was at 0.977 and gave 0.943 on an unseen vendor's clip.
+    also: more backends for the candidate (path -> a context-managed backend running both
+    parts), each scored once the ones before have passed it: a candidate passes only where
+    every backend's arithmetic meets the target. OpenVINO's integer kernels on LiteMedSAM's
+    Q/DQ file lost more than onnxruntime's fake quantization (one unseen source's mean
+    0.9686 against 0.9853). The verdict is the failing backend's, else the one with the
+    highest loss; figures["backend"] names it, figures["judged"] has every backend's.
     """
-    from .fp16 import Verdict
 
     def run(path: Path) -> Verdict:
         cand = open_part(path, part, threads)
         enc, dec = (cand, fp32_decoder) if part == "encoder" else (None, cand)
         s = scorer.score(enc, dec)
         cand.close()
-        summary = s.summary()
-        loss = (1.0 - summary["dice"]["mean"]) + 1e-3 * ((_mean(s.rel_err) or 0.0) + (_mean(s.logits_rel_err) or 0.0))
-        if not np.isfinite(loss):
-            loss = float("inf")
-        return Verdict(loss, meets_summary(summary, target), summary)
+        verdicts = [_verdict(s, target, cand.name)]
+        for opener in also:
+            if not verdicts[-1].passed:
+                break
+            with opener(path) as backend:
+                verdicts.append(_verdict(scorer.score(backend, backend), target, backend.name))
+        worst = next((v for v in verdicts if not v.passed), max(verdicts, key=lambda v: v.loss))
+        worst.figures["judged"] = {v.figures["backend"]: {"loss": v.loss, "passed": v.passed} for v in verdicts}
+        return worst
 
     return run
+
+
+def _verdict(s: Scores, target: dict, backend: str) -> Verdict:
+    from .fp16 import Verdict
+
+    summary = {**s.summary(), "backend": backend}
+    loss = (1.0 - summary["dice"]["mean"]) + 1e-3 * ((_mean(s.rel_err) or 0.0) + (_mean(s.logits_rel_err) or 0.0))
+    if not np.isfinite(loss):
+        loss = float("inf")
+    return Verdict(loss, meets_summary(summary, target), summary)
 
 
 def probe(scorer: Scorer, frames: int = 2, threads: int | None = None) -> Callable[[Path], float]:

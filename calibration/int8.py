@@ -264,8 +264,9 @@ def smallest_exclusion(order: Sequence[str], judged: Callable[[list[str]], Verdi
 
     def run(k: int) -> Verdict:
         v = judged(list(order[:k]))
-        trials.append({"excluded": k, "loss": v.loss, "passed": v.passed})
-        log(f"{k} node(s) in float -> loss {v.loss:.3g}, {'passes' if v.passed else 'fails'}")
+        trials.append({"excluded": k, "loss": v.loss, "passed": v.passed, "judged": v.figures.get("judged")})
+        on = f" on {v.figures['backend']}" if len(v.figures.get("judged") or ()) > 1 else ""
+        log(f"{k} node(s) in float -> loss {v.loss:.3g}{on}, {'passes' if v.passed else 'fails'}")
         return v
 
     lo, k, seen = 0, 1, {}

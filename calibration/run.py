@@ -7,6 +7,7 @@ directory as it was (no half-written model next to good ones).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -181,7 +182,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     model = onnx.load(str(src))
     nodes = int8.quantizable(model)
     fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
-    judged_path = judge(search, "encoder", fp32_dec, o.search_target("int8"), o.threads)
+    judged_path = judge(search, "encoder", fp32_dec, o.search_target("int8"), o.threads, _also(md, "int8", o, log))
     trial = staging / "trial.int8.onnx"
     caches = {m: staging / f"ranges-{m}.json" for m in o.search.methods}
     # Ranges cost a histogram pass over every calibrated tensor of every frame (LiteMedSAM:
@@ -233,11 +234,34 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
             "where it exists, the CPU backends run decoder.onnx", **rec}
 
 
+def _also(md, precision: str, o: Options, log) -> list:
+    """Openers of every CPU backend besides onnxruntime that runs `precision` here, for the
+    search to judge a candidate on each: the report holds every backend to the target."""
+    openers = []
+    for b in CPU_BACKENDS:
+        if b != "onnxruntime-cpu" and availability(b, precision) is None:
+            log(f"the search judges each candidate on onnxruntime-cpu, then on {b}")
+            openers.append(lambda path, b=b: _quietly(open_pair, b, path, md.onnx("decoder"), precision, o.threads))
+    return openers
+
+
+def _quietly(f, *args):
+    """f(*args) with the engines' INFO lines held back: a search compiles a backend each
+    trial, and its start-up lines would break into the search's own progress lines."""
+    logger = logging.getLogger("medsam_edge.engines")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        return f(*args)
+    finally:
+        logger.setLevel(level)
+
+
 def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Options, log) -> dict:
     src = md.onnx("encoder")
     out = _staged(staging, "encoder", "int8dyn")
     judged_path = judge(search, "encoder", open_part(md.onnx("decoder"), "decoder", o.threads),
-                        o.search_target("int8"), o.threads)
+                        o.search_target("int8"), o.threads, _also(md, "int8dyn", o, log))
     int8.quantize_dynamic_cpu(src, out)
     v, exclude, trials = judged_path(out), [], []
     if not v.passed and rec8.get("ranking"):

@@ -150,6 +150,8 @@ def test_streaming_and_long_run_are_reported(bench_run):
     assert all(r["frames"] == 6 and r["capture_to_mask_ms"] for r in st["rows"][:3])
     assert st["curve"] and {p["motion"] for p in st["curve"]} == {True, False}
     assert (out / "report.md").read_text().count("Dice vs reuse") == 1
+    assert set(st["reference_stability"]) == {"1", "2", "5"}  # 6 frames: no pair 10 or 30 apart
+    assert (out / "report.md").read_text().count("Fresh masks against the fresh masks k frames earlier") == 1
     lr = rep["long_run"]
     assert lr["frames"] + lr["dropped"] <= 12 and len(lr["capture_to_mask_samples_ms"]) == lr["frames"]
     assert lr["dice_count"] > 0  # compared with fresh masks by clip position
@@ -244,3 +246,21 @@ def test_looped_real_time_rows_compare_every_pass_with_the_fresh_masks(tiny_mode
         indices = [s["index"] for s in row["samples"]]
         assert row["frames"] + row["dropped"] <= 30 and max(indices) >= 6  # past one pass of the clip
         assert row["dice_count"] == row["frames"]  # every answer found its fresh mask
+
+
+def test_reference_stability_measures_how_the_fresh_masks_change_by_themselves():
+    from medsam_edge.bench.reuse import reference_stability
+
+    def disk(r: int) -> np.ndarray:
+        yy, xx = np.mgrid[:64, :64]
+        return (yy - 32) ** 2 + (xx - 32) ** 2 < r * r
+
+    still = {i: [disk(10)] for i in range(12)}
+    growing = {i: [disk(6 + i)] for i in range(12)}
+    flicker = {i: [disk(10 if i % 2 else 14)] for i in range(12)}  # two answers, alternating
+    assert all(v["mean"] == 1.0 and v["below"] == 0.0 for v in reference_stability(still, (1, 2, 5, 10)).values())
+    g = reference_stability(growing, (1, 2, 5, 10))
+    assert g["1"]["mean"] > g["2"]["mean"] > g["5"]["mean"] > g["10"]["mean"] and g["10"]["pairs"] == 2
+    f = reference_stability(flicker, (1, 2))
+    # Frames two apart give the same answer; neighbours differ by as much as two radii do.
+    assert f["2"]["mean"] == 1.0 and f["1"]["below"] == 1.0 and f["1"]["mean"] == pytest.approx(2 * 100 / (100 + 196), abs=0.02)

@@ -276,6 +276,59 @@ def test_grouped_ranges_equal_onnxruntimes_own_calibrator(tiny, data, tmp_path):
             np.testing.assert_allclose(got, [lo, hi], rtol=1e-5, atol=1e-7, err_msg=f"{m} {name}")
 
 
+def test_a_candidate_passes_only_where_every_backend_meets_the_target(tiny, data, tmp_path):
+    from medsam_edge.calibration.boxes import load_prompts
+    from medsam_edge.calibration.evaluate import Scorer, judge, open_part
+    from medsam_edge.calibration.reference import fp32_pair
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+
+    md = load_model_dir(tiny)
+    fs = sample_frames([str(data["img"])], md.preprocess, 6, 0.3, cache_dir=str(data["cache"]), min_frames=1)
+    cal = fs.calibration[:3]
+    scorer = Scorer(fs, cal, load_prompts(fs, cal, (), (str(data["mask"]),)), fp32_pair(md))
+    # A second backend whose arithmetic is far off: onnxruntime over the encoder with its
+    # weights scrambled, standing in for a runtime whose kernels lose what the first keeps.
+    model = onnx.load(str(md.onnx("encoder")))
+    rng = np.random.default_rng(0)
+    for t in model.graph.initializer:
+        w = numpy_helper.to_array(t)
+        if w.dtype == np.float32 and w.size > 16:
+            t.CopyFrom(numpy_helper.from_array(rng.permutation(w.ravel()).reshape(w.shape), t.name))
+    bad = tmp_path / "scrambled.onnx"
+    onnx.save(model, str(bad))
+    target = {"mean": 0.99, "p5": 0.95}
+    dec = open_part(md.onnx("decoder"), "decoder")
+
+    def scrambled(path):
+        backend = OnnxruntimeBackend(bad, md.onnx("decoder"))
+        backend.name = "scrambled"
+        return backend
+
+    alone = judge(scorer, "encoder", dec, target)(md.onnx("encoder"))
+    both = judge(scorer, "encoder", dec, target, also=[scrambled])(md.onnx("encoder"))
+    assert alone.passed and list(alone.figures["judged"]) == ["onnxruntime-cpu"]
+    assert not both.passed and both.figures["backend"] == "scrambled" and both.loss > alone.loss
+    assert both.figures["judged"]["onnxruntime-cpu"]["passed"]
+    # A candidate the first backend fails is not scored on the others.
+    calls = []
+    failed = judge(scorer, "encoder", dec, target, also=[lambda p: calls.append(p) or scrambled(p)])(bad)
+    assert not failed.passed and calls == [] and list(failed.figures["judged"]) == ["onnxruntime-cpu"]
+
+
+def test_int8_search_judges_every_cpu_backend_that_runs_the_file(calibrated):
+    from medsam_edge.calibration.backends import availability
+
+    trials = load_model_dir(calibrated).manifest["precision"]["int8"]["search"]
+    assert trials
+    others = ["openvino-cpu"] if availability("openvino-cpu", "int8") is None else []
+    for t in trials:
+        judged = t["judged"]
+        # Later backends see only what onnxruntime passed; a pass is a pass on every one.
+        want = ["onnxruntime-cpu"] + (others if judged["onnxruntime-cpu"]["passed"] else [])
+        assert list(judged) == want, t
+        assert t["passed"] == all(j["passed"] for j in judged.values())
+
+
 def test_smallest_exclusion_finds_the_fewest_nodes():
     order = [f"n{i}" for i in range(40)]
     calls = []
