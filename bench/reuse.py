@@ -48,9 +48,9 @@ from medsam_edge.runtime.sources import ArraySource, open_source
 
 # The Dice-vs-reuse curve's thresholds (ReusePolicy.threshold: mean absolute difference
 # in a prompt's region, fraction of 0..255).
+THRESHOLDS = (0.003, 0.004, 0.005, 0.0055, 0.006, 0.0065, 0.008, 0.01, 0.015, 0.02)
 # Frame distances at which the fresh reference is compared with itself (reference_stability).
 STABILITY_LAGS = (1, 2, 5, 10, 30)
-THRESHOLDS = (0.003, 0.004, 0.005, 0.0055, 0.006, 0.0065, 0.008, 0.01, 0.015, 0.02)
 # Every shared moving clip with the box its numbers are for (x0, y0, x1, y1 on frame 0):
 # busi and echo as BENCHMARKS.md has always used them, the others an object picked on the
 # first frame (a structure in each lung fan, the gallbladder, the instrument).
@@ -103,10 +103,11 @@ def bounce(n: int) -> Callable[[int], int]:
 def reference_stability(fresh_masks: dict, lags: Sequence[int] = STABILITY_LAGS, bound: float = 0.95) -> dict:
     """How much the fresh reference changes by itself: Dice of each frame's fresh masks
     against those of the frame `lag` earlier ({frame index: masks}), per lag: mean, min and
-    the share of pairs under `bound`. An answer reused from the earlier frame differs from
-    the fresh one at least this much wherever nothing moved: motion compensation recovers
-    what moved, not the model answering a speckled or re-compressed picture differently.
-    At lag 1 that is most of it, so this is the ceiling the real-time and reuse rows sit under."""
+    the share of pairs under `bound`. Where nothing moved, an answer reused from the earlier
+    frame's embedding is that frame's fresh mask, so it differs from the fresh one this much:
+    motion compensation recovers what moved, not the model answering a speckled or
+    re-compressed picture differently. Between neighbours little moves, so lag 1 is close to
+    the ceiling of every reuse and real-time row."""
     out = {}
     for lag in lags:
         d = [dice(m, prev) for i, masks in fresh_masks.items() if i - lag in fresh_masks

@@ -62,6 +62,7 @@ class SearchOptions:
     range_frames: int = 4  # frames for FP16 range measurement
     max_trials: int = int8.MAX_TRIALS
     margin: float = int8.SEARCH_MARGIN
+    backends: tuple = CPU_BACKENDS  # whose arithmetic judges a candidate, onnxruntime-cpu first
 
 
 @dataclass
@@ -238,7 +239,7 @@ def _also(md, precision: str, o: Options, log) -> list:
     """Openers of every CPU backend besides onnxruntime that runs `precision` here, for the
     search to judge a candidate on each: the report holds every backend to the target."""
     openers = []
-    for b in CPU_BACKENDS:
+    for b in o.search.backends:
         if b != "onnxruntime-cpu" and availability(b, precision) is None:
             log(f"the search judges each candidate on onnxruntime-cpu, then on {b}")
             openers.append(lambda path, b=b: _quietly(open_pair, b, path, md.onnx("decoder"), precision, o.threads))

@@ -77,7 +77,11 @@ def calibrated(tiny, data, tmp_path_factory) -> Path:
     shutil.copytree(tiny, md_path)
     opts = Options(frames=FrameOptions(count=10, holdout=0.3, eval_sources=(str(data["eval"]),), eval_count=4,
                                        mask_dirs=(str(data["evalmask"]),), cache_dir=str(data["cache"])),
-                   search=SearchOptions(methods=("minmax",), search_frames=3, range_frames=2),
+                   # onnxruntime's arithmetic only: OpenVINO's INT8 on the AVX2 development CPU (no
+                   # VNNI) lost far more on this random model's weighted nodes (loss 0.14 against
+                   # 0.006), which left every weight in float and nothing for the Q/DQ tests to check.
+                   search=SearchOptions(methods=("minmax",), search_frames=3, range_frames=2,
+                                        backends=("onnxruntime-cpu",)),
                    latency_rounds=1, quiet=True, targets={"int8": STRICT_INT8})
     calibrate(load_model_dir(md_path), [str(data["img"]), DICOM], opts)
     return md_path
@@ -315,18 +319,23 @@ def test_a_candidate_passes_only_where_every_backend_meets_the_target(tiny, data
     assert not failed.passed and calls == [] and list(failed.figures["judged"]) == ["onnxruntime-cpu"]
 
 
-def test_int8_search_judges_every_cpu_backend_that_runs_the_file(calibrated):
+def test_int8_search_judges_the_backends_it_is_given(calibrated, tiny):
     from medsam_edge.calibration.backends import availability
+    from medsam_edge.calibration.run import Options, _also
 
+    # The fixture's search was given onnxruntime only: no trial was judged anywhere else.
     trials = load_model_dir(calibrated).manifest["precision"]["int8"]["search"]
-    assert trials
-    others = ["openvino-cpu"] if availability("openvino-cpu", "int8") is None else []
-    for t in trials:
-        judged = t["judged"]
-        # Later backends see only what onnxruntime passed; a pass is a pass on every one.
-        want = ["onnxruntime-cpu"] + (others if judged["onnxruntime-cpu"]["passed"] else [])
-        assert list(judged) == want, t
-        assert t["passed"] == all(j["passed"] for j in judged.values())
+    assert trials and all(list(t["judged"]) == ["onnxruntime-cpu"] for t in trials)
+    # By default every other CPU backend that runs the file judges it too, on its own arithmetic.
+    md, said = load_model_dir(tiny), []
+    openers = _also(md, "int8", Options(), said.append)
+    if availability("openvino-cpu", "int8") is not None:
+        assert openers == [] and said == []
+        return
+    assert len(openers) == 1 and "openvino-cpu" in said[0]
+    with openers[0](md.onnx("encoder")) as backend:
+        assert backend.name == "openvino-cpu" and backend.precision == "int8"
+    assert _also(md, "int8dyn", Options(), said.append) == []  # OpenVINO does not run that format
 
 
 def test_smallest_exclusion_finds_the_fewest_nodes():
@@ -415,6 +424,8 @@ def test_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys):
         ((old, "--frames", few), "format version 99"),
         ((tiny, "--frames", few, "--precision", "int4"), "--precision"),
         ((tiny, "--frames", few, "--search-margin", "0"), "--search-margin"),
+        ((tiny, "--frames", few, "--search-backends", "openvino-cpu"), "onnxruntime-cpu first"),
+        ((tiny, "--frames", few, "--search-backends", "onnxruntime-cpu,warp-drive"), "--search-backends"),
     ]
     for argv, words in cases:
         code, err = _cli(capsys, *argv)
