@@ -15,7 +15,6 @@ that does not match and the next start rebuilds.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -24,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsam_edge.atomic import write_bytes, write_json
-from medsam_edge.errors import InputError
+from medsam_edge.errors import InputError, first_line
+from medsam_edge.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ class Compiled:
     reason: str = ""
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key(onnx: Path, inference_precision: str, ov_version: str, cpu: str, capabilities) -> dict:
     """The facts a compiled blob depends on, as written to its JSON sidecar."""
     return {
@@ -58,7 +50,7 @@ def cache_key(onnx: Path, inference_precision: str, ov_version: str, cpu: str, c
         "format_version": KEY_VERSION,
         "onnx": onnx.name,
         "onnx_bytes": onnx.stat().st_size,
-        "onnx_sha256": file_sha256(onnx),
+        "onnx_sha256": sha256_file(onnx),
         "openvino": ov_version,
         "inference_precision": inference_precision,
         "cpu": cpu,
@@ -111,7 +103,7 @@ def compile_cached(core, onnx: Path, part: str, precision: str, config: dict, ke
                 model = core.import_model(io.BytesIO(blob.read_bytes()), "CPU", config)
                 return Compiled(model, "cached", time.perf_counter() - t0)
             except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-                reason = f"{blob.name} does not import ({_first_line(e)})"
+                reason = f"{blob.name} does not import ({first_line(e)})"
         # A cache that was there but does not fit is a rebuild, and the log says so and why.
         verb = "compiling" if reason == "no compiled cache yet" else "rebuilding the compiled cache of"
         log.info("openvino: %s %s (%s): %s", verb, onnx.name, precision, reason)
@@ -135,18 +127,10 @@ def _compile(core, onnx: Path, config: dict):
     try:
         model = core.read_model(str(onnx))
     except Exception as e:
-        raise InputError(f"{onnx}: OpenVINO cannot read it ({_first_line(e)}); export the model again "
+        raise InputError(f"{onnx}: OpenVINO cannot read it ({first_line(e)}); export the model again "
                          "or choose --backend onnxruntime-cpu") from None
     try:
         return core.compile_model(model, "CPU", config)
     except Exception as e:
-        raise InputError(f"{onnx}: OpenVINO cannot compile it for the CPU ({_first_line(e)}); "
+        raise InputError(f"{onnx}: OpenVINO cannot compile it for the CPU ({first_line(e)}); "
                          "choose --backend onnxruntime-cpu") from None
-
-
-def _first_line(e: Exception) -> str:
-    # OpenVINO's messages are several lines of source locations ("Exception from ...",
-    # "Check ... failed at ...") ending in the one that says what went wrong.
-    lines = [ln.strip() for ln in str(e).splitlines()
-             if ln.strip() and not ln.strip().startswith(("Exception from", "Check "))]
-    return (lines[-1] if lines else type(e).__name__)[:200]

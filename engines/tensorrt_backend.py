@@ -34,7 +34,7 @@ from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_CO
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines.base import Backend, ExpiredEmbedding
 from medsam_edge.engines.cuda import Buffer, current_gpu, dims, driver_mismatch, ok, runtime
-from medsam_edge.engines.trt_build import make_logger, summarize
+from medsam_edge.engines.trt_build import errors_line, make_logger
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
 
@@ -172,7 +172,7 @@ class TensorrtBackend(Backend):
         engine = runtime.deserialize_cuda_engine(em.read_plan(self.engine_dir, entry))
         if engine is None:
             raise InputError(
-                f"{path}: TensorRT {self._trt.__version__} cannot deserialize it ({summarize(self._logger.errors)}); "
+                f"{path}: TensorRT {self._trt.__version__} cannot deserialize it ({errors_line(self._logger.errors)}); "
                 f"rebuild with `medsam-edge build {self.engine_dir.parent.parent} --precision {self.precision}`"
             )
         found = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
@@ -187,7 +187,7 @@ class TensorrtBackend(Backend):
         dec = self._dec
         ctx = dec.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if ctx is None:
-            raise InputError(f"TensorRT could not create a decoder context ({summarize(self._logger.errors)})")
+            raise InputError(f"TensorRT could not create a decoder context ({errors_line(self._logger.errors)})")
         mem = self._dec_memory
         if hasattr(ctx, "set_device_memory"):  # 10.1+; the device_memory property is gone in later 10.x
             ctx.set_device_memory(mem.device, mem.nbytes)
@@ -239,7 +239,7 @@ class TensorrtBackend(Backend):
 
     def _execute(self, ctx: "trt.IExecutionContext", stream, part: str) -> None:
         if not ctx.execute_async_v3(int(stream)):
-            raise InputError(f"TensorRT {part} execution failed ({summarize(self._logger.errors)})")
+            raise InputError(f"TensorRT {part} execution failed ({errors_line(self._logger.errors)})")
 
     def encode(self, image: np.ndarray) -> DeviceEmbedding:
         image = np.asarray(image)

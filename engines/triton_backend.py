@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsam_edge.contract import IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS
+from medsam_edge.engines import triton_protocol as P
 from medsam_edge.engines.base import Backend, ExpiredEmbedding
-from medsam_edge.errors import InputError
-from medsam_edge.serving import protocol as P
+from medsam_edge.errors import InputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,6 @@ def parse_url(name: str) -> tuple[str, str]:
     if not host or not port.isdigit() or "/" in model:
         raise InputError(f"--backend {name!r}: expected triton://HOST:PORT[/MODEL], e.g. triton://127.0.0.1:8001/medsam")
     return f"{host}:{port}", model or P.DEFAULT_NAME
-
-
-def _first_line(e: BaseException) -> str:
-    msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
-    return (str(msg or e).strip().splitlines() or ["?"])[0][:300]
 
 
 class _Lane:
@@ -144,7 +139,7 @@ class TritonBackend(Backend):
             live = client.is_server_live(client_timeout=self.connect_timeout)
         except Exception as e:
             raise InputError(f"{self.where}: server not reachable within {self.connect_timeout:g} s "
-                             f"({_first_line(e)}); start tritonserver or check HOST:PORT") from None
+                             f"({first_line(e, 300)}); start tritonserver or check HOST:PORT") from None
         if not live:
             raise InputError(f"{self.where}: server is up but not live; see its log")
 
@@ -167,7 +162,7 @@ class TritonBackend(Backend):
         except InputError:
             raise
         except Exception as e:
-            raise InputError(f"{self.where}: cannot read the model's configuration ({_first_line(e)})") from None
+            raise InputError(f"{self.where}: cannot read the model's configuration ({first_line(e, 300)})") from None
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
         if "slots_per_stream" not in params:
             raise InputError(f"{self.where}: {self.model!r} is not a medsam-edge stream model (no stream cache "
@@ -222,14 +217,14 @@ class TritonBackend(Backend):
                              "the server is overloaded or stuck (see its log)") from None
         except Exception as e:  # tritonclient refuses to enqueue on a stream that already broke
             lane.reset()
-            raise InputError(f"{self.where}: the server went away before {what} ({_first_line(e)[:80]}); "
+            raise InputError(f"{self.where}: the server went away before {what} ({first_line(e, 80)}); "
                              "restart it; a new encode follows once it is back") from None
         if error is not None:
             raise self._error(lane, error, what)
         return result
 
     def _error(self, lane: _Lane, error, what: str) -> Exception:
-        text = _first_line(error)
+        text = first_line(error, 300)
         if P.is_expired(text):
             return ExpiredEmbedding(text)
         # tritonclient gives a gRPC status only when the call itself failed; the model's own

@@ -18,7 +18,7 @@ from typing import Iterator
 from medsam_edge.atomic import write_bytes
 from medsam_edge.contract import POINTS_MAX, PROMPTS_MAX
 from medsam_edge.engines import engine_manifest as em
-from medsam_edge.errors import InputError
+from medsam_edge.errors import InputError, first_line
 from medsam_edge.manifest import ModelDir, load_model_dir
 
 
@@ -52,7 +52,7 @@ def build_engines(
     try:
         import tensorrt as trt
     except Exception as e:  # the PyPI stub fails in its own ways, not only ImportError
-        raise InputError(f"TensorRT does not import here ({_first_line(e)}); build on the GPU machine") from None
+        raise InputError(f"TensorRT does not import here ({first_line(e)}); build on the GPU machine") from None
     from medsam_edge.engines.cuda import current_gpu
 
     gpu = current_gpu()
@@ -101,7 +101,7 @@ def make_logger(trt):
     return _Logger()
 
 
-def summarize(errors: list[str], limit: int = 300) -> str:
+def errors_line(errors: list[str], limit: int = 300) -> str:
     """Several TensorRT error messages as one short line."""
     text = " | ".join(" ".join(e.split()) for e in dict.fromkeys(errors)) or "no error message from TensorRT"
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -119,7 +119,7 @@ def _build_one(onnx: Path, part: str, shapes: dict, workspace_gib: float, cache:
     # parse_from_file, not parse(bytes): it finds external weight files next to the ONNX.
     if not parser.parse_from_file(str(onnx)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] + logger.errors
-        raise InputError(f"{onnx}: TensorRT cannot parse it ({summarize(errors)}); export it again")
+        raise InputError(f"{onnx}: TensorRT cannot parse it ({errors_line(errors)}); export it again")
     from medsam_edge.engines.cuda import dims
 
     inputs = {network.get_input(i).name: dims(network.get_input(i).shape) for i in range(network.num_inputs)}
@@ -144,10 +144,10 @@ def _build_one(onnx: Path, part: str, shapes: dict, workspace_gib: float, cache:
     try:
         plan = builder.build_serialized_network(network, config)
     except Exception as e:  # some versions raise instead of returning None
-        logger.errors.append(_first_line(e))
+        logger.errors.append(first_line(e))
         plan = None
     if plan is None:
-        text = summarize(logger.errors)
+        text = errors_line(logger.errors)
         hint = "; free GPU memory or lower --workspace" if "memory" in text.lower() else ""
         raise InputError(f"{onnx}: TensorRT could not build an engine ({text}){hint}")
     timing = config.get_timing_cache()
@@ -166,7 +166,7 @@ def use_timing_cache(config, data: bytes) -> str | None:
         elif not config.set_timing_cache(cache, ignore_mismatch=False):
             why = "it was made on another GPU or TensorRT version"
     except Exception as e:  # a corrupt cache raises from the bindings (type varies by version)
-        why = f"unreadable: {_first_line(e)}"
+        why = f"unreadable: {first_line(e)}"
     if why and data:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     return why if data else None
@@ -238,8 +238,3 @@ def _ticker(label: str, enabled: bool, stream=None) -> Iterator[_Tick | None]:
         thread.join()
         tick.phase = ""
         show("\n")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]

@@ -3,7 +3,7 @@
 At most `max_streams` streams, each holding its newest `slots` embeddings; a new stream
 past the bound evicts the least recently used one, and a stream idle for `idle_s`
 seconds is dropped at the next request. Memory is bounded by
-max_streams * slots * 4 MiB (protocol.server_memory_bytes). Generations are unique per
+max_streams * slots * 4 MiB (engines.triton_protocol.server_memory_bytes). Generations are unique per
 server process (a random 32-bit epoch above a counter), so a handle from before a
 restart never names an embedding of the new process.
 """
@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from medsam_edge.serving.protocol import expired_message
+from medsam_edge.engines.triton_protocol import expired_message
 
 
 class Expired(LookupError):

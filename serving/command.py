@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsam_edge.serving import protocol as P
+from medsam_edge.engines import triton_protocol as P
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

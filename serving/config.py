@@ -10,7 +10,7 @@ model_config_pb2 in the tests.
 from __future__ import annotations
 
 from medsam_edge.contract import AXES, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, TensorSpec, encoder_inputs
-from medsam_edge.serving import protocol as P
+from medsam_edge.engines import triton_protocol as P
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "uint64": "TYPE_UINT64", "bool": "TYPE_BOOL"}
 PLATFORMS = ("onnxruntime", "tensorrt", "python")

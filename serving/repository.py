@@ -15,7 +15,6 @@ copied, and the Python models check theirs again when Triton loads them.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from medsam_edge import __version__
 from medsam_edge.atomic import atomic_dir, write_json, write_text
 from medsam_edge.contract import PRECISIONS
 from medsam_edge.errors import InputError
-from medsam_edge.manifest import MANIFEST, ModelDir
+from medsam_edge.engines import triton_protocol as P
+from medsam_edge.manifest import MANIFEST, ModelDir, sha256_file
 from medsam_edge.serving import config as C
-from medsam_edge.serving import protocol as P
 
 RECORD = "medsam_edge_repository.json"
 RECORD_FORMAT = "medsam-edge/triton-repository"
@@ -46,14 +45,6 @@ except ImportError as e:
         "environment where it is installed first on tritonserver's PATH"
     ) from e
 '''
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _checked_copy(src: Path, dest: Path, expected: str | None) -> str:

@@ -3,7 +3,7 @@
 One instance (the cache is this process's memory), decoupled: execute() hands each
 request to a worker thread and returns, so one stream's decode runs while another
 request's encode is still going. A request is an encode, a decode or a release
-(serving/protocol.py). The encoder and decoder are either run here through the
+(engines/triton_protocol.py). The encoder and decoder are either run here through the
 project's CPU backend (python platform: engines.onnxruntime_backend.OnnxruntimeBackend
 on the ONNX beside this file) or called as Triton models by BLS (onnxruntime and
 tensorrt platforms), so a GPU server batches and schedules them itself.
@@ -23,7 +23,7 @@ import numpy as np
 from medsam_edge.contract import (
     EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS, POINTS_RANGE, PROMPTS_RANGE,
 )
-from medsam_edge.serving import protocol as P
+from medsam_edge.engines import triton_protocol as P
 from medsam_edge.serving.cache import Expired, StreamCache
 
 
@@ -49,7 +49,7 @@ class LocalEngine:
 
     def __init__(self, vdir: Path, params: dict) -> None:
         from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
-        from medsam_edge.serving.repository import sha256_file
+        from medsam_edge.manifest import sha256_file
 
         for part in ("encoder", "decoder"):
             if sha256_file(vdir / f"{part}.onnx") != params[f"{part}_sha256"]:

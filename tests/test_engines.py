@@ -19,7 +19,7 @@ from medsam_edge.cli import main
 from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, PROMPTS_MAX, box_tokens
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines.select import AUTO_ORDER, probe, resolve
-from medsam_edge.engines.trt_build import network_flags, summarize
+from medsam_edge.engines.trt_build import errors_line, network_flags
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import load_model_dir, sha256_file
 
@@ -205,9 +205,9 @@ def test_network_flags_are_strongly_typed_on_tensorrt_10_only():
 
 def test_tensorrt_errors_are_summarised_on_one_line():
     oom = "Error Code 2: OutOfMemory\n(no further information)"
-    s = summarize([oom, oom, "b"])
+    s = errors_line([oom, oom, "b"])
     assert s == "Error Code 2: OutOfMemory (no further information) | b"
-    assert len(summarize(["x" * 1000])) == 300 and summarize([]) == "no error message from TensorRT"
+    assert len(errors_line(["x" * 1000])) == 300 and errors_line([]) == "no error message from TensorRT"
 
 
 def test_probe_and_auto_reflect_the_installed_backends():

@@ -20,10 +20,10 @@ from medsam_edge.manifest import load_model_dir
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'medsam-edge[openvino]')")
 
-from medsam_edge.engines import openvino_cache  # noqa: E402
 from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend  # noqa: E402
 from medsam_edge.engines.openvino_backend import OpenvinoBackend, has_bf16  # noqa: E402
 from medsam_edge.engines.select import OPENVINO_FIRST, auto_order, open_backend, probe, resolve  # noqa: E402
+from medsam_edge.manifest import sha256_file  # noqa: E402
 
 HAS_BF16 = has_bf16(ov.Core())
 NO_BF16 = "this CPU has no BF16 arithmetic (OpenVINO lists no BF16 capability: needs AVX-512 BF16 or AMX)"
@@ -156,7 +156,7 @@ def test_compiled_cache_is_written_then_reused(md, caplog):
     assert set(files) == {"encoder.fp32.blob", "encoder.fp32.json", "decoder.fp32.blob", "decoder.fp32.json"}
     key = json.loads((cache / "decoder.fp32.json").read_text())
     assert key["onnx"] == "decoder.onnx" and key["openvino"] == ov.get_version()
-    assert key["onnx_sha256"] == openvino_cache.file_sha256(md.onnx("decoder"))
+    assert key["onnx_sha256"] == sha256_file(md.onnx("decoder"))
     x, boxes, _ = _inputs()
     emb = first.encode(x)
     out1 = first.decode(emb, *boxes)
@@ -196,7 +196,7 @@ def test_cache_is_rebuilt_when_the_onnx_or_the_openvino_version_changes(md, capl
     assert b.describe()["compiled"] == {"encoder": "compiled", "decoder": "compiled"}
     assert json.loads(key.read_text())["openvino"] == ov.get_version()
     assert json.loads((cache / "decoder.fp32.json").read_text())["onnx_sha256"] == \
-        openvino_cache.file_sha256(md.onnx("decoder"))
+        sha256_file(md.onnx("decoder"))
 
 
 def test_a_corrupt_compiled_blob_is_rebuilt_not_used(md, caplog):

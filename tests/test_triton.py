@@ -23,12 +23,12 @@ from medsam_edge.contract import (
     AXES, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, EMBED_DIM, EMBED_HW, box_tokens, encoder_inputs,
     prompt_tokens,
 )
+from medsam_edge.engines import triton_protocol as P
 from medsam_edge.engines.base import ExpiredEmbedding
 from medsam_edge.errors import InputError
-from medsam_edge.manifest import ModelDir
-from medsam_edge.serving import protocol as P
+from medsam_edge.manifest import ModelDir, sha256_file
 from medsam_edge.serving.cache import Expired, StreamCache
-from medsam_edge.serving.repository import RECORD, sha256_file, write_repository
+from medsam_edge.serving.repository import RECORD, write_repository
 
 from conftest import ECHO_CHAMBER_BOX
 
