@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         frames, boxes = _inputs(md, args.frames, args.boxes)
         report["inputs"] = {"frames": len(frames), "boxes_per_frame": args.boxes, "iters": args.iters}
         device = "cuda" if _torch_cuda() else "cpu"
-        from medsam_edge.engines.torch_backend import TorchBackend
+        from medsam_edge.export.torch_backend import TorchBackend
 
         ref = TorchBackend(md, device=device)
         ref_out = _run(ref, frames, boxes)
@@ -187,7 +187,7 @@ def _candidates(md, device: str, build: bool, report: dict):
         def open_():
             if device != "cuda":
                 raise _Skip("torch sees no CUDA device: the fast path is CUDA-only")
-            from medsam_edge.engines.torch_backend import TorchBackend
+            from medsam_edge.export.torch_backend import TorchBackend
 
             return TorchBackend(md, device="cuda", fast=True, compile=compile)
 

@@ -106,7 +106,7 @@ def _open_engine(md, family: str, precision: str, threads: int | None = None):
 
 def _open_torch_fast(md, checkpoint):
     from medsam_edge.bench.runners import backend_runner
-    from medsam_edge.engines.torch_backend import TorchBackend
+    from medsam_edge.export.torch_backend import TorchBackend
 
     return backend_runner(f"{TORCH_FAST}-fp16", TorchBackend(md, checkpoint, device="cuda", fast=True), md)
 

@@ -56,7 +56,7 @@ def reference_runner(md, checkpoint=None, threads: int | None = None) -> Runner:
 
     if threads:
         torch.set_num_threads(threads)
-    from medsam_edge.engines.torch_backend import TorchBackend
+    from medsam_edge.export.torch_backend import TorchBackend
     from medsam_edge.export.reference import ReferenceProcessing
 
     backend = TorchBackend(md, checkpoint)

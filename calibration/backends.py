@@ -9,8 +9,6 @@ CPU has it. Each row of the report names the backend its figures came from.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from medsam_edge.contract import PRECISIONS
 
 CPU_BACKENDS = ("onnxruntime-cpu", "openvino-cpu")
@@ -31,16 +29,3 @@ def availability(name: str, precision: str) -> str | None:
         ok, why = precision_support(precision)
         return None if ok else why
     return None
-
-
-def open_pair(name: str, encoder: Path | None, decoder: Path | None, precision: str, threads: int | None = None,
-              release_memory: bool = False):
-    """A backend over these files (either may be None for a one-part onnxruntime backend)."""
-    if name == "openvino-cpu":
-        from medsam_edge.engines.openvino_backend import OpenvinoBackend
-
-        # No compiled cache: the files are a staging copy the run may still replace.
-        return OpenvinoBackend(encoder, decoder, precision, threads=threads, cache_dir=None)
-    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
-
-    return OnnxruntimeBackend(encoder, decoder, name, precision, threads=threads, release_memory=release_memory)

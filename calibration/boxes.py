@@ -29,7 +29,7 @@ _MASK_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
-class Prompt:
+class EvalBox:
     """One box on one frame, in the frame's original pixels, and its truth if known."""
 
     box: np.ndarray  # (4,) float32 x0, y0, x1, y1
@@ -42,22 +42,22 @@ def load_prompts(
     indices: Sequence[int],
     box_files: Sequence[str] = (),
     mask_dirs: Sequence[str] = (),
-) -> dict[int, list[Prompt]]:
+) -> dict[int, list[EvalBox]]:
     """Prompts for each frame in `indices`: from masks, else box files, else a centre box."""
     table = _read_box_files(box_files)
     dirs = [Path(d) for d in mask_dirs]
     for d in dirs:
         if not d.is_dir():
             raise InputError(f"--masks {d}: not a folder")
-    out: dict[int, list[Prompt]] = {}
+    out: dict[int, list[EvalBox]] = {}
     for i in indices:
         m = frames.meta[i]
         h, w = m["original_hw"]
         prompts = _from_mask(m["name"], dirs, (h, w))
         if not prompts:
             boxes = _lookup(table, m["name"])
-            prompts = [Prompt(_clip(b, h, w), None, "file") for b in boxes]
-        out[i] = prompts or [Prompt(centre_box(h, w), None, "derived")]
+            prompts = [EvalBox(_clip(b, h, w), None, "file") for b in boxes]
+        out[i] = prompts or [EvalBox(centre_box(h, w), None, "derived")]
     return out
 
 
@@ -70,7 +70,7 @@ def tighten(box: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
-def _from_mask(name: str, dirs: list[Path], hw: tuple[int, int]) -> list[Prompt]:
+def _from_mask(name: str, dirs: list[Path], hw: tuple[int, int]) -> list[EvalBox]:
     stem = Path(name).stem
     for d in dirs:
         for cand in [d / name] + [d / f"{stem}{e}" for e in _MASK_EXT]:
@@ -88,7 +88,7 @@ def _read_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
     return m > 127  # JPEG masks (Kvasir-SEG) are not exactly 0/255
 
 
-def _pieces(mask: np.ndarray) -> list[Prompt]:
+def _pieces(mask: np.ndarray) -> list[EvalBox]:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
         return []  # an empty mask (a normal case) has nothing to prompt for
@@ -96,7 +96,7 @@ def _pieces(mask: np.ndarray) -> list[Prompt]:
     out = []
     for k in np.nonzero(areas >= MIN_PIECE * areas.max())[0] + 1:
         x, y, bw, bh = stats[k, :4]
-        out.append(Prompt(np.array([x, y, x + bw, y + bh], np.float32), labels == k, "mask"))
+        out.append(EvalBox(np.array([x, y, x + bw, y + bh], np.float32), labels == k, "mask"))
     return out
 
 

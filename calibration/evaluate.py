@@ -4,7 +4,8 @@ A Scorer runs the reference once per frame and box and keeps its embeddings and 
 each candidate (an FP16 or INT8 file, or a trial during a sensitivity search) is then
 scored against them: embedding cosine and relative error per frame, mask Dice and IoU
 per box, and Dice against ground truth where a box has it. Both sides see the same
-preprocessed tensor and the same postprocess, so only the arithmetic differs.
+preprocessed tensor and decode through the runtime's Segmenter (its box mapping and mask
+postprocess), so only the arithmetic differs.
 """
 
 from __future__ import annotations
@@ -15,48 +16,17 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from medsam_edge.contract import IMAGE, box_tokens
+from medsam_edge.contract import box_tokens
+from medsam_edge.engines.loaders import open_files
 from medsam_edge.metrics import cosine, dice, iou, rel_err
 from medsam_edge.runtime.geometry import boxes_to_model
-from medsam_edge.runtime.postprocess import masks_from_logits
+from medsam_edge.runtime.segmenter import Encoded, Segmenter
 
-from .boxes import Prompt, tighten
+from .boxes import EvalBox, tighten
 from .frames import FrameSet
 
 if TYPE_CHECKING:  # fp16 imports onnx, which scoring does not need
     from .fp16 import Verdict
-
-
-def open_part(path: str | Path, part: str, threads: int | None = None, release_memory: bool | None = None):
-    """One ONNX file as an encoder-only or decoder-only onnxruntime CPU backend: the same
-    engines backend the runtime uses, so what calibration judges is what runs.
-
-    release_memory None: for big encoders only (input side >= 1024), since calibration
-    keeps several of them open (the full ViT-B's Q/DQ encoder alone works in 15 GB)."""
-    from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE, OnnxruntimeBackend
-
-    path = Path(path)
-    if release_memory is None:
-        release_memory = part == "encoder" and _input_side(path) >= LARGE_INPUT_SIDE
-    backend = OnnxruntimeBackend(path if part == "encoder" else None, path if part == "decoder" else None,
-                                 threads=threads, release_memory=release_memory)
-    backend.path = path
-    return backend
-
-
-def _input_side(path: Path) -> int:
-    import onnx
-
-    for i in onnx.load(str(path), load_external_data=False).graph.input:
-        if i.name == IMAGE:
-            return int(i.type.tensor_type.shape.dim[-1].dim_value or 0)
-    return 0
-
-
-def decode_boxes(backend, embedding, boxes: np.ndarray) -> np.ndarray:
-    """Logits (N, 1, 256, 256) for box-only prompts (N, 4) in the model frame, on any backend."""
-    logits, _ = backend.decode(embedding, *box_tokens(boxes))
-    return np.asarray(logits, np.float32)
 
 
 @dataclass
@@ -106,60 +76,64 @@ def stats(values: Sequence[float]) -> dict:
 class _Ref:
     index: int
     embedding: np.ndarray
-    boxes: np.ndarray  # model frame
+    boxes: np.ndarray  # (K, 4) in the frame's original pixels
     logits: np.ndarray  # (K, 1, 256, 256)
     masks: np.ndarray  # (K, H, W)
     truths: list
+    hw: tuple  # (original_hw, resized_hw)
+
+    def encoded(self, embedding) -> Encoded:
+        return Encoded(embedding, *self.hw, self.index)
+
+    def tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder's box tokens in the model frame (what calibration feeds a decoder file)."""
+        return box_tokens(boxes_to_model(self.boxes, *self.hw))
 
 
 class Scorer:
     """Reference outputs for `indices` of `frames`, with the boxes in `prompts`.
 
     reference: an engines backend (the PyTorch reference, or the FP32 ONNX pair on onnxruntime).
+    Every decode, reference and candidate, goes through the runtime's own Segmenter: the
+    same box mapping, decoder calls and mask postprocess a user's stream runs.
     """
 
-    def __init__(self, frames: FrameSet, indices: Sequence[int], prompts: dict[int, list[Prompt]],
+    def __init__(self, frames: FrameSet, indices: Sequence[int], prompts: dict[int, list[EvalBox]],
                  reference, on_frame: Callable[[int], None] | None = None) -> None:
         self.frames = frames
         self.refs: list[_Ref] = []
+        seg = Segmenter(reference, frames.pre)
         for i in indices:
             emb = np.asarray(reference.embedding_to_numpy(reference.encode(frames.tensor(i))), np.float32)
+            m = frames.meta[i]
+            hw = (tuple(m["original_hw"]), tuple(m["resized_hw"]))
+            enc = Encoded(emb, *hw, i)
             boxes = np.stack([p.box for p in prompts[i]])
             derived = [p.origin == "derived" for p in prompts[i]]
             if any(derived):
                 # Tighten centre boxes onto what the reference segments there.
-                masks = self._masks(i, decode_boxes(reference, emb, self._model_boxes(i, boxes)))
+                masks, _, _ = seg.decode(enc, boxes)
                 boxes = np.stack([tighten(b, mk) if d else b for b, mk, d in zip(boxes, masks, derived)])
-            mb = self._model_boxes(i, boxes)
-            logits = decode_boxes(reference, emb, mb)
-            self.refs.append(_Ref(i, emb, mb, logits, self._masks(i, logits), [p.truth for p in prompts[i]]))
+            masks, _, logits = seg.decode(enc, boxes)
+            self.refs.append(_Ref(i, emb, boxes, logits, masks, [p.truth for p in prompts[i]], hw))
             if on_frame:
                 on_frame(1)
-
-    def _model_boxes(self, i: int, boxes: np.ndarray) -> np.ndarray:
-        m = self.frames.meta[i]
-        return boxes_to_model(boxes, tuple(m["original_hw"]), tuple(m["resized_hw"]))
-
-    def _masks(self, i: int, logits) -> np.ndarray:
-        m = self.frames.meta[i]
-        return masks_from_logits(np.asarray(logits, np.float32), tuple(m["original_hw"]),
-                                 tuple(m["resized_hw"]), self.frames.pre)
 
     def score(self, encoder=None, decoder=None, masks: bool = True, limit: int | None = None,
               on_frame: Callable[[int], None] | None = None) -> Scores:
         """Candidate parts; encoder None: the reference embeddings. `limit`: first frames only."""
         s = Scores()
+        if masks and decoder is None:
+            raise ValueError("masks need a decoder to run")
+        seg = Segmenter(decoder, self.frames.pre) if masks else None
         for r in self.refs[:limit]:
             emb = (r.embedding if encoder is None
                    else np.asarray(encoder.embedding_to_numpy(encoder.encode(self.frames.tensor(r.index))), np.float32))
             s.cosine.append(cosine(emb, r.embedding))
             s.rel_err.append(rel_err(emb, r.embedding))
-            if masks:
-                if decoder is None:
-                    raise ValueError("masks need a decoder to run")
-                logits = decode_boxes(decoder, emb, r.boxes)
+            if seg is not None:
+                got, _, logits = seg.decode(r.encoded(emb), r.boxes)
                 s.logits_rel_err.append(rel_err(logits, r.logits))
-                got = self._masks(r.index, logits)
                 for g, want, truth in zip(got, r.masks, r.truths):
                     s.dice.append(dice(g, want))
                     s.dice_source.append(self.frames.meta[r.index]["source"])
@@ -224,7 +198,7 @@ def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | 
     """
 
     def run(path: Path) -> Verdict:
-        cand = open_part(path, part, threads)
+        cand = open_files(**{part: path}, threads=threads)
         enc, dec = (cand, fp32_decoder) if part == "encoder" else (None, cand)
         s = scorer.score(enc, dec)
         cand.close()
@@ -251,11 +225,13 @@ def _verdict(s: Scores, target: dict, backend: str) -> Verdict:
     return Verdict(loss, meets_summary(summary, target), summary)
 
 
-def probe(scorer: Scorer, frames: int = 2, threads: int | None = None) -> Callable[[Path], float]:
-    """Path -> 1 - mean embedding cosine on the first `frames` frames: the cheap sensitivity signal."""
+def cosine_signal(scorer: Scorer, frames: int = 2, threads: int | None = None) -> Callable[[Path], float]:
+    """Encoder path -> 1 - mean embedding cosine on the first `frames` frames: the cheap
+    sensitivity signal."""
 
     def run(path: Path) -> float:
-        s = scorer.score(open_part(path, "encoder", threads), masks=False, limit=frames)
+        with open_files(path, threads=threads) as encoder:
+            s = scorer.score(encoder, masks=False, limit=frames)
         c = float(np.mean(s.cosine))
         return 1.0 - c if np.isfinite(c) else float("inf")
 

@@ -83,12 +83,12 @@ def activation_matmuls(model: onnx.ModelProto) -> list[str]:
 
 
 def peaks_path(cache: Path) -> Path:
-    """Where calibrate() keeps the float tensors' peaks, beside a method's range cache."""
+    """Where collect_ranges() keeps the float tensors' peaks, beside a method's range cache."""
     return Path(cache).with_suffix(".peaks.json")
 
 
-def calibrate(src: Path, reader, methods: Sequence[str], caches: dict[str, Path], threads: int | None = None,
-              log: Callable[[str], None] = lambda s: None) -> dict:
+def collect_ranges(src: Path, reader, methods: Sequence[str], caches: dict[str, Path], threads: int | None = None,
+                   log: Callable[[str], None] = lambda s: None) -> dict:
     """Ranges for every method in `methods`, in one sweep over the reader's frames, and
     every float tensor's peak on the first PEAK_FRAMES frames (beside each cache).
 
@@ -158,15 +158,15 @@ def _fp16_base(src: Path, keep: Sequence[str]) -> tuple[onnx.ModelProto, dict[st
 def quantize(src: Path, dest: Path, method: str, cache: Path, exclude: Sequence[str] = (),
              keep_fp32: Sequence[str] | None = None) -> dict:
     """Write the INT8 model for the FP32 file `src` to `dest` (atomically) from the ranges
-    `calibrate` wrote to `cache` for `method`; returns what was done, for the manifest.
+    `collect_ranges` wrote to `cache` for `method`; returns what was done, for the manifest.
 
     exclude: Conv/MatMul/Gemm nodes left unquantized (they run FP16, or FP32 if kept so).
-    keep_fp32: nodes of `src` that stay FP32. None: those whose measured peak (calibrate's
+    keep_fp32: nodes of `src` that stay FP32. None: those whose measured peak (collect_ranges's
         record beside the cache) comes too close to FP16's limit, fp16.py's range rule.
         fp32_nodes(encoder.fp16.onnx) carries the FP16 pass's whole decision over.
     """
     if not Path(cache).is_file():
-        raise FileNotFoundError(f"{cache}: no calibration ranges; run calibrate() first")
+        raise FileNotFoundError(f"{cache}: no calibration ranges; run collect_ranges() first")
     keep = _range_kept(src, cache) if keep_fp32 is None else list(keep_fp32)
     model, weights = _fp16_base(src, keep)
     skip = set(exclude)

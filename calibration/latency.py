@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import open_pair
+from medsam_edge.engines.loaders import open_files
 
 
 def encoder_latency(files: dict[str, dict[str, tuple[Path, Path]]], tensor: np.ndarray, rounds: int = 7,
@@ -23,8 +23,8 @@ def encoder_latency(files: dict[str, dict[str, tuple[Path, Path]]], tensor: np.n
     out: dict[str, dict] = {}
     for backend, by_precision in files.items():
         # onnxruntime opens the encoder alone; OpenVINO compiles a pair.
-        parts = {p: open_pair(backend, e, None if backend == "onnxruntime-cpu" else d, p, threads, release_memory)
-                 for p, (e, d) in by_precision.items()}
+        parts = {p: open_files(e, None if backend == "onnxruntime-cpu" else d, backend, p, threads,
+                               release_memory=release_memory) for p, (e, d) in by_precision.items()}
         try:
             for _ in range(warmup):
                 for part in parts.values():

@@ -253,3 +253,18 @@ def predict(p: dict, gpu: str, efficiency: dict | None = None) -> dict:
         "efficiency": eff,
         "source": spec.source,
     }
+
+
+def plan_files(files, gpus, dims: dict | None = None) -> dict:
+    """{file name: {**plan, "predicted": {gpu: predict()}}} for each ONNX file."""
+    out = {}
+    for f in files:
+        p = plan(f, dims)
+        out[p["file"]] = {**p, "predicted": {g: predict(p, g) for g in gpus}}
+    return out
+
+
+def model_dir_plan(model_dir, gpus=None, dims: dict | None = None) -> dict:
+    """The plan of every *.onnx in a model directory (for reports and the manifest)."""
+    files = sorted(Path(model_dir).glob("*.onnx"))
+    return plan_files(files, list(gpus or GPUS), dims)

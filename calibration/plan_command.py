@@ -24,29 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def plan_files(files, gpus, dims: dict | None = None) -> dict:
-    """{file name: {**plan, "predicted": {gpu: predict()}}} for each ONNX file."""
-    from medsam_edge.calibration.plan import plan, predict
-
-    out = {}
-    for f in files:
-        p = plan(f, dims)
-        out[p["file"]] = {**p, "predicted": {g: predict(p, g) for g in gpus}}
-    return out
-
-
-def model_dir_plan(model_dir, gpus=None, dims: dict | None = None) -> dict:
-    """The plan of every *.onnx in a model directory (for reports and the manifest)."""
-    from medsam_edge.calibration.plan import GPUS
-
-    files = sorted(Path(model_dir).glob("*.onnx"))
-    return plan_files(files, list(gpus or GPUS), dims)
-
-
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from medsam_edge.calibration.plan import EFFICIENCY, GPUS, TYPES
+    from medsam_edge.calibration.plan import EFFICIENCY, GPUS, TYPES, model_dir_plan
     from medsam_edge.errors import InputError
     from medsam_edge.manifest import load_model_dir
 

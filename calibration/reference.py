@@ -14,21 +14,16 @@ from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir
 
 
-def fp32_pair(md: ModelDir, threads: int | None = None):
-    """The exported FP32 encoder.onnx + decoder.onnx on onnxruntime's CPU provider."""
-    from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE, OnnxruntimeBackend
-
-    return OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder"), threads=threads,
-                              release_memory=md.preprocess.size >= LARGE_INPUT_SIDE)
-
-
 def open_reference(md: ModelDir, checkpoint: str | Path | None = None) -> tuple[object, str]:
-    """(reference backend, description). The PyTorch one needs torch and the exported weights."""
+    """(reference backend, description). The PyTorch one needs torch and the exported weights;
+    else the exported FP32 encoder.onnx + decoder.onnx on onnxruntime's CPU provider."""
+    from medsam_edge.engines.loaders import open_files
+
     try:
         import torch  # noqa: F401
     except ImportError:
-        return fp32_pair(md), _onnx_text(md, "torch is not installed")
-    from medsam_edge.engines.torch_backend import TorchBackend
+        return open_files(md.onnx("encoder"), md.onnx("decoder")), _onnx_text(md, "torch is not installed")
+    from medsam_edge.export.torch_backend import TorchBackend
 
     source = md.manifest.get("checkpoint") or {}
     if checkpoint is not None:
@@ -39,7 +34,7 @@ def open_reference(md: ModelDir, checkpoint: str | Path | None = None) -> tuple[
     try:
         backend = TorchBackend(md, checkpoint)
     except InputError as e:
-        return fp32_pair(md), _onnx_text(md, str(e))
+        return open_files(md.onnx("encoder"), md.onnx("decoder")), _onnx_text(md, str(e))
     return backend, f"PyTorch FP32 reference ({source.get('kind', 'checkpoint')})"
 
 

@@ -17,22 +17,23 @@ from pathlib import Path
 
 import onnx
 
-from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, box_tokens
+from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, PRECISIONS
+from medsam_edge.engines.loaders import open_files
+from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
 from medsam_edge.manifest import ModelDir
 from medsam_edge.progress import Steps
 
 from . import fp16, int8, report
+from .backends import CPU_BACKENDS, availability
 from .boxes import load_prompts
-from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
-
-from .backends import CPU_BACKENDS, availability, open_pair
-from .evaluate import TARGETS, Scorer, judge, open_part, probe
+from .evaluate import TARGETS, Scorer, cosine_signal, judge
 from .frames import MIN_FRAMES, FrameReader, FrameSet, sample_frames
 from .latency import encoder_latency
-from .plan_command import model_dir_plan
-from .reference import fp32_pair, open_reference
+from .plan import model_dir_plan
+from .reference import open_reference
 
-PRECISIONS = ("fp16", "int8")
+# The precisions a run makes files for (contract.PRECISIONS has every one a model may have).
+MADE_HERE = ("fp16", "int8")
 # What the report scores, beside FP32: this run's files or an earlier run's, and bf16
 # (the FP32 files at BF16 inference precision, where a backend here runs it).
 REPORTED = ("fp16", "int8", "int8dyn", "bf16")
@@ -67,7 +68,7 @@ class SearchOptions:
 
 @dataclass
 class Options:
-    precisions: tuple = PRECISIONS
+    precisions: tuple = MADE_HERE
     frames: FrameOptions = field(default_factory=FrameOptions)
     search: SearchOptions = field(default_factory=SearchOptions)
     dynamic: bool = True  # also write the CPU-only encoder.int8dyn.onnx
@@ -102,7 +103,8 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
             # Every calibration source in the search where the count allows: a search judged
             # on a few sources keeps the nodes those need, not the ones another vendor's need.
             cal = fs.spread(fs.calibration, o.search.search_frames)
-            search = Scorer(fs, cal, load_prompts(fs, cal, o.frames.box_files, o.frames.mask_dirs), fp32_pair(md, o.threads))
+            search = Scorer(fs, cal, load_prompts(fs, cal, o.frames.box_files, o.frames.mask_dirs),
+                            open_files(md.onnx("encoder"), md.onnx("decoder"), threads=o.threads))
         record: dict = {"frames": fs.describe(), "targets": {p: o.target(p) for p in TARGETS}}
         written: dict[str, Path] = {}
         if "fp16" in o.precisions:
@@ -156,19 +158,17 @@ def _alive(pid: int) -> bool:
 def _staged(staging: Path, part: str, precision: str) -> Path:
     """Where this run writes `part` of `precision`: the contract's own file name for it (never
     the FP32 file that stands in for a missing one)."""
-    from medsam_edge.contract import PRECISIONS as TABLE
-
-    return staging / TABLE[precision].files[part][0]
+    return staging / PRECISIONS[precision].files[part][0]
 
 
 def _fp16(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Options, log) -> dict:
-    fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
+    fp32_dec = open_files(decoder=md.onnx("decoder"), threads=o.threads)
     feeds = [{IMAGE: fs.tensor(r.index)} for r in search.refs[: o.search.range_frames]]
     enc = _staged(staging, "encoder", "fp16")
     log("encoder:")
     rec_e = fp16.write_fp16(md.onnx("encoder"), enc, feeds,
                             judge(search, "encoder", fp32_dec, o.target("fp16"), o.threads), log)
-    dfeeds = [dict(zip((EMBEDDING, POINT_COORDS, POINT_LABELS), (r.embedding, *box_tokens(r.boxes))))
+    dfeeds = [dict(zip((EMBEDDING, POINT_COORDS, POINT_LABELS), (r.embedding, *r.tokens())))
               for r in search.refs[: o.search.range_frames]]
     dec = _staged(staging, "decoder", "fp16")
     log("decoder:")
@@ -182,7 +182,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     src = md.onnx("encoder")
     model = onnx.load(str(src))
     nodes = int8.quantizable(model)
-    fp32_dec = open_part(md.onnx("decoder"), "decoder", o.threads)
+    fp32_dec = open_files(decoder=md.onnx("decoder"), threads=o.threads)
     judged_path = judge(search, "encoder", fp32_dec, o.search_target("int8"), o.threads, _also(md, "int8", o, log))
     trial = staging / "trial.int8.onnx"
     caches = {m: staging / f"ranges-{m}.json" for m in o.search.methods}
@@ -192,7 +192,7 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     ranged = fs.spread(fs.calibration, RANGE_FRAMES)
     if len(ranged) < len(fs.calibration):
         log(f"ranges: {len(ranged)} of the {len(fs.calibration)} calibration frames, spread over the sources")
-    swept = int8.calibrate(src, FrameReader(fs, ranged), o.search.methods, caches, o.threads, log)
+    swept = int8.collect_ranges(src, FrameReader(fs, ranged), o.search.methods, caches, o.threads, log)
     # The INT8 file is the FP16 graph plus Q/DQ: it keeps the FP16 pass's measured FP32
     # nodes (this run's, else an earlier run's file; without either, the range rule alone).
     fp16_file = written.get("encoder.fp16") or (md.onnx("encoder", "fp16") if md.onnx("encoder", "fp16").is_file()
@@ -213,7 +213,8 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
                  "activation_matmuls": len(int8.activation_matmuls(model)), "ranking": [], "search": []}
     exclude: list[str] = []
     if not methods[best]["passed"]:
-        ranking = int8.rank_nodes(src, nodes, best, cache, probe(search, threads=o.threads), o.search.max_trials, log)
+        ranking = int8.rank_nodes(src, nodes, best, cache, cosine_signal(search, threads=o.threads),
+                                  o.search.max_trials, log)
 
         def judged(excl):
             int8.quantize(src, trial, best, cache, excl, keep_fp32=keep)
@@ -242,7 +243,7 @@ def _also(md, precision: str, o: Options, log) -> list:
     for b in o.search.backends:
         if b != "onnxruntime-cpu" and availability(b, precision) is None:
             log(f"the search judges each candidate on onnxruntime-cpu, then on {b}")
-            openers.append(lambda path, b=b: _quietly(open_pair, b, path, md.onnx("decoder"), precision, o.threads))
+            openers.append(lambda path, b=b: _quietly(open_files, path, md.onnx("decoder"), b, precision, o.threads))
     return openers
 
 
@@ -261,7 +262,7 @@ def _quietly(f, *args):
 def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Options, log) -> dict:
     src = md.onnx("encoder")
     out = _staged(staging, "encoder", "int8dyn")
-    judged_path = judge(search, "encoder", open_part(md.onnx("decoder"), "decoder", o.threads),
+    judged_path = judge(search, "encoder", open_files(decoder=md.onnx("decoder"), threads=o.threads),
                         o.search_target("int8"), o.threads, _also(md, "int8dyn", o, log))
     int8.quantize_dynamic_cpu(src, out)
     v, exclude, trials = judged_path(out), [], []
@@ -299,7 +300,7 @@ def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
             if why is not None:
                 scores[p][b] = why
                 continue
-            with open_pair(b, e, d, p, o.threads, release) as backend:
+            with open_files(e, d, b, p, o.threads, release_memory=release) as backend:
                 scores[p][b] = sc.score(backend, backend)
     files = {p: {"encoder": e.name, "decoder": d.name} for p, (e, d) in pairs.items()}
     n_boxes = sum(len(prompts[i]) for i in ho)
@@ -323,14 +324,12 @@ def _plan_summary(plans: dict) -> dict:
 def _pairs(md, written: dict) -> dict[str, tuple]:
     """Precision -> (encoder, decoder) files to score: this run's (from staging), else ones an
     earlier run left in the model directory, as the contract's table names them."""
-    from medsam_edge.contract import PRECISIONS as TABLE
-
     out = {"fp32": (md.onnx("encoder"), md.onnx("decoder"))}
     staged = {f.name: f for f in written.values()}
     for p in REPORTED:
         pair = []
         for part in ("encoder", "decoder"):
-            mine = [staged[n] for n in TABLE[p].files[part] if n in staged]
+            mine = [staged[n] for n in PRECISIONS[p].files[part] if n in staged]
             pair.append(mine[0] if mine else md.onnx(part, p))
         if all(f.is_file() for f in pair):
             out[p] = tuple(pair)

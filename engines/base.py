@@ -40,6 +40,8 @@ class Backend(ABC):
     precision: str = "fp32"
     #: embeddings from encode() that stay valid at once; None: unlimited (host arrays)
     embedding_slots: int | None = None
+    #: the files it was opened on, per part ("encoder", "decoder"); empty for a server
+    paths: dict = {}
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> Any:

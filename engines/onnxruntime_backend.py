@@ -147,20 +147,27 @@ class OnnxruntimeBackend(Backend):
         self,
         encoder_onnx: Path | None,
         decoder_onnx: Path | None,
-        name: str = "onnxruntime-cpu",
         precision: str = "fp32",
         threads: int | None = None,
-        cache_dir: Path | None = None,
         decoder_threads: int | None = None,
-        release_memory: bool = False,
+        cache_dir: Path | None = None,
+        *,
+        name: str = "onnxruntime-cpu",
+        release_memory: bool | None = False,
         trt_profiles: dict | None = None,
         io_device: str | None = None,
         input_size: int | None = None,
     ) -> None:
-        """threads: onnxruntime intra-op threads of the encoder session (and of the decoder
+        """Files, precision, threads and cache first, as every file backend takes them
+        (engines.loaders.open_files opens them by backend name).
+
+        threads: onnxruntime intra-op threads of the encoder session (and of the decoder
         unless decoder_threads is given; None: onnxruntime's default, every core).
+        cache_dir: the TensorRT provider's engine and timing caches (None: none kept).
+        name: which provider list (PROVIDERS).
         release_memory: hand the encoder's working memory back after every call (see
-        release_options); for processes that keep several big encoders open.
+        release_options); for processes that keep several big encoders open. None: for
+        encoders whose input side is at least LARGE_INPUT_SIDE.
         encoder_onnx or decoder_onnx None: a backend of one part (calibration pairs a
         candidate encoder with the FP32 decoder, or the reference's embeddings with a
         candidate decoder).
@@ -171,6 +178,9 @@ class OnnxruntimeBackend(Backend):
         and outputs are checked against the contract (check_contract)."""
         import onnxruntime as ort
 
+        if name not in PROVIDERS or precision in PROVIDERS:
+            raise ValueError(f"OnnxruntimeBackend(encoder, decoder, precision, ..., name=...): name {name!r}, "
+                             f"precision {precision!r}; name is one of {', '.join(PROVIDERS)}")
         wanted = PROVIDERS[name]
         missing = [p for p in wanted[:1] if p not in ort.get_available_providers()]
         if missing:
@@ -182,12 +192,11 @@ class OnnxruntimeBackend(Backend):
         self.device = "cpu" if name == "onnxruntime-cpu" else "cuda"
         self.precision = precision
         self.threads = {"encoder": threads, "decoder": decoder_threads or threads}
-        self.releases_memory = release_memory
-        self._encode_options = release_options(ort) if release_memory else None
         if encoder_onnx is None and decoder_onnx is None:
             raise ValueError("an onnxruntime backend needs an encoder, a decoder or both")
-        # Which files ran: a reduced precision's decoder may be the FP32 one standing in.
-        self.files = {part: Path(f).name for part, f in (("encoder", encoder_onnx), ("decoder", decoder_onnx)) if f}
+        # What it was opened on; a reduced precision's decoder may be the FP32 one standing in.
+        self.paths = {part: Path(f) for part, f in (("encoder", encoder_onnx), ("decoder", decoder_onnx)) if f}
+        self.files = {part: f.name for part, f in self.paths.items()}
         profiles = trt_profiles or {}
         self.encoder = (self._session(ort, encoder_onnx, session_options(ort, threads),
                                       [self._provider_options(p, cache_dir, profiles.get("encoder")) for p in wanted])
@@ -198,6 +207,11 @@ class OnnxruntimeBackend(Backend):
         for part, session, path in (("encoder", self.encoder, encoder_onnx), ("decoder", self.decoder, decoder_onnx)):
             if session is not None:
                 check_contract(session, part, Path(path), input_size)
+        if release_memory is None:
+            side = next((i.shape[-1] for i in self.encoder.get_inputs() if i.name == IMAGE), 0) if self.encoder else 0
+            release_memory = isinstance(side, int) and side >= LARGE_INPUT_SIDE
+        self.releases_memory = release_memory
+        self._encode_options = release_options(ort) if release_memory else None
         # What actually ran: onnxruntime silently drops a provider it cannot initialise.
         self.providers = (self.encoder or self.decoder).get_providers()
         if self.providers[0] != wanted[0]:

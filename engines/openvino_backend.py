@@ -112,6 +112,7 @@ class OpenvinoBackend(Backend):
         cpu, caps = cpu_capabilities(core)
         hint = INFERENCE_PRECISION[precision]
         self.precision = precision
+        self.paths = {"encoder": Path(encoder_onnx), "decoder": Path(decoder_onnx)}
         self.version = ov.get_version()
         self.cpu = cpu
         # Real-time mode runs encoder and decoder at once on their own thread counts; pinned

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 # "auto" tries these in order: native TensorRT, then onnxruntime's TensorRT and CUDA
 # providers, then the CPU, which always works.
 AUTO_ORDER = ("tensorrt", "onnxruntime-trt", "onnxruntime-cuda", "onnxruntime-cpu", "openvino-cpu")
-NAMES = AUTO_ORDER
 # Precisions for which "auto" tries OpenVINO before onnxruntime's CPU provider, because it
 # measured faster there at the same fidelity (LiteMedSAM, one thread, 2-core AMD EPYC
 # without AVX-512, openvino 2026.4, loaded machine: indicative). fp16: encoder 3.4 s
@@ -174,7 +173,7 @@ def resolve(name: str, precision: str | None = None) -> str:
                                          if _family(n) in runs and not found[n].available))
         raise InputError("no backend is available (onnxruntime does not import); pip install onnxruntime")
     if name not in found:
-        raise InputError(f"unknown backend {name!r}; choose auto or one of {', '.join(NAMES)}")
+        raise InputError(f"unknown backend {name!r}; choose auto or one of {', '.join(AUTO_ORDER)}")
     if not found[name].available:
         raise InputError(f"backend {name} is not available here: {found[name].reason}")
     return name
@@ -184,6 +183,8 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
                  decoder_threads: int | None = None, release_memory: bool = False,
                  rebuild: str = DEFAULT_REBUILD) -> Backend:
     """Open `name` (or the best available) on a model directory; the log says what ran.
+    The files are `precision`'s in the model directory, opened by engines.loaders.open_files
+    (TensorRT's engines and a Triton server here).
 
     threads / decoder_threads: CPU threads of the encoder / decoder (onnxruntime sessions,
     OpenVINO compiled models; decoder_threads None: the same as threads; both None: the
@@ -225,20 +226,11 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
             runs = PRECISIONS[precision].runs_on
             chosen = next(n for n in auto_order(precision) if n != "tensorrt" and _available(n)
                           and _family(n) in runs)
-    if backend is None and chosen == "openvino-cpu":
-        from medsam_edge.engines.openvino_backend import OpenvinoBackend
+    if backend is None:
+        from medsam_edge.engines.loaders import open_files
 
-        backend = OpenvinoBackend(encoder, decoder, precision, threads=threads, decoder_threads=decoder_threads,
-                                  cache_dir=md.path / "engines" / "openvino_cache")
-    elif backend is None:
-        from medsam_edge.engines import engine_manifest as em
-        from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
-
-        backend = OnnxruntimeBackend(
-            encoder, decoder, chosen, precision, threads=threads, cache_dir=md.path / "engines" / "ort_trt_cache",
-            decoder_threads=decoder_threads, release_memory=release_memory, trt_profiles=em.profiles(md),
-            input_size=md.preprocess.size,
-        )
+        backend = open_files(encoder, decoder, chosen, precision, threads, decoder_threads,
+                             release_memory=release_memory, model_dir=md)
     log.info("backend %s%s (%s, %s) for %s%s", backend.name, " (auto)" if name == "auto" else "",
              backend.device, backend.precision, md.path,
              f", threads {backend.describe()['threads']}" if getattr(backend, "threads", None) else "")

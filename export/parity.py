@@ -4,7 +4,8 @@ Three comparisons on a real frame: the encoder's embedding for the same preproce
 input, the decoder's logits for the same embedding and boxes, and the masks of the
 whole exported path (ONNX encoder -> ONNX decoder -> the reference's postprocess)
 against the reference's masks. Run on onnxruntime's CPU provider, the one that exists
-everywhere.
+everywhere, opened by engines.loaders.open_files with the session options the runtime
+uses; the other side is segment-anything's own modules (export.reference).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, Preprocess, box_tokens, prompt_tokens
+from medsam_edge.contract import Preprocess, box_tokens, prompt_tokens
+from medsam_edge.engines.loaders import open_files
 from medsam_edge.errors import ParityError
 from medsam_edge.export.reference import ReferencePredictor, logits_to_masks
 from medsam_edge.export.wrappers import decode_official
@@ -54,8 +56,6 @@ def check_parity(
     boxes: np.ndarray | None = None,
 ) -> dict:
     """Measure; return the figures with a `passed` flag (raising is the caller's choice)."""
-    import onnxruntime as ort
-
     frame_label = f"pydicom:{PARITY_SOURCE}[0]" if image is None else "caller's frame"
     image = parity_frame() if image is None else image
     boxes = PARITY_BOXES if boxes is None else np.asarray(boxes, np.float32)
@@ -66,27 +66,20 @@ def check_parity(
     model_boxes = boxes_to_model(boxes, p.original_hw, p.resized_hw)
     ref_logits, ref_iou = ref.decode(ref_emb, model_boxes)
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    enc = ort.InferenceSession(str(encoder_onnx), opts, providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(decoder_onnx), opts, providers=["CPUExecutionProvider"])
-
-    def run_decoder(embedding, coords, labels):
-        return dec.run(None, {EMBEDDING: embedding, POINT_COORDS: coords, POINT_LABELS: labels})
-
-    emb = enc.run(None, {IMAGE: p.tensor.numpy()})[0]
-    # Box-only prompts, the MedSAM path: the traced decoder against the reference's own call.
-    logits_same_emb, iou_same = run_decoder(ref_emb.numpy(), *box_tokens(model_boxes))
-    logits, _ = run_decoder(emb, *box_tokens(model_boxes))
+    with open_files(encoder_onnx, decoder_onnx) as exported:
+        emb = exported.encode(p.tensor.numpy())
+        # Box-only prompts, the MedSAM path: the traced decoder against the reference's own call.
+        logits_same_emb, iou_same = exported.decode(ref_emb.numpy(), *box_tokens(model_boxes))
+        logits, _ = exported.decode(emb, *box_tokens(model_boxes))
+        # Clicks with and without a box, against segment-anything's PromptEncoder given the same.
+        point_logits = []
+        for tokens in _click_prompts(model_boxes):
+            coords, labels = (np.stack(t) for t in zip(*tokens))
+            got, _ = exported.decode(ref_emb.numpy(), coords, labels)
+            with torch.no_grad():
+                want, _ = decode_official(ref.sam, ref_emb, torch.from_numpy(coords), torch.from_numpy(labels))
+            point_logits.append(rel_err(got, want.numpy()))
     masks = logits_to_masks(torch.from_numpy(logits), p, pre)
-    # Clicks with and without a box, against segment-anything's PromptEncoder given the same.
-    point_logits = []
-    for tokens in _click_prompts(model_boxes):
-        coords, labels = (np.stack(t) for t in zip(*tokens))
-        got, _ = run_decoder(ref_emb.numpy(), coords, labels)
-        with torch.no_grad():
-            want, _ = decode_official(ref.sam, ref_emb, torch.from_numpy(coords), torch.from_numpy(labels))
-        point_logits.append(rel_err(got, want.numpy()))
 
     dices = [dice(a, b) for a, b in zip(masks, ref_masks)]
     figures = {

@@ -48,7 +48,7 @@ class LocalEngine:
     """The ONNX files beside model.py, through the project's CPU backend."""
 
     def __init__(self, vdir: Path, params: dict) -> None:
-        from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+        from medsam_edge.engines.loaders import open_files
         from medsam_edge.manifest import sha256_file
 
         for part in ("encoder", "decoder"):
@@ -56,8 +56,8 @@ class LocalEngine:
                 raise RuntimeError(f"{vdir / (part + '.onnx')}: SHA-256 differs from config.pbtxt's; "
                                    "write the repository again with `medsam-edge triton`")
         threads = int(params.get("threads") or 0) or None
-        self.backend = OnnxruntimeBackend(vdir / "encoder.onnx", vdir / "decoder.onnx", "onnxruntime-cpu",
-                                          params["precision"], threads=threads)
+        self.backend = open_files(vdir / "encoder.onnx", vdir / "decoder.onnx", "onnxruntime-cpu",
+                                  params["precision"], threads, release_memory=False)
 
     def encode(self, image: np.ndarray):
         return self.backend.encode(image)

@@ -282,14 +282,15 @@ def test_grouped_ranges_equal_onnxruntimes_own_calibrator(tiny, data, tmp_path):
 
 def test_a_candidate_passes_only_where_every_backend_meets_the_target(tiny, data, tmp_path):
     from medsam_edge.calibration.boxes import load_prompts
-    from medsam_edge.calibration.evaluate import Scorer, judge, open_part
-    from medsam_edge.calibration.reference import fp32_pair
+    from medsam_edge.calibration.evaluate import Scorer, judge
+    from medsam_edge.engines.loaders import open_files
     from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
 
     md = load_model_dir(tiny)
     fs = sample_frames([str(data["img"])], md.preprocess, 6, 0.3, cache_dir=str(data["cache"]), min_frames=1)
     cal = fs.calibration[:3]
-    scorer = Scorer(fs, cal, load_prompts(fs, cal, (), (str(data["mask"]),)), fp32_pair(md))
+    scorer = Scorer(fs, cal, load_prompts(fs, cal, (), (str(data["mask"]),)),
+                    open_files(md.onnx("encoder"), md.onnx("decoder")))
     # A second backend whose arithmetic is far off: onnxruntime over the encoder with its
     # weights scrambled, standing in for a runtime whose kernels lose what the first keeps.
     model = onnx.load(str(md.onnx("encoder")))
@@ -301,7 +302,7 @@ def test_a_candidate_passes_only_where_every_backend_meets_the_target(tiny, data
     bad = tmp_path / "scrambled.onnx"
     onnx.save(model, str(bad))
     target = {"mean": 0.99, "p5": 0.95}
-    dec = open_part(md.onnx("decoder"), "decoder")
+    dec = open_files(decoder=md.onnx("decoder"))
 
     def scrambled(path):
         backend = OnnxruntimeBackend(bad, md.onnx("decoder"))

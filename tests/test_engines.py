@@ -274,7 +274,7 @@ def test_a_reduced_precision_runs_with_the_fp32_decoder_standing_in(md, echo_fra
 
 def test_torch_backend_reproduces_the_exported_model_on_the_cpu(tiny_model_dir):
     from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
-    from medsam_edge.engines.torch_backend import TorchBackend
+    from medsam_edge.export.torch_backend import TorchBackend
 
     x = np.random.default_rng(1).random((1, 3, 1024, 1024), dtype=np.float32)
     boxes = np.array([[100, 120, 600, 700], [400, 300, 900, 950]], np.float32)
@@ -297,7 +297,7 @@ def test_torch_backend_reproduces_the_exported_model_on_the_cpu(tiny_model_dir):
 def test_sdpa_attention_matches_the_official_modules(tiny_model_dir):
     import torch
 
-    from medsam_edge.engines.torch_backend import load_sam, use_sdpa
+    from medsam_edge.export.torch_backend import load_sam, use_sdpa
 
     sam = load_sam(tiny_model_dir)
     torch.manual_seed(0)
@@ -392,7 +392,7 @@ def test_torch_fast_path_on_cuda_stays_close_to_the_reference(tiny_model_dir):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device for torch")
-    from medsam_edge.engines.torch_backend import TorchBackend
+    from medsam_edge.export.torch_backend import TorchBackend
 
     x = np.random.default_rng(3).random((1, 3, 1024, 1024), dtype=np.float32)
     boxes = np.array([[100, 120, 600, 700]], np.float32)

@@ -3,7 +3,7 @@ INT8 file's structure, the rebuild policy, onnxruntime's provider options and IO
 and the TensorRT/CUDA code against cuda-bindings' real signatures.
 
 FP16 and INT8 files are written here by calibration's own passes (fp16.write_fp16,
-int8.calibrate/quantize) on two smooth synthetic frames, for the tiny ViT and for
+int8.collect_ranges/quantize) on two smooth synthetic frames, for the tiny ViT and for
 LiteMedSAM; calibration's full run is tested in test_calibration.py.
 """
 
@@ -59,7 +59,7 @@ def _write_precisions(md, dest: Path) -> dict[str, Path]:
         fp16.write_fp16(md.onnx(part), out, f)
         files[out.name] = out
     caches = {"minmax": dest / "ranges-minmax.json"}
-    int8.calibrate(md.onnx("encoder"), feeds, ["minmax"], caches)
+    int8.collect_ranges(md.onnx("encoder"), feeds, ["minmax"], caches)
     out = dest / "encoder.int8.onnx"
     int8.quantize(md.onnx("encoder"), out, "minmax", caches["minmax"])
     files[out.name] = out
