@@ -18,7 +18,9 @@ Modules, one job each:
   compare.py   the round-robin loop over frames, runs and rows
   streaming.py the runtime scenarios (reuse off/on, real-time, long run)
   report.py    JSON and Markdown
+  cells.py     table cells the Markdown tables share
   plots.py     PNG plots (skipped with a note without matplotlib)
   machine.py   what this ran on
   run.py       the command's body: all of the above, and the partial report on failure
+  gpu_check.py the GPU layer in one call: backends as rows against the reference, TensorRT's behaviour
 """

@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from medsam_edge.bench.cells import ratio
+
+
 # Issue 10's CPU targets, against the PyTorch FP32 reference measured in the same run.
 VITB_ENCODER_SPEEDUP = 8.0
 LITE_E2E_SPEEDUP, LITE_FRESH_S = 5.0, 0.2
@@ -64,7 +67,7 @@ def targets(reports: list[dict]) -> list[str]:
             best = max(good.values(), key=lambda r: r["speedup_vs_reference"]["encode"]["median"], default=None)
             out.append(_row(f"ViT-B encoder, fastest CPU row meeting fidelity, >= {VITB_ENCODER_SPEEDUP:g}x the "
                             "reference", best, lambda r: r["speedup_vs_reference"]["encode"]["median"]
-                            >= VITB_ENCODER_SPEEDUP, lambda r: f"encoder {_sp(r['speedup_vs_reference']['encode'])}",
+                            >= VITB_ENCODER_SPEEDUP, lambda r: f"encoder {ratio(r['speedup_vs_reference']['encode'])}",
                             rep))
         if model == "lite_medsam" and rows:
             best = max(good.values(), key=lambda r: r["speedup_vs_reference"]["e2e"]["median"], default=None)
@@ -72,7 +75,7 @@ def targets(reports: list[dict]) -> list[str]:
                             f"{LITE_E2E_SPEEDUP:g}x the reference and p50 < {LITE_FRESH_S:g} s", best,
                             lambda r: r["speedup_vs_reference"]["e2e"]["median"] >= LITE_E2E_SPEEDUP
                             and r["latency_ms"]["e2e"]["p50"] / 1e3 < LITE_FRESH_S,
-                            lambda r: f"end to end {_sp(r['speedup_vs_reference']['e2e'])}, p50 "
+                            lambda r: f"end to end {ratio(r['speedup_vs_reference']['e2e'])}, p50 "
                                       f"{r['latency_ms']['e2e']['p50'] / 1e3:.3f} s", rep))
             fastest = max(good.values(), key=lambda r: r["speedup_vs_reference"]["decode"]["median"], default=None)
             if threads == 1:
@@ -83,7 +86,7 @@ def targets(reports: list[dict]) -> list[str]:
                 out.append(_row(f"LiteMedSAM decoder >= {LITE_DECODER_SPEEDUP:g}x the reference's (threads "
                                 f"{threads})", fastest, lambda r: r["speedup_vs_reference"]["decode"]["median"]
                                 >= LITE_DECODER_SPEEDUP,
-                                lambda r: f"{_sp(r['speedup_vs_reference']['decode'])}, p50 "
+                                lambda r: f"{ratio(r['speedup_vs_reference']['decode'])}, p50 "
                                           f"{r['latency_ms']['decode']['p50']:.1f} ms", rep))
         for name, r in rows.items():
             if r.get("fidelity", {}).get("masks") and r["precision"] != "fp32":
@@ -143,7 +146,7 @@ def repeatability(reports: list[dict]) -> list[str]:
                 if not (sa.get("n") and sb.get("n")):
                     continue
                 ok = within(sa, sb) and within(sb, sa)
-                out.append(f"| {_model(a)} {name} {stage} speed-up vs reference | {_sp(sa)} / {_sp(sb)} "
+                out.append(f"| {_model(a)} {name} {stage} speed-up vs reference | {ratio(sa)} / {ratio(sb)} "
                            f"| {_verdict(ok)} | {_title(a)}, {_title(b)} |")
     if not out:
         return []
@@ -176,10 +179,6 @@ def _model(rep: dict) -> str:
 def flat(tr: dict) -> bool:
     """Growing lag is a rising trend: the fitted rise after start-up under 10% of the median latency."""
     return bool(tr) and tr["rise_ms"] < 0.1 * tr["median_ms"]
-
-
-def _sp(sp: dict) -> str:
-    return f"{sp['median']:.2f}x [{sp['p5']:.2f}-{sp['p95']:.2f}]" if sp.get("n") else "-"
 
 
 def _verdict(ok: bool) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medsam_edge.contract import PRECISIONS
 from medsam_edge.errors import InputError
 
 EPILOG = """\
@@ -50,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="streaming scenario through the runtime on this clip: reuse off, reuse on, real-time")
     p.add_argument("--stream-frames", type=int, help="frames of each --stream clip (default 60 quick, 150 full)")
     p.add_argument("--stream-backend", default="onnxruntime-cpu", help="runtime backend for streaming (default onnxruntime-cpu)")
-    p.add_argument("--stream-precision", default="fp32", choices=("fp32", "fp16", "int8", "int8dyn"))
+    p.add_argument("--stream-precision", default="fp32", choices=tuple(PRECISIONS))
     p.add_argument("--stream-threads", type=int, help="onnxruntime threads per session for streaming (default: all cores)")
     p.add_argument("--long-run", metavar="CLIP[@BOX]", help="loop this clip in real-time mode for --long-frames frames")
     p.add_argument("--long-frames", type=int, default=2000, help="frames of the long run (default 2000)")

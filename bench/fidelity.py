@@ -28,7 +28,7 @@ def compare(masks: np.ndarray, ref_masks: np.ndarray, embedding: np.ndarray, ref
     }
 
 
-def summarize(per_frame: Sequence[dict]) -> dict:
+def aggregate(per_frame: Sequence[dict]) -> dict:
     """Aggregate per-frame comparisons: mean, 5th percentile and worst."""
     d = np.array([v for f in per_frame for v in f["dice"]], np.float64)
     j = np.array([v for f in per_frame for v in f["iou"]], np.float64)

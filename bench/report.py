@@ -7,10 +7,13 @@ regenerated from a saved report without measuring again.
 from __future__ import annotations
 
 from medsam_edge.bench import fidelity, flops
+from medsam_edge.bench.cells import number, ratio
 from medsam_edge.bench.compare import RowState
-from medsam_edge.bench.timing import mb, paired_ratio, summarize
+from medsam_edge.bench.runners import SEGMENTER_STAGES
+from medsam_edge.bench.timing import latency_stats, mb, paired_ratio
 
-STAGES = ("read", "preprocess", "encode", "decode", "postprocess")
+# A row's stages: the frame's read, then the Segmenter's own.
+ROW_STAGES = ("read", *SEGMENTER_STAGES)
 FORMAT = "medsam-edge/bench"
 
 
@@ -26,7 +29,7 @@ def row_json(row: RowState, ref: RowState | None, compute: dict | None, threshol
         out["trace"] = row.trace
     if not row.samples:
         return out | {"samples": []}
-    lat = {s: summarize([x[s] for x in row.samples]) for s in (*STAGES, "e2e")}
+    lat = {s: latency_stats([x[s] for x in row.samples]) for s in (*ROW_STAGES, "e2e")}
     out["latency_ms"] = lat
     out["fps"] = round(1e3 / lat["e2e"]["mean"], 3) if lat["e2e"]["mean"] else None
     if ref is not None and ref.samples:
@@ -37,9 +40,9 @@ def row_json(row: RowState, ref: RowState | None, compute: dict | None, threshol
         out["floor"] = {"encode_floor_ms": compute["encoder_floor_ms"], "decode_floor_ms": compute["decoder_floor_ms"],
                         "encode_x_floor": _ratio(lat["encode"]["p50"], compute["encoder_floor_ms"]),
                         "decode_x_floor": _ratio(lat["decode"]["p50"], compute["decoder_floor_ms"])}
-    out["fidelity"] = fidelity.summarize(row.vs_reference)
+    out["fidelity"] = fidelity.aggregate(row.vs_reference)
     if row.vs_fp32:
-        out["fidelity_vs_fp32"] = fidelity.summarize(row.vs_fp32)
+        out["fidelity_vs_fp32"] = fidelity.aggregate(row.vs_fp32)
     speed = (out.get("speedup_vs_reference") or {}).get("e2e", {}).get("median")
     out["flags"] = fidelity.verdict(out["fidelity"], speed, thresholds)
     out["samples"] = row.samples
@@ -129,19 +132,19 @@ def _backend_table(rows: list[dict]) -> str:
         fl = r.get("floor") or {}
         out.append(
             f"| {r['name']} | ok | {e['p50']:.1f} / {e['p95']:.1f} / {e['p99']:.1f} ({e['iqr']:.1f}) | {r['fps']:.2f} "
-            f"| {_speed(sp)} | {r['latency_ms']['encode']['p50']:.1f} ({_x(fl.get('encode_x_floor'))}) "
-            f"| {r['latency_ms']['decode']['p50']:.1f} | {_n(r.get('time_to_first_frame_s'), 2)} "
-            f"| {_n(r.get('peak_rss_mb'), 0)} | {_n(f.get('dice_mean'), 4)} / {_n(f.get('dice_p5'), 4)} / "
-            f"{_n(f.get('dice_min'), 4)} | {_n(f.get('iou_mean'), 4)} | {_n(f.get('cosine_min'), 6)} "
+            f"| {ratio(sp)} | {r['latency_ms']['encode']['p50']:.1f} ({_x(fl.get('encode_x_floor'))}) "
+            f"| {r['latency_ms']['decode']['p50']:.1f} | {number(r.get('time_to_first_frame_s'), 2)} "
+            f"| {number(r.get('peak_rss_mb'), 0)} | {number(f.get('dice_mean'), 4)} / {number(f.get('dice_p5'), 4)} / "
+            f"{number(f.get('dice_min'), 4)} | {number(f.get('iou_mean'), 4)} | {number(f.get('cosine_min'), 6)} "
             f"| {'; '.join(r.get('flags') or []) or '-'} |")
     return "\n".join(out)
 
 
 def _stage_table(rows: list[dict]) -> str:
-    out = ["| row | " + " | ".join(STAGES) + " | end to end |", "|---" * (len(STAGES) + 2) + "|"]
+    out = ["| row | " + " | ".join(ROW_STAGES) + " | end to end |", "|---" * (len(ROW_STAGES) + 2) + "|"]
     for r in rows:
         if "latency_ms" in r:
-            cells = [f"{r['latency_ms'][s]['p50']:.1f} / {r['latency_ms'][s]['p99']:.1f}" for s in (*STAGES, "e2e")]
+            cells = [f"{r['latency_ms'][s]['p50']:.1f} / {r['latency_ms'][s]['p99']:.1f}" for s in (*ROW_STAGES, "e2e")]
             out.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -152,7 +155,7 @@ def _reduced_table(rows: list[dict]) -> str:
     for r in rows:
         f = r["fidelity_vs_fp32"]
         out.append(f"| {r['name']} | {f['dice_mean']:.4f} / {f['dice_p5']:.4f} / {f['dice_min']:.4f} | {f['iou_mean']:.4f} "
-                   f"| {_n(f.get('cosine_mean'), 6)} / {_n(f.get('cosine_min'), 6)} |")
+                   f"| {number(f.get('cosine_mean'), 6)} / {number(f.get('cosine_min'), 6)} |")
     return "\n".join(out)
 
 
@@ -197,9 +200,10 @@ def _long_table(lr: dict) -> str:
         "| first half / second half p99 | Dice vs fresh mean / min (masks) |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| {lr['frames']} | {lr['seconds']} | {lr['fps']:.2f} | {lr['dropped']} | {lr['encoded']} "
-        f"| {_n(lr.get('staleness_mean'), 1)} | {_pp(lr['capture_to_mask_ms'])} "
+        f"| {number(lr.get('staleness_mean'), 1)} | {_pp(lr['capture_to_mask_ms'])} "
         f"| {lr['first_half_ms'].get('p99', '-')} / {lr['second_half_ms'].get('p99', '-')} "
-        f"| {_n(lr.get('dice_vs_fresh_mean'), 4)} / {_n(lr.get('dice_vs_fresh_min'), 4)} ({lr.get('dice_count', 0)}) |",
+        f"| {number(lr.get('dice_vs_fresh_mean'), 4)} / {number(lr.get('dice_vs_fresh_min'), 4)} "
+        f"({lr.get('dice_count', 0)}) |",
         "", "Capture-to-mask p99 per tenth of the run, ms: " + (", ".join(str(x["p99"]) for x in t) or "-")
         + f"; least-squares trend after the first tenth: {lr.get('trend') or '-'}"])
 
@@ -208,13 +212,5 @@ def _pp(d: dict) -> str:
     return f"{d['p50']} / {d['p99']}" if d else "-"
 
 
-def _speed(sp: dict) -> str:
-    return f"{sp['median']:.2f}x [{sp['p5']:.2f}-{sp['p95']:.2f}]" if sp.get("n") else "-"
-
-
 def _x(v) -> str:
     return f"{v:.1f}x" if v is not None else "-"
-
-
-def _n(v, digits: int) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"

@@ -36,14 +36,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from medsam_edge.atomic import write_json
+from medsam_edge.bench.cells import number
 from medsam_edge.engines.base import Backend
 from medsam_edge.metrics import dice
 from medsam_edge.runtime import Predictor
-from medsam_edge.runtime.prompts import Prompter
 from medsam_edge.runtime.reuse import ReusePolicy
-from medsam_edge.runtime.schedule import PromptSchedule
-from medsam_edge.runtime.segmenter import Segmenter
-from medsam_edge.runtime.session import Session
 from medsam_edge.runtime.sources import ArraySource, open_source
 
 # The Dice-vs-reuse curve's thresholds (ReusePolicy.threshold: mean absolute difference
@@ -214,11 +211,9 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
     replay = Replay(predictor.backend) if predictor.backend.embedding_slots is None else None
 
     def deterministic(policy, backend=None):
-        if backend is None:
-            return predictor.stream(ArraySource(frames, fps=fps), prompts=prompts, reuse=policy, realtime=False)
-        seg = Segmenter(backend, predictor.model_dir.preprocess)
-        session = Session(seg, Prompter(PromptSchedule.constant(prompts)), policy)
-        return (session.process(f) for f in frames)
+        # Another backend (the replaying one) through the public API: a Predictor over it.
+        over = predictor if backend is None else Predictor(predictor.model_dir, backend=backend)
+        return over.stream(ArraySource(frames, fps=fps), prompts=prompts, reuse=policy, realtime=False)
 
     # The reference goes through the replaying backend, so the curve finds its embeddings.
     res, t = _timed(deterministic(ReusePolicy.off(), replay))
@@ -234,7 +229,7 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
         for motion in (True, False):
             for th in thresholds:
                 policy = replace(default, threshold=th, motion=motion)
-                res, _ = _timed(deterministic(policy, replay or predictor.backend))
+                res, _ = _timed(deterministic(policy, replay))
                 row = _row(f"threshold {th}, motion {'on' if motion else 'off'}", res, None, fresh)
                 points.append({k: row[k] for k in ("mode", "reuse_rate", "dice_mean", "dice_min", "dice_reused_mean",
                                                    "motion_applied", "motion_refused")}
@@ -274,9 +269,9 @@ def markdown(result: dict) -> str:
         fps = "-" if r["fps"] is None else f"{r['fps']:.2f}"
         reused = "-" if r["dice_reused_mean"] is None else f"{r['dice_reused_mean']:.4f}"
         out.append(f"| {r['mode']} | {fps} | {r['reuse_rate']:.2f} | {r.get('encoded', '-')} | {r.get('dropped', 0)} "
-                   f"| {_n(r['staleness_mean'], 1)} | {r['dice_mean']:.4f} / {r['dice_min']:.4f} | {reused} "
-                   f"| {r['motion_applied']} / {r['motion_refused']} | {_n(r['decode_ms_p50'], 1)} / "
-                   f"{_n(r['motion_ms_p50'], 2)} |")
+                   f"| {number(r['staleness_mean'], 1)} | {r['dice_mean']:.4f} / {r['dice_min']:.4f} | {reused} "
+                   f"| {r['motion_applied']} / {r['motion_refused']} | {number(r['decode_ms_p50'], 1)} / "
+                   f"{number(r['motion_ms_p50'], 2)} |")
     if result.get("reference_stability"):
         out += ["", stability_line(result["reference_stability"])]
     if result.get("curve"):
@@ -306,10 +301,6 @@ def curve_table(result: dict) -> str:
 
 def _point(p: dict | None) -> str:
     return "-" if p is None else f"{p['reuse_rate']:.2f} / {p['dice_mean']:.4f} / {p['dice_min']:.4f}"
-
-
-def _n(v, digits: int) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def main(argv=None) -> int:

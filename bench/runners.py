@@ -17,7 +17,8 @@ import numpy as np
 
 from medsam_edge.runtime.segmenter import Segmenter
 
-STAGES = ("preprocess", "encode", "decode", "postprocess")
+# The Segmenter's own stages, each timed by it (a row's end to end adds the frame's read).
+SEGMENTER_STAGES = ("preprocess", "encode", "decode", "postprocess")
 
 
 @dataclass
@@ -25,6 +26,8 @@ class FrameOutput:
     stages_ms: dict[str, float]
     masks: np.ndarray  # (N, H, W) bool
     embedding: Any  # the backend's own embedding; to_numpy() brings it to the host
+    logits: np.ndarray  # (N, 1, 256, 256) float32, before the postprocess
+    scores: np.ndarray  # (N,) float32, the decoder's IoU predictions
 
 
 class Runner:
@@ -39,8 +42,8 @@ class Runner:
     def run(self, image: np.ndarray, boxes: np.ndarray) -> FrameOutput:
         t: dict[str, float] = {}
         enc = self.segmenter.encode(image, timings=t)
-        masks, _, _ = self.segmenter.decode(enc, boxes, t)
-        return FrameOutput({k: t[k] for k in STAGES}, masks, enc.embedding)
+        masks, scores, logits = self.segmenter.decode(enc, boxes, t)
+        return FrameOutput({k: t[k] for k in SEGMENTER_STAGES}, masks, enc.embedding, logits, scores)
 
     def to_numpy(self, embedding: Any) -> np.ndarray:
         return np.asarray(self.segmenter.backend.embedding_to_numpy(embedding), np.float32)

@@ -19,7 +19,7 @@ import numpy as np
 PERCENTILES = (50, 95, 99)
 
 
-def summarize(samples_ms: Sequence[float]) -> dict:
+def latency_stats(samples_ms: Sequence[float]) -> dict:
     """p50/p95/p99/mean with spread; an empty list gives {"n": 0}."""
     a = np.asarray(list(samples_ms), np.float64)
     if a.size == 0:

@@ -11,10 +11,11 @@
     for result in p.stream("clip.mp4", prompts=[[x0, y0, x1, y1]]):  # pull: a source
         ...
 
-The predictor owns the backend; sessions and streams share it. Real-time sessions run
-encoder and decoder at once, so on a CPU the predictor gives each its own threads
+The predictor owns the backend it opens; sessions and streams share it. Real-time sessions
+run encoder and decoder at once, so on a CPU the predictor gives each its own threads
 (runtime.realtime.split_threads) and reopens the backend when the mode changes; the log
-says so.
+says so. A backend the caller opened (Predictor(model_dir, backend=an engines Backend))
+stays the caller's: it is used as it is in both modes and never reopened or closed here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import replace
 import numpy as np
 
 from medsam_edge.contract import model_spec
+from medsam_edge.engines.base import Backend
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import ModelDir, load_model_dir
 from medsam_edge.runtime.image import to_rgb
@@ -39,19 +41,24 @@ log = logging.getLogger(__name__)
 
 
 class Predictor:
-    def __init__(self, model_dir, backend: str = "auto", precision: str = "fp32", threads: int | None = None,
-                 realtime: bool = False, rebuild: str | None = None) -> None:
+    def __init__(self, model_dir, backend: str | Backend = "auto", precision: str = "fp32",
+                 threads: int | None = None, realtime: bool = False, rebuild: str | None = None) -> None:
         """model_dir: a directory written by `medsam-edge export` (or its ModelDir).
         backend: "auto" or a name `medsam-edge info` lists; precision: a key of contract.PRECISIONS.
         threads: CPU threads (default every core). realtime: open the backend for real-time
         sessions first (encoder and decoder threads split); either mode works later.
-        rebuild: TensorRT engines' rebuild policy (engines.select.open_backend)."""
+        rebuild: TensorRT engines' rebuild policy (engines.select.open_backend).
+        backend may also be an open engines Backend for this model (a wrapper, a backend
+        opened with engines.loaders.open_files): precision, threads and rebuild are then the
+        caller's business, real-time sessions run on its threads as they are (no split), and
+        close() leaves it open."""
         self.model_dir: ModelDir = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
+        self._owns = not isinstance(backend, Backend)
         self._options = dict(name=backend, precision=precision, rebuild=rebuild)
         self._threads = threads
         self._warned_clicks = False
         self._encoded: Encoded | None = None
-        self.backend = None
+        self.backend = None if self._owns else backend
         self._open(realtime)
 
     @property
@@ -61,6 +68,10 @@ class Predictor:
     def _open(self, realtime: bool) -> None:
         from medsam_edge.engines.select import open_backend
 
+        if not self._owns:
+            self.realtime = realtime
+            self.segmenter = Segmenter(self.backend, self.model_dir.preprocess)
+            return
         if self.backend is not None:
             log.info("reopening the backend with %s threads", "real-time" if realtime else "deterministic")
             self.backend.close()
@@ -73,7 +84,7 @@ class Predictor:
 
     def _mode(self, realtime: bool) -> None:
         # Only CPU backends split threads; elsewhere one backend serves both modes.
-        if realtime != self.realtime and self.backend.device == "cpu":
+        if realtime != self.realtime and self.backend.device == "cpu" and self._owns:
             self._open(realtime)
 
     # -- one image -------------------------------------------------------------------------
@@ -187,7 +198,7 @@ class Predictor:
         return Stream(session, src, owns_source=owns, pace=pace, max_frames=max_frames)
 
     def close(self) -> None:
-        if self.backend is not None:
+        if self.backend is not None and self._owns:
             self.backend.close()
 
     def __enter__(self) -> "Predictor":

@@ -98,15 +98,26 @@ def test_ratios_are_paired_against_the_reference_of_the_same_run(bench_run):
     rows = {r["name"]: r for r in rep["rows"]}
     ref = {(s["frame"], s["run"]): s for s in rows["reference"]["samples"]}
     fast = rows["onnxruntime-cpu-fp32"]
-    ratios = [ref[(s["frame"], s["run"])]["e2e"] / s["e2e"] for s in fast["samples"]]
-    assert fast["speedup_vs_reference"]["e2e"]["median"] == pytest.approx(np.median(ratios), abs=1e-3)
-    assert rows["reference"]["speedup_vs_reference"]["e2e"]["median"] == 1.0
+    for stage in ("encode", "decode", "e2e"):
+        ratios = [ref[(s["frame"], s["run"])][stage] / s[stage] for s in fast["samples"]]
+        assert fast["speedup_vs_reference"][stage]["median"] == pytest.approx(np.median(ratios), abs=1e-3)
+        assert fast["speedup_vs_reference"][stage]["n"] == len(fast["samples"]) == 4
     for name in ("reference", "onnxruntime-cpu-fp32"):
-        lat = rows[name]["latency_ms"]
+        row = rows[name]
+        lat = row["latency_ms"]
         assert set(lat) == {"read", "preprocess", "encode", "decode", "postprocess", "e2e"}
         assert {"p50", "p95", "p99", "mean", "std", "iqr"} <= set(lat["e2e"])
-        assert rows[name]["time_to_first_frame_s"] > 0 and rows[name]["peak_rss_mb"] > 0
-        assert rows[name]["floor"]["encode_x_floor"] > 0
+        # Each sample's end to end is its read plus the Segmenter's stages.
+        for x in row["samples"]:
+            parts = x["read"] + x["preprocess"] + x["encode"] + x["decode"] + x["postprocess"]
+            assert x["e2e"] == pytest.approx(parts, abs=0.01)
+        # Time to the first frame is the load and the first (warm-up) frame; a row's memory
+        # peak covers its load.
+        assert row["time_to_first_frame_s"] == pytest.approx(row["load_s"] + row["first_frame_ms"] / 1e3, abs=2e-3)
+        assert row["peak_rss_mb"] >= row["rss_after_load_mb"] - 1
+        floor = row["floor"]
+        assert floor["encode_floor_ms"] == rep["compute"]["encoder_floor_ms"]
+        assert floor["encode_x_floor"] == pytest.approx(lat["encode"]["p50"] / floor["encode_floor_ms"], rel=0.01)
 
 
 def test_fidelity_columns_against_the_reference(bench_run, tiny_model_dir):
@@ -137,7 +148,12 @@ def test_fidelity_columns_against_the_reference(bench_run, tiny_model_dir):
     np.testing.assert_allclose(got, want_dice, atol=1e-5)
     assert f["cosine_min"] == pytest.approx(min(want_cos), abs=1e-5)
     assert len(rows["onnxruntime-cpu-int8"]["fidelity_frames"]) == 1
-    assert rep["compute"]["encoder_flops"] > 0 and rep["compute"]["matmul"]["gflops"] > 0
+    # torch's FLOP counter and the ONNX graph's own count (calibration.plan) agree.
+    from medsam_edge.calibration.plan import plan
+
+    assert rep["compute"]["encoder_flops"] == plan(tiny_model_dir.onnx("encoder"))["total_flops"]
+    c = rep["compute"]
+    assert c["encoder_floor_ms"] == pytest.approx(c["encoder_flops"] / c["matmul"]["gflops"] / 1e6, rel=1e-3)
     assert rep["thresholds"] == fidelity.THRESHOLDS  # the report records the thresholds its flags used
 
 
@@ -176,13 +192,24 @@ def test_unknown_backend_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "report.json").read_text())["status"] == "error"
 
 
-def test_without_frames_bench_measures_pydicoms_echo_cine(tiny_model_dir, tmp_path):
-    rc = main(["bench", str(tiny_model_dir.path), "--quick", "--max-frames", "1", "--runs", "1",
+def test_without_frames_bench_measures_pydicoms_echo_cine(lite_model_dir, echo_frames, tmp_path):
+    """LiteMedSAM's real weights on a real ultrasound frame: the FP32 row's masks (onnxruntime,
+    the runtime's OpenCV pixels) match the PyTorch reference's (the script's pixels)."""
+    from medsam_edge.runtime import Predictor
+
+    rc = main(["bench", str(lite_model_dir.path), "--quick", "--max-frames", "1", "--runs", "1",
                "--backends", "onnxruntime-cpu-fp32", "--out", str(tmp_path / "out")])
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rc == 0 and rep["status"] == "complete"
     assert rep["settings"]["sources"] == ["pydicom:examples_ybr_color.dcm@160,60,210,125"]
     assert rep["frames"][0]["boxes"] == [[160.0, 60.0, 210.0, 125.0]] and rep["frames"][0]["hw"] == [240, 320]
+    fp32 = next(r for r in rep["rows"] if r["name"] == "onnxruntime-cpu-fp32")
+    assert fp32["fidelity"]["masks"] == 1 and fp32["fidelity"]["dice_min"] > 0.99
+    # A mask that fills part of the box: a Dice between empty masks would say nothing.
+    with Predictor(lite_model_dir, backend="onnxruntime-cpu") as p:
+        p.set_image(echo_frames[0])
+        (mask,), _ = p.predict(boxes=[[160, 60, 210, 125]])
+    assert 0.1 < mask[60:125, 160:210].mean() < 0.95
 
 
 def test_an_empty_frames_folder_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys):

@@ -18,6 +18,7 @@ import pytest
 from medsam_edge.cli import main
 from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, PROMPTS_MAX, box_tokens
 from medsam_edge.engines import engine_manifest as em
+from medsam_edge.engines import select
 from medsam_edge.engines.select import AUTO_ORDER, probe, resolve
 from medsam_edge.engines.trt_build import errors_line, network_flags
 from medsam_edge.errors import InputError
@@ -210,20 +211,46 @@ def test_tensorrt_errors_are_summarised_on_one_line():
     assert len(errors_line(["x" * 1000])) == 300 and errors_line([]) == "no error message from TensorRT"
 
 
-def test_probe_and_auto_reflect_the_installed_backends():
+def test_probe_reflects_the_installed_backends():
     import onnxruntime as ort
 
     found = {a.name: a for a in probe()}
-    assert tuple(found) == AUTO_ORDER
     providers = ort.get_available_providers()
     assert found["onnxruntime-cpu"].available
     assert found["onnxruntime-cuda"].available == ("CUDAExecutionProvider" in providers)
-    expected = next(n for n in AUTO_ORDER if found[n].available)
-    assert resolve("auto") == expected
     if not HAS_TRT:
         assert not found["tensorrt"].available and "tensorrt" in found["tensorrt"].reason
         with pytest.raises(InputError, match="backend tensorrt is not available here: the tensorrt Python package"):
             resolve("tensorrt")
+
+
+def _only(*available: str):
+    """A probe() that finds exactly these backends."""
+    return lambda: [select.Availability(n, n in available, "" if n in available else f"{n} is not here")
+                    for n in AUTO_ORDER]
+
+
+def test_auto_tries_the_backends_in_a_fixed_order_and_falls_through(monkeypatch):
+    gpu = ("tensorrt", "onnxruntime-trt", "onnxruntime-cuda")
+    assert select.auto_order("fp32") == (*gpu, "onnxruntime-cpu", "openvino-cpu")
+    assert select.auto_order("int8") == select.auto_order("int8dyn") == select.auto_order(None) == AUTO_ORDER
+    assert select.auto_order("fp16") == select.auto_order("bf16") == (*gpu, "openvino-cpu", "onnxruntime-cpu")
+    monkeypatch.setattr(select, "probe", _only(*AUTO_ORDER))
+    assert resolve("auto") == resolve("auto", "fp16") == "tensorrt"
+    assert resolve("auto", "int8dyn") == "onnxruntime-trt"  # dynamic INT8 runs on onnxruntime only
+    monkeypatch.setattr(select, "probe", _only("onnxruntime-cuda", "onnxruntime-cpu", "openvino-cpu"))
+    assert resolve("auto", "fp32") == resolve("auto", "fp16") == "onnxruntime-cuda"
+    monkeypatch.setattr(select, "probe", _only("onnxruntime-cpu", "openvino-cpu"))
+    assert resolve("auto", "fp32") == resolve("auto", "int8") == resolve("auto", "int8dyn") == "onnxruntime-cpu"
+    assert resolve("auto", "fp16") == resolve("auto", "bf16") == "openvino-cpu"
+    monkeypatch.setattr(select, "probe", _only("onnxruntime-cpu"))
+    assert resolve("auto", "fp16") == "onnxruntime-cpu"
+    with pytest.raises(InputError, match="--precision bf16: no backend here runs it .*openvino-cpu is not here"):
+        resolve("auto", "bf16")
+    with pytest.raises(InputError, match="backend tensorrt is not available here: tensorrt is not here"):
+        resolve("tensorrt")
+    with pytest.raises(InputError, match="unknown backend 'warp'; choose auto or one of tensorrt, "):
+        resolve("warp")
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the no-TensorRT error paths do not apply")
@@ -270,6 +297,60 @@ def test_a_reduced_precision_runs_with_the_fp32_decoder_standing_in(md, echo_fra
         Predictor(md.path, backend="onnxruntime-cpu", precision="int8")
     fp16.close()
     fp32.close()
+
+
+def test_open_files_opens_what_it_is_given_and_says_what(tiny_model_dir):
+    from medsam_edge.engines.loaders import open_files
+    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+
+    md = tiny_model_dir
+    enc = open_files(md.onnx("encoder"), threads=1)
+    dec = open_files(decoder=md.onnx("decoder"), threads=1)
+    assert enc.paths == {"encoder": md.onnx("encoder")} and dec.paths == {"decoder": md.onnx("decoder")}
+    # Working memory goes back after each call for a 1024-px encoder unless the caller says otherwise.
+    assert enc.releases_memory and not dec.releases_memory
+    assert not open_files(md.onnx("encoder"), release_memory=False).releases_memory
+    with pytest.raises(ValueError, match="OpenVINO compiles an encoder and a decoder"):
+        open_files(md.onnx("encoder"), None, "openvino-cpu")
+    with pytest.raises(InputError, match="backend 'tensorrt' does not open ONNX files"):
+        open_files(md.onnx("encoder"), md.onnx("decoder"), "tensorrt")
+    # The backend name is a keyword: given where the precision goes, it is refused, not taken for one.
+    with pytest.raises(ValueError, match="name is one of"):
+        OnnxruntimeBackend(md.onnx("encoder"), md.onnx("decoder"), "onnxruntime-cpu")
+
+
+def test_a_predictor_over_an_open_backend_leaves_it_to_the_caller(tiny_model_dir, echo_frames):
+    """Predictor(model_dir, backend=<open Backend>): the same masks as one that opens its own,
+    both modes on that backend as it is, and closing the predictor does not close it."""
+    from medsam_edge.engines.base import Backend
+    from medsam_edge.engines.loaders import open_files
+    from medsam_edge.runtime import Predictor
+
+    class Watched(Backend):
+        def __init__(self, inner):
+            self.inner, self.name, self.closed = inner, inner.name, 0
+
+        def encode(self, image):
+            return self.inner.encode(image)
+
+        def decode(self, embedding, coords, labels):
+            return self.inner.decode(embedding, coords, labels)
+
+        def close(self):
+            self.closed += 1
+
+    md, box = tiny_model_dir, [[160, 60, 210, 125]]
+    backend = Watched(open_files(md.onnx("encoder"), md.onnx("decoder"), threads=1))
+    with Predictor(md, backend=backend) as p:
+        p.set_image(echo_frames[0])
+        masks, _ = p.predict(boxes=box)
+        results = list(p.stream(echo_frames[:2], prompts=box, realtime=True))
+        assert p.backend is backend and len(results) == 2
+    assert backend.closed == 0
+    with Predictor(md, backend="onnxruntime-cpu", threads=1) as own:
+        own.set_image(echo_frames[0])
+        want, _ = own.predict(boxes=box)
+    np.testing.assert_array_equal(masks, want)
 
 
 def test_torch_backend_reproduces_the_exported_model_on_the_cpu(tiny_model_dir):
@@ -323,15 +404,24 @@ def test_sdpa_attention_matches_the_official_modules(tiny_model_dir):
 
 
 def test_gpu_check_runs_on_the_cpu_and_reports_skips(tiny_model_dir, tmp_path, capsys):
+    """On a CPU-only machine gpu_check still runs its rows through the bench's own path (the
+    runtime's Segmenter, postprocessed masks, bench.fidelity) and says what it skipped."""
     from medsam_edge.bench import gpu_check
+    from medsam_edge.bench.runners import SEGMENTER_STAGES
 
     out = tmp_path / "check.json"
     assert gpu_check.main(["--model-dir", str(tiny_model_dir.path), "--out", str(out), "--frames", "1",
                            "--iters", "1", "--boxes", "2"]) == 0
     r = json.loads(out.read_text())
     b = r["backends"]
-    assert b["onnxruntime-cpu-fp32"]["status"] == "ok"
-    assert b["onnxruntime-cpu-fp32"]["fidelity"]["mask_dice_min"] > 0.99
+    row = b["onnxruntime-cpu-fp32"]
+    assert row["status"] == "ok" and row["describe"]["processing"] == "opencv"
+    assert set(row["latency"]) == set(SEGMENTER_STAGES) and row["latency"]["encode"]["n"] == 1
+    # Masks of the frame's size, neither empty nor the whole frame, so their Dice can fail.
+    masks = r["reference"]["masks"]
+    assert masks["count"] == 2 and masks["nonempty"] == 2 and masks["share_max"] < 0.9
+    f = row["fidelity"]
+    assert f["masks"] == 2 and f["dice_min"] > 0.99 and f["cosine_min"] > 0.9999 and f["logits_rel_err_max"] < 1e-4
     if not HAS_TRT:
         assert b["tensorrt"] == {"status": "skipped", "reason": "the tensorrt Python package is not installed"}
         assert r["tensorrt_checks"]["tensorrt-layer"]["status"] == "skipped"
@@ -339,7 +429,8 @@ def test_gpu_check_runs_on_the_cpu_and_reports_skips(tiny_model_dir, tmp_path, c
     assert set(r["static"]) == {"encoder.onnx", "decoder.onnx"}
     assert all(s["trt_check"] == [] and s["plan"]["share"]["FP32"] == 1.0 for s in r["static"].values())
     if r["reference"]["describe"]["device"] == "cpu":
-        assert b["torch-cuda-fp16-sdpa"]["status"] == "skipped"
+        assert b["torch-cuda-fp16-sdpa"]["status"] == "skipped" and "no CUDA" in b["torch-cuda-fp16-sdpa"]["reason"]
+    assert ["onnxruntime-cpu-fp32", "ok"] in [ln.split()[:2] for ln in capsys.readouterr().out.splitlines()]
 
 
 # --- GPU and TensorRT: these run where the hardware and libraries exist, and skip here. ---
