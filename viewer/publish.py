@@ -1,0 +1,95 @@
+"""Answers -> what the page draws: ring entries (masks as RLE, tagged with their object
+ids) and frame packets (JPEG + the masks of that very frame, one binary message)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import cv2
+import numpy as np
+
+from medsam_edge.runtime.result import FrameResult
+from medsam_edge.viewer.hud import how_made
+from medsam_edge.viewer.objects import Version
+from medsam_edge.viewer.protocol import colour, pack, rle
+from medsam_edge.viewer.ring import Entry
+
+HISTORY = 32  # object versions handed to the session that a late answer may still be for
+
+
+def same_prompt(a, b) -> bool:
+    if (a.box is None) != (b.box is None) or len(a.points) != len(b.points):
+        return False
+    if a.box is not None and not np.allclose(a.box, b.box, atol=1e-3):
+        return False
+    return bool(np.allclose(a.points, b.points, atol=1e-3) and np.array_equal(a.labels, b.labels))
+
+
+class Versions:
+    """The object versions handed to the real-time session, to tell which one an answer used.
+
+    The session takes new prompts at the next frame it starts, so answers of frames begun
+    before an edit still carry the old prompts: their masks belong to the old ids.
+    Untracked, the prompts match exactly; tracked, they move, so the newest version with
+    as many prompts is taken (ids only change with a count, or by a delete and an add).
+    """
+
+    def __init__(self, track: bool) -> None:
+        self.track = track
+        self._handed: deque[Version] = deque(maxlen=HISTORY)
+
+    def handed(self, version: Version) -> None:
+        self._handed.append(version)
+
+    def match(self, prompts) -> Version | None:
+        handed = list(self._handed)
+        if not handed:
+            return Version(0, (), (), None) if not prompts else None
+        if self.track and not handed[-1].prompts:
+            # Cleared: a tracker may go on with the old prompts a while; none of them is shown.
+            return handed[-1] if not prompts else None
+        for v in reversed(handed):
+            if len(v.prompts) != len(prompts):
+                continue
+            if self.track or all(same_prompt(a, b) for a, b in zip(v.prompts, prompts)):
+                return v
+        return None
+
+
+def entry_of(result: FrameResult, version: Version | None, made: str = "live") -> Entry:
+    """A ring entry for one answer; masks are left out when the objects they answer are unknown."""
+    record = result.record()
+    n = len(result.masks)
+    masks = []
+    if version is not None and len(version.ids) == n:
+        mm2 = record.get("mask_area_mm2")
+        for k, object_id in enumerate(version.ids):
+            prompt = result.prompts[k].to_json() if k < len(result.prompts) else {}
+            masks.append({"id": object_id, "colour": colour(object_id), **(rle(result.masks[k]) or {"bbox": None,
+                          "rle": []}), "area_px": record["mask_area"][k],
+                          "area_mm2": None if mm2 is None else mm2[k],
+                          "score": record["score"][k], "lost": bool(record["lost"][k]) if k < len(record["lost"])
+                          else False, "prompt": prompt, "made": how_made(record, k, n)})
+    enc = result.embedding
+    own = enc if enc is not None and enc.frame_index == result.frame.index else None
+    return Entry(frame=result.frame, masks=masks, record=record, prompts=list(result.prompts),
+                 ids=None if version is None else version.ids, version=None if version is None else version.number,
+                 enc=enc, own=own, seq=None if version is None else version.seq, made=made)
+
+
+def jpeg(entry: Entry, quality: int) -> bytes:
+    if entry.jpeg is None:
+        bgr = cv2.cvtColor(entry.frame.image, cv2.COLOR_RGB2BGR)
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for frame {entry.index}")
+        entry.jpeg = data.tobytes()
+    return entry.jpeg
+
+
+def packet(entry: Entry, quality: int, hud: dict, frozen: bool) -> bytes:
+    frame = entry.frame
+    header = {"frame": frame.index, "masks_frame": frame.index, "width": frame.width, "height": frame.height,
+              "timestamp": round(float(frame.timestamp), 4), "masks": entry.masks, "edit": entry.seq,
+              "frozen": frozen, "made": entry.made, "hud": hud}
+    return pack(header, jpeg(entry, quality))
