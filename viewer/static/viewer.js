@@ -12,7 +12,7 @@
   const S = {
     state: null, role: "watcher", viewer: null, frame: null, selected: null, selectedPoint: null,
     zoom: 1, panx: 0, pany: 0, view: null, seq: 0, drag: null,
-    stats: { packets: 0, bytes: 0, drawn: 0, ownFrame: 0, frames: 0, lastFrame: -1, editLatencies: [],
+    stats: { packets: 0, bytes: 0, drawn: 0, ownFrame: 0, frames: 0, framesWithMasks: 0, lastFrame: -1, editLatencies: [],
              sent: {}, refused: [], oks: {} },
   };
   window.medsamView = S;
@@ -164,8 +164,9 @@
   function counted(h) {
     const st = S.stats;
     st.drawn++;
-    if (h.frame !== st.lastFrame) { st.frames++; st.lastFrame = h.frame; }
-    if (h.masks.length && h.masks_frame === h.frame) st.ownFrame++;
+    const own = h.masks.length > 0 && h.masks_frame === h.frame;  // masks drawn on the frame they were made for
+    if (h.frame !== st.lastFrame) { st.frames++; st.lastFrame = h.frame; if (own) st.framesWithMasks++; }
+    if (own) st.ownFrame++;
     if (h.edit !== null && h.edit !== undefined) {
       for (const s of Object.keys(st.sent)) {
         if (+s <= h.edit) { st.editLatencies.push(performance.now() - st.sent[s]); delete st.sent[s]; }
@@ -332,10 +333,15 @@
     if (out.box) out.box = [Math.min(out.box[0], out.box[2]), Math.min(out.box[1], out.box[3]), Math.max(out.box[0], out.box[2]), Math.max(out.box[1], out.box[3])];
     return out;
   }
+  let lastSent = null;
   function sendUpdate(id, p) {
     const box = p.box ? p.box.map(r2) : null;
     if (box && (box[2] - box[0] < 1 || box[3] - box[1] < 1)) return;
-    send({ type: "update", id, box, points: p.points.map((q) => q.map(r2)), labels: p.labels });
+    const msg = { type: "update", id, box, points: p.points.map((q) => q.map(r2)), labels: p.labels };
+    const same = JSON.stringify(msg);
+    if (same === lastSent) return;  // the drag's last move already sent it
+    lastSent = same;
+    send(msg);
   }
   function patch(id, p) {  // drawn at once; the server's state confirms it
     const o = S.state && S.state.prompts.find((k) => k.id === id);
