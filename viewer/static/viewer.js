@@ -16,7 +16,7 @@
              sent: {}, refused: [], oks: {} },
   };
   window.medsamView = S;
-  let ws = null, pending = null, decoding = false, drawQueued = false, lastUpdate = 0;
+  let ws = null, pending = null, decoding = false, drawQueued = false, lastUpdate = 0, lastRender = 0;
 
   // -- the socket -----------------------------------------------------------------------------
   function connect() {
@@ -160,6 +160,7 @@
       ack(f.header);
     }
     hud(f.header);
+    if (performance.now() - lastRender > 500) render();  // the objects' areas and how they were made, live
   }
   function counted(h) {
     const st = S.stats;
@@ -217,6 +218,7 @@
     $("badge").hidden = !u.stale;
   }
   function render() {
+    lastRender = performance.now();
     const st = S.state;
     const control = S.role === "controller";
     for (const id of ["freeze", "back", "fwd", "delete", "clear", "record"]) $(id).disabled = !control;
