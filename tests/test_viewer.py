@@ -332,8 +332,9 @@ def test_a_page_leaving_mid_record_leaves_a_complete_recording(server):
     assert {"overlay.mp4", "frames.jsonl", "masks.npz", "segmentation.dcm"} <= {p.name for p in folder.iterdir()}
 
 
-def test_a_token_is_asked_off_127_0_0_1(tiny_model_dir, phi_dicom):
-    with browser.ViewServer(tiny_model_dir.path, phi_dicom, "--host", "127.0.0.2") as srv:
+def test_off_127_0_0_1_a_token_is_asked_and_the_end_of_the_source_is_said(tiny_model_dir, tmp_path):
+    path, _ = make_dicom(tmp_path / "short.dcm", frames=3, regions=None)
+    with browser.ViewServer(tiny_model_dir.path, path, "--host", "127.0.0.2", "--no-loop") as srv:
         assert srv.token and srv.base.startswith("http://127.0.0.2:")
         for path in ("/", "/viewer.js", "/api/state"):
             assert srv.get(path, token=None)[0] == 403
@@ -343,11 +344,6 @@ def test_a_token_is_asked_off_127_0_0_1(tiny_model_dir, phi_dicom):
         with pytest.raises(InvalidStatus):
             Page(srv, token="wrong")
         Page(srv).close()
-
-
-def test_the_end_of_the_source_is_said_and_the_last_frame_kept(tiny_model_dir, tmp_path):
-    path, _ = make_dicom(tmp_path / "short.dcm", frames=3, regions=None)
-    with browser.ViewServer(tiny_model_dir.path, path, "--no-loop") as srv:
         state = srv.wait_state(lambda s: s["status"] == "ended")
         assert "ended after 3 frames" in state["message"] and state["frame"] is not None
 

@@ -125,8 +125,8 @@ def test_a_box_dragged_on_the_frozen_frame_gives_the_predictors_mask(server, tab
     assert np.mean(greener > 20) > 0.9
     # Inside the box drawn (a mask may reach its edge: one frame pixel of slack).
     assert (px >= ax - s).all() and (px <= bx + s).all() and (py >= ay - s).all() and (py <= by + s).all()
-    far = after[5:40, int(ox) + 5:int(ox) + 40].astype(int) - before[5:40, int(ox) + 5:int(ox) + 40]
-    assert np.abs(far).max() < 30  # away from the box the picture is untouched
+    (fx0, fy0), (fx1, fy1) = to_page(where, 20.0, 180.0), to_page(where, 70.0, 230.0)  # far from the box
+    assert np.abs(after[fy0:fy1, fx0:fx1] - before[fy0:fy1, fx0:fx1]).max() < 30  # the picture untouched there
 
 
 def test_clicks_add_points_positive_and_with_shift_negative(server, tab, lite_model_dir, frame5):

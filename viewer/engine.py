@@ -26,7 +26,7 @@ from medsam_edge.viewer import recorder
 from medsam_edge.viewer.hud import Hud
 from medsam_edge.viewer.objects import Objects
 from medsam_edge.viewer.protocol import Refused
-from medsam_edge.viewer.publish import Versions, entry_of, packet
+from medsam_edge.viewer.publish import Packet, Versions, entry_of, packet
 from medsam_edge.viewer.ring import Entry, Ring
 from medsam_edge.viewer.state import source_info
 
@@ -54,7 +54,7 @@ class Engine:
         self.last_recording: dict | None = None
         self.counters = {"captured": 0, "answered": 0, "published": 0, "dropped_while_frozen": 0,
                          "dropped_before_publishing": 0}
-        self.emit: Callable[[bytes, int], None] = lambda packet, index: None
+        self.emit: Callable[[Packet], None] = lambda packet: None
         self.changed: Callable[[], None] = lambda: None
         self._cond = threading.Condition()
         self._answers: deque[FrameResult] = deque()
@@ -215,7 +215,7 @@ class Engine:
             log.warning("%s", e)
             return
         self.counters["published"] += 1
-        self.emit(data, entry.index)
+        self.emit(data)
 
     # -- prompts, freeze, scroll -----------------------------------------------------------------
     def _hand(self, version) -> None:

@@ -1,7 +1,8 @@
 """What travels on the viewer's socket, and the checks every message from a page passes.
 
 Server -> page:
-  binary  one frame: 4-byte big-endian header length, the header (UTF-8 JSON), the JPEG.
+  binary  one frame: 4-byte big-endian header length, the header (UTF-8 JSON), the JPEG (left
+          out when the page has drawn that very frozen frame already: an edit's answer).
           header: {"frame": index, "masks_frame": the frame the masks were computed for
           (always the same index: a mask is never drawn on another frame), "width",
           "height", "timestamp", "masks": [{"id", "colour", "bbox": [x, y, w, h],
@@ -13,7 +14,7 @@ Server -> page:
           {"type": "ok", "seq": n, ...}  /  {"type": "refused", "seq": n|null, "reason": "..."}
           {"type": "role", "role": ..., "controller": id}
 Page -> server (text, JSON objects, at most MAX_MESSAGE_BYTES; all coordinates in frame pixels):
-  {"type": "ack", "frame": n}                                   a frame was drawn (flow control)
+  {"type": "ack", "frame": n, "drawn": bool}                    a frame was drawn, or passed over (flow control)
   {"seq": n, "type": "add", "box": [x0, y0, x1, y1]}            a new object (box and/or "points"/"labels")
   {"seq": n, "type": "point", "id": k, "point": [x, y], "label": 1|0}   a click on object k
   {"seq": n, "type": "update", "id": k, "box": [...]|null, "points": [[x, y], ...], "labels": [...]}
@@ -84,13 +85,9 @@ def parse(raw: str | bytes, width: int, height: int) -> dict:
     out: dict = {"type": kind, "seq": seq}
     if kind == "ack":
         out["frame"] = _int(msg, "frame")
+        out["drawn"] = msg.get("drawn", True) is True
     elif kind == "add":
-        box = msg.get("box")
-        out["box"] = None if box is None else box_in(box, width, height)
-        out["points"], out["labels"] = points_in(msg.get("points", []), msg.get("labels"), width, height,
-                                                 out["box"] is not None)
-        if out["box"] is None and not out["points"]:
-            raise Refused("add: give a box or at least one point")
+        _prompt(msg, out, width, height, "add: give a box or at least one point")
     elif kind == "point":
         out["id"] = _int(msg, "id")
         point = msg.get("point")
@@ -101,12 +98,7 @@ def parse(raw: str | bytes, width: int, height: int) -> dict:
         out["label"] = int(label)
     elif kind == "update":
         out["id"] = _int(msg, "id")
-        box = msg.get("box")
-        out["box"] = None if box is None else box_in(box, width, height)
-        out["points"], out["labels"] = points_in(msg.get("points", []), msg.get("labels"), width, height,
-                                                 out["box"] is not None)
-        if out["box"] is None and not out["points"]:
-            raise Refused("update: an object keeps a box or at least one point (delete it instead)")
+        _prompt(msg, out, width, height, "update: an object keeps a box or at least one point (delete it instead)")
     elif kind == "delete":
         out["id"] = _int(msg, "id")
     elif kind == "seek":
@@ -121,6 +113,16 @@ def parse(raw: str | bytes, width: int, height: int) -> dict:
             raise Refused("record: 'on' must be true or false")
         out["on"] = on
     return out
+
+
+def _prompt(msg: dict, out: dict, width: int, height: int, empty: str) -> None:
+    """A whole prompt (box and/or clicks) into `out`; `empty` is the reason when it has neither."""
+    box = msg.get("box")
+    out["box"] = None if box is None else box_in(box, width, height)
+    out["points"], out["labels"] = points_in(msg.get("points", []), msg.get("labels"), width, height,
+                                             out["box"] is not None)
+    if out["box"] is None and not out["points"]:
+        raise Refused(empty)
 
 
 def _is_int(value) -> bool:
@@ -226,7 +228,8 @@ def rle_decode(encoded: dict | None, width: int, height: int) -> np.ndarray:
     return mask
 
 
-def pack(header: dict, jpeg: bytes) -> bytes:
+def pack(header: dict, jpeg: bytes = b"") -> bytes:
+    """One frame message; without `jpeg`, the header alone (the page keeps the picture it drew)."""
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     return struct.pack(">I", len(head)) + head + jpeg
 

@@ -4,6 +4,7 @@ ids) and frame packets (JPEG + the masks of that very frame, one binary message)
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -87,9 +88,20 @@ def jpeg(entry: Entry, quality: int) -> bytes:
     return entry.jpeg
 
 
-def packet(entry: Entry, quality: int, hud: dict, frozen: bool) -> bytes:
+@dataclass(frozen=True)
+class Packet:
+    """One frame for the pages: the length-prefixed header, and the JPEG a page that has
+    not drawn this frame needs."""
+
+    head: bytes
+    jpeg: bytes
+    index: int
+    frozen: bool
+
+
+def packet(entry: Entry, quality: int, hud: dict, frozen: bool) -> Packet:
     frame = entry.frame
     header = {"frame": frame.index, "masks_frame": frame.index, "width": frame.width, "height": frame.height,
               "timestamp": round(float(frame.timestamp), 4), "masks": entry.masks, "edit": entry.seq,
               "frozen": frozen, "made": entry.made, "hud": hud}
-    return pack(header, jpeg(entry, quality))
+    return Packet(pack(header), jpeg(entry, quality), frame.index, frozen)

@@ -29,6 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from medsam_edge.viewer import protocol, state
 from medsam_edge.viewer.protocol import EDITS, Refused
+from medsam_edge.viewer.publish import Packet
 
 log = logging.getLogger("medsam_edge.view")
 
@@ -46,7 +47,8 @@ class Client:
         self.id, self.ws = number, ws
         self.limit = protocol.RateLimit()
         self.control: deque[str] = deque(maxlen=CONTROL_WAITING)
-        self.latest: bytes | None = None
+        self.latest: Packet | None = None
+        self.drawn = -1  # the frame this page last said it drew
         self.inflight = 0
         self.sent_at = 0.0
         self.bytes_sent = 0
@@ -65,7 +67,9 @@ class Client:
             if self.inflight and time.monotonic() - self.sent_at > ACK_TIMEOUT_S:
                 self.inflight = 0
             if self.latest is not None and self.inflight < WINDOW:
-                data, self.latest = self.latest, None
+                p, self.latest = self.latest, None
+                # An edit's answer on the frozen frame this page shows: its masks, not the picture again.
+                data = p.head if p.frozen and p.index == self.drawn else p.head + p.jpeg
                 self.inflight += 1
                 self.sent_at = time.monotonic()
                 self.bytes_sent += len(data)
@@ -81,12 +85,12 @@ class Hub:
         self.controller: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._next = 1
-        self._last: bytes | None = None
+        self._last: Packet | None = None
         self._state_due = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.engine.emit = lambda data, index: loop.call_soon_threadsafe(self.publish, data)
+        self.engine.emit = lambda packet: loop.call_soon_threadsafe(self.publish, packet)
         self.engine.changed = lambda: loop.call_soon_threadsafe(self.state_changed)
 
     def viewers(self) -> dict:
@@ -96,7 +100,7 @@ class Hub:
         return state.build(self.engine, self.viewers(), masks)
 
     # -- to the pages ----------------------------------------------------------------------------
-    def publish(self, data: bytes) -> None:
+    def publish(self, data: Packet) -> None:
         self._last = data
         for c in self.clients.values():
             c.latest = data  # an older frame still waiting for this page is replaced
@@ -153,6 +157,8 @@ class Hub:
             cmd = protocol.parse(raw, w, h)
             seq = cmd["seq"]
             if cmd["type"] == "ack":
+                if cmd["drawn"]:
+                    client.drawn = cmd["frame"]
                 client.inflight = max(0, client.inflight - 1)
                 client.wake.set()
                 return

@@ -48,12 +48,16 @@
     const view = new DataView(buffer);
     const n = view.getUint32(0);
     const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, n)));
-    const jpeg = new Blob([new Uint8Array(buffer, 4 + n)], { type: "image/jpeg" });
-    if (pending) ack(pending.header);  // replaced before it was drawn
+    let jpeg = buffer.byteLength > 4 + n ? new Blob([new Uint8Array(buffer, 4 + n)], { type: "image/jpeg" }) : null;
+    if (pending) {
+      // Replaced before it was drawn; a frozen frame's picture is kept for the masks after it.
+      if (!jpeg && pending.header.frame === header.frame) jpeg = pending.jpeg;
+      ack(pending.header);
+    }
     pending = { header, jpeg };
     if (!decoding) decodeNext();
   }
-  function ack(header) { send({ type: "ack", frame: header.frame }); }
+  function ack(header, drawn = false) { send({ type: "ack", frame: header.frame, drawn }); }
   async function decodeNext() {
     if (!pending) return;
     const { header, jpeg } = pending;
@@ -63,6 +67,7 @@
       const old = S.frame;
       // An edit on a frozen frame comes with the same picture: only its masks are new.
       const same = old && old.header.frame === header.frame && old.header.width === header.width && header.frozen;
+      if (!same && !jpeg) { ack(header); decoding = false; if (pending) decodeNext(); return; }  // no picture to draw on
       const bitmap = same ? old.bitmap : await createImageBitmap(jpeg);
       if (old && old.bitmap !== bitmap) old.bitmap.close();
       S.frame = { header, bitmap, masks: header.masks.map(maskBitmap) };
@@ -157,7 +162,7 @@
     if (f.drawnAt === null) {
       f.drawnAt = performance.now();
       counted(f.header);
-      ack(f.header);
+      ack(f.header, true);
     }
     hud(f.header);
     if (performance.now() - lastRender > 500) render();  // the objects' areas and how they were made, live
