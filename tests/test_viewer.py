@@ -116,10 +116,18 @@ def test_answers_are_tagged_with_the_version_they_answer():
     assert versions.match([Prompt.of(box=[1, 1, 9, 9])]) is None  # unknown: no mask is shown
     tracked = Versions(track=True)
     tracked.handed(old)
+    assert tracked.match([a, b]) is old
     tracked.handed(new)
-    assert tracked.match([Prompt.of(box=[22, 21, 41, 40])]) is new  # moved by the tracker
+    assert tracked.match([Prompt.of(box=[1, 2, 11, 12]), b]) is old  # begun before the delete, then tracked
+    assert tracked.match([Prompt.of(box=[22, 21, 41, 40])]) is None  # not yet answered with the new prompts
+    assert tracked.match([b]) is new  # the first answer with them: the tracker starts there
+    assert tracked.match([Prompt.of(box=[22, 21, 41, 40])]) is new  # then moves
     tracked.handed(Version(3, (), (), 3))
-    assert tracked.match([b]) is None  # cleared: a tracker still going is not shown
+    assert tracked.match([Prompt.of(box=[23, 21, 42, 40])]) is None  # cleared: a tracker still going is not shown
+    c = Version(4, (5,), (Prompt.of(box=[5, 5, 30, 30]),), 4)
+    tracked.handed(c)
+    assert tracked.match([Prompt.of(box=[23, 21, 42, 40])]) is None  # the old track, after a clear and an add
+    assert tracked.match(list(c.prompts)) is c
 
 
 def test_source_names_hide_credentials_and_folders():
@@ -210,7 +218,7 @@ def phi_dicom(tmp_path_factory) -> Path:
 def server(tiny_model_dir, phi_dicom, tmp_path_factory):
     records = tmp_path_factory.mktemp("recordings")
     with browser.ViewServer(tiny_model_dir.path, phi_dicom, "--box", "20,10,90,70", "--record-dir",
-                            str(records)) as srv:
+                            str(records), "--pixel-spacing", "0.5") as srv:
         srv.records = records
         srv.wait_state(lambda s: s["frame"] is not None)
         yield srv
@@ -299,6 +307,30 @@ def test_cross_origin_sockets_are_refused(server):
             Page(server, origin=origin)
         assert e.value.response.status_code == 403
     Page(server).close()
+
+
+def test_freeze_scrolls_back_and_edits_on_the_frame_shown(server):
+    page = Page(server)
+    page.wait(lambda m: m["type"] == "role" and m["role"] == "controller")
+    server.wait_state(lambda s: s["buffer"]["frames"] >= 3)
+    assert page.answer(page.send({"type": "freeze"}))["type"] == "ok"
+    frozen = server.wait_state(lambda s: s["frozen"] and s["embedding"]["own"])
+    here = frozen["frame"]["index"]
+    assert page.answer(page.send({"type": "seek", "step": -2}))["type"] == "ok"
+    back = server.state()
+    assert back["frame"]["index"] < here and back["buffer"]["first"] <= back["frame"]["index"]
+    gone = page.answer(page.send({"type": "seek", "frame": back["buffer"]["first"] - 1}))
+    assert gone["type"] == "refused" and "is not kept" in gone["reason"]
+    added = page.answer(page.send({"type": "add", "box": [10, 10, 60, 50]}))
+    state = server.wait_state(lambda s: s["frame"]["edit"] == added["seq"], masks=True)
+    assert state["frame"]["index"] == back["frame"]["index"] and state["frame"]["made"] == "frozen"
+    assert state["embedding"] == {"own": True, "frame": back["frame"]["index"]}
+    for p in state["prompts"]:  # --pixel-spacing 0.5: a pixel is 0.25 mm2
+        assert p["mask"]["area_mm2"] == pytest.approx(p["mask"]["area_px"] * 0.25)
+        assert protocol.rle_decode(p["mask"] if p["mask"]["bbox"] else None, W, H).sum() == p["mask"]["area_px"]
+    page.answer(page.send({"type": "delete", "id": added["id"]}))
+    assert page.answer(page.send({"type": "unfreeze"}))["type"] == "ok"
+    page.close()
 
 
 def test_one_page_controls_the_prompts_at_a_time(server):

@@ -30,7 +30,7 @@ class Obj:
                 "points": [[round(x, 2), round(y, 2)] for x, y in self.points], "labels": list(self.labels)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: the prompts hold arrays
 class Version:
     """One state of the objects: what the session or the decoder is given, with the ids."""
 

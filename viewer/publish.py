@@ -31,30 +31,37 @@ class Versions:
 
     The session takes new prompts at the next frame it starts, so answers of frames begun
     before an edit still carry the old prompts: their masks belong to the old ids.
-    Untracked, the prompts match exactly; tracked, they move, so the newest version with
-    as many prompts is taken (ids only change with a count, or by a delete and an add).
+    Untracked, an answer's prompts are exactly its version's. Tracked, they move; but the
+    first answer after a version is handed carries its prompts exactly (the tracker starts
+    from them), and answers come in order: from that answer on, answers belong to it.
+    Until then they belong to the version before; after a clear, to none (a tracker may go
+    on with the old prompts a while).
     """
 
     def __init__(self, track: bool) -> None:
         self.track = track
         self._handed: deque[Version] = deque(maxlen=HISTORY)
+        self._current: Version | None = None  # tracked: the version the answers have reached
 
     def handed(self, version: Version) -> None:
         self._handed.append(version)
 
     def match(self, prompts) -> Version | None:
         handed = list(self._handed)
-        if not handed:
-            return Version(0, (), (), None) if not prompts else None
-        if self.track and not handed[-1].prompts:
-            # Cleared: a tracker may go on with the old prompts a while; none of them is shown.
-            return handed[-1] if not prompts else None
-        for v in reversed(handed):
-            if len(v.prompts) != len(prompts):
-                continue
-            if self.track or all(same_prompt(a, b) for a, b in zip(v.prompts, prompts)):
-                return v
-        return None
+        exact = next((v for v in reversed(handed) if len(v.prompts) == len(prompts)
+                      and all(same_prompt(a, b) for a, b in zip(v.prompts, prompts))), None)
+        if not self.track:
+            return exact
+        if exact is not None and (self._current is None or exact.number >= self._current.number):
+            self._current = exact
+            while self._handed and self._handed[0] is not exact:
+                self._handed.popleft()
+            return exact
+        current = self._current
+        pending = handed[handed.index(current) + 1:] if current in handed else handed
+        if any(not v.prompts for v in pending):
+            return None  # cleared since: a tracker going on with the old prompts is not shown
+        return current if current is not None and len(current.prompts) == len(prompts) else None
 
 
 def entry_of(result: FrameResult, version: Version | None, made: str = "live") -> Entry:
