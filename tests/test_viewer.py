@@ -151,6 +151,7 @@ def test_flood_is_refused_then_recovers():
 # -- a real server: the CLI in a process, the tiny model ---------------------------------------
 browser = pytest.importorskip("medsam_edge.bench.viewer_browser")
 pytest.importorskip("starlette", reason="the viewer extra is not installed (pip install 'medsam-edge[viewer]')")
+pytest.importorskip("websockets", reason="the viewer extra is not installed (pip install 'medsam-edge[viewer]')")
 from websockets.exceptions import InvalidStatus  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 

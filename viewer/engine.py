@@ -142,9 +142,13 @@ class Engine:
         is said with the last answer on screen."""
         self.session.end()
         stats = self.session.stats
+        deadline = time.monotonic() + timeout
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or (not self._answers and not self._publishing and
-                                self._received + stats.dropped + stats.blank >= self.counters["captured"]), timeout)
+            # Polled: the session counts what it drops or skips as blank without telling.
+            while not (self._closed or time.monotonic() > deadline or (
+                    not self._answers and not self._publishing
+                    and self._received + stats.dropped + stats.blank >= self.counters["captured"])):
+                self._cond.wait(0.2)
 
     def _ended(self, status: str, message: str) -> None:
         self._say(status, message)
@@ -158,7 +162,7 @@ class Engine:
                       ids=(), version=-1, enc=own, own=own)
         with self._cond:
             self.frozen = self.on_screen = entry
-            self.status = "frozen"
+            self.status = "paused"
         self.ring.add(entry)
         if version.prompts:
             self._decode_frozen(entry)
@@ -250,7 +254,6 @@ class Engine:
             if entry is None:
                 raise Refused("no frame to freeze yet")
             self.frozen, self.edited = entry, False
-            self.status = "frozen"
             self._follow(entry)  # the prompts on screen (tracked positions) are what edits start from
             self._edit_wanted = True  # its own embedding, so edits cost the decoder alone
             self._cond.notify_all()
@@ -262,7 +265,7 @@ class Engine:
             if self.frozen is None:
                 return
             self.frozen, self.edited = None, False
-            self.status = "playing" if self.status == "frozen" else self.status
+            self.status = "playing" if self.status == "paused" else self.status  # an ended source stays ended
             self._hand(self.objects.version)  # tracking (with --track) restarts from the edited prompts
             self._cond.notify_all()
         self.changed()
