@@ -146,7 +146,9 @@ def live(tab, srv, seconds: float) -> dict:
     packets = end_page["packets"] - start_page["packets"]
     per_frame = (end_page["bytes"] - start_page["bytes"]) / packets if packets else 0.0
     fps = end_state["source"]["fps"]
-    slope = np.polyfit([t for t, _ in memory], rss, 1)[0] * 60 if len(memory) > 2 else 0.0
+    # Over the second half: the first seconds fill the ring buffer (--buffer-seconds of frames).
+    half = memory[len(memory) // 2:]
+    slope = np.polyfit([t for t, _ in half], [m for _, m in half], 1)[0] * 60 if len(half) > 2 else 0.0
     return {"seconds": round(wall, 1), "captured": captured, "drawn_with_own_masks": shown,
             "share_drawn_with_own_masks": round(shown / captured, 4) if captured else None,
             "answered": end_state["counters"]["answered"] - start_state["counters"]["answered"],
@@ -158,7 +160,8 @@ def live(tab, srv, seconds: float) -> dict:
             "mbit_per_s": round((end_page["bytes"] - start_page["bytes"]) * 8 / wall / 1e6, 2),
             "hud_end": end_state["hud"], "server_rss_mb": {"start": round(rss[0], 1), "max": round(rss.max(), 1),
                                                           "end": round(rss[-1], 1),
-                                                          "slope_mb_per_min": round(float(slope), 2)},
+                                                          "slope_mb_per_min_second_half": round(float(slope), 2),
+                                                          "ring_buffer_mb_end": end_state["buffer"]["megabytes"]},
             "memory_samples": memory}
 
 
