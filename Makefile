@@ -26,7 +26,7 @@ setup: $(VENV)/.setup-done
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	printf '%s\n' $(TORCH_PIN) > $(VENV)/constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[export,bench,test,triton,openvino]'
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[export,bench,test,triton,openvino,viewer]'
 	touch $@
 
 test: setup

@@ -26,6 +26,7 @@ COMMANDS = (
     "medsam_edge.calibration.plan_command",
     "medsam_edge.info",
     "medsam_edge.bench.command",
+    "medsam_edge.viewer.command",
 )
 
 
