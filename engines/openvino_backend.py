@@ -19,6 +19,7 @@ import numpy as np
 
 from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS, PRECISIONS
 from medsam_edge.engines.base import Backend
+from medsam_edge.engines.openvino_cache import cache_key, compile_cached
 from medsam_edge.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,16 @@ class OpenvinoBackend(Backend):
         threads: int | None = None,
         decoder_threads: int | None = None,
         cache_dir: Path | None = None,
+        plans: dict | None = None,
     ) -> None:
         """threads: CPU threads of the encoder (and of the decoder unless decoder_threads is
         given; None: OpenVINO's default, every core). cache_dir: where compiled models are
-        kept (None: compile every time)."""
+        kept (None: compile every time). plans: with precision bf16, per part the BF16 plan
+        that keeps some blocks FP32 (engines/openvino_segments.py; a part without one runs
+        whole at BF16)."""
         import openvino as ov
 
-        from medsam_edge.engines.openvino_cache import cache_key, compile_cached
+        from medsam_edge.engines import openvino_segments as segs
 
         core = ov.Core()
         ok, why = precision_support(precision, core)
@@ -111,7 +115,11 @@ class OpenvinoBackend(Backend):
             raise InputError(why)
         cpu, caps = cpu_capabilities(core)
         hint = INFERENCE_PRECISION[precision]
+        plans = {k: v for k, v in (plans or {}).items() if v} if precision == "bf16" else {}
+        for part, plan in plans.items():
+            segs.check_plan(plan, f"the {part}'s BF16 plan")
         self.precision = precision
+        self.plans = plans
         self.paths = {"encoder": Path(encoder_onnx), "decoder": Path(decoder_onnx)}
         self.version = ov.get_version()
         self.cpu = cpu
@@ -120,29 +128,50 @@ class OpenvinoBackend(Backend):
         # OpenVINO only when one part runs at a time.
         concurrent = decoder_threads is not None
         self.parts = {}
+        self.chains: dict[str, segs.Chain] = {}
         self.startup: dict[str, dict] = {}
         for part, onnx, n in (("encoder", Path(encoder_onnx), threads), ("decoder", Path(decoder_onnx),
                                                                         decoder_threads or threads)):
-            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
-            if n:
-                config["INFERENCE_NUM_THREADS"] = int(n)
-            if concurrent:
-                config["ENABLE_CPU_PINNING"] = False
             if not onnx.is_file():
                 raise InputError(f"{onnx}: ONNX file not found")
-            key = cache_key(onnx, hint, self.version, cpu, caps)
-            c = compile_cached(core, onnx, part, precision, config, key, cache_dir)
-            self.parts[part] = c.model
-            self.startup[part] = {"state": c.state, "seconds": round(c.seconds, 3)}
-            log.info("openvino: %s ready in %.2f s (%s)", part, c.seconds, _STATES[c.state])
-            self._check(part, c.model, hint, n)
-        # One request per part, made once: decode() on every frame allocates no request.
-        self._encoder = self.parts["encoder"].create_infer_request()
-        self._decoder = self.parts["decoder"].create_infer_request()
-        self._emb_out = self.parts["encoder"].output(EMBEDDING)
-        self._dec_out = (self.parts["decoder"].output(LOW_RES_LOGITS), self.parts["decoder"].output(IOU))
+            plan = plans.get(part)
+            cut = segs.segments(plan) if plan else [segs.Segment(None, None, "bf16" if hint == "bf16" else "fp32", ())]
+            compiled, state, seconds = [], [], 0.0
+            for i, seg in enumerate(cut):
+                h = seg.hint if plan else hint
+                config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": h}
+                if n:
+                    config["INFERENCE_NUM_THREADS"] = int(n)
+                if concurrent:
+                    config["ENABLE_CPU_PINNING"] = False
+                bounds = [seg.start, seg.end] if plan else None
+                key = cache_key(onnx, h, self.version, cpu, caps, bounds)
+                name = f"{part}.s{i}" if plan else part
+                c = compile_cached(core, onnx, name, precision, config, key, cache_dir,
+                                   (lambda seg=seg: segs.submodel(core, onnx, seg)) if plan else None)
+                self._check(part, c.model, h, n)
+                compiled.append(c.model)
+                state.append(c.state)
+                seconds += c.seconds
+            self.parts[part] = compiled[0]
+            self.chains[part] = segs.Chain(compiled, cut)
+            merged = state[0] if len(set(state)) == 1 else "+".join(state)
+            self.startup[part] = {"state": merged, "seconds": round(seconds, 3)}
+            log.info("openvino: %s ready in %.2f s (%s)%s", part, seconds, _STATES.get(merged, merged),
+                     f", {len(cut)} segment(s) of its BF16 plan" if plan else "")
         self.threads = {p: self._read(p, "INFERENCE_NUM_THREADS") for p in self.parts}
-        self.inference_precision = {p: _type_name(self._read(p, "INFERENCE_PRECISION_HINT")) for p in self.parts}
+        self.inference_precision = {p: self._precision_of(p, hint) for p in self.parts}
+
+    def _precision_of(self, part: str, hint: str) -> str:
+        """What ran, read back: "bf16", "f32", or for a planned part "bf16+f32 (K of N blocks f32)"."""
+        plan = self.plans.get(part)
+        if not plan:
+            return _type_name(self._read(part, "INFERENCE_PRECISION_HINT"))
+        from medsam_edge.engines.openvino_segments import fp32_share
+
+        got = sorted({_type_name(c.get_property("INFERENCE_PRECISION_HINT")) for c in self.chains[part].compiled})
+        k, n = fp32_share(plan)
+        return "+".join(got) + (f" ({k} of {n} blocks f32)" if len(got) > 1 else "")
 
     def _read(self, part: str, prop: str):
         return self.parts[part].get_property(prop)
@@ -162,26 +191,31 @@ class OpenvinoBackend(Backend):
         """image (1,3,S,S) float32 -> embedding (1,256,64,64) float32, a new array (the caller keeps it)."""
         # share_inputs: the request reads the caller's array in place (infer is synchronous);
         # outputs are copied, since the next call writes into the request's own buffer.
-        out = self._encoder.infer({IMAGE: np.ascontiguousarray(image, np.float32)},
-                                  share_inputs=True, share_outputs=False)
-        return out[self._emb_out]
+        return self.chains["encoder"].infer({IMAGE: np.ascontiguousarray(image, np.float32)})[EMBEDDING]
 
     def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._decoder.infer(
+        out = self.chains["decoder"].infer(
             {EMBEDDING: np.ascontiguousarray(embedding, np.float32),
              POINT_COORDS: np.ascontiguousarray(coords, np.float32),
-             POINT_LABELS: np.ascontiguousarray(labels, np.float32)},
-            share_inputs=True, share_outputs=False,
-        )
-        return out[self._dec_out[0]], out[self._dec_out[1]]
+             POINT_LABELS: np.ascontiguousarray(labels, np.float32)})
+        return out[LOW_RES_LOGITS], out[IOU]
 
     def describe(self) -> dict:
         return {**super().describe(), "openvino": self.version.split("-")[0], "cpu": self.cpu,
                 "inference_precision": dict(self.inference_precision),
                 "threads": {k: int(v) for k, v in self.threads.items()},
                 "compiled": {k: v["state"] for k, v in self.startup.items()},
-                "startup_s": {k: v["seconds"] for k, v in self.startup.items()}}
+                "startup_s": {k: v["seconds"] for k, v in self.startup.items()},
+                **({"bf16_plan": self.plan_id} if self.plans else {})}
+
+    @property
+    def plan_id(self) -> str | None:
+        from medsam_edge.engines.openvino_segments import plan_id
+
+        return plan_id(self.plans)
 
     def close(self) -> None:
-        self._encoder = self._decoder = None
+        for chain in self.chains.values():
+            chain.close()
+        self.chains = {}
         self.parts = {}

@@ -43,8 +43,10 @@ class Compiled:
     reason: str = ""
 
 
-def cache_key(onnx: Path, inference_precision: str, ov_version: str, cpu: str, capabilities) -> dict:
-    """The facts a compiled blob depends on, as written to its JSON sidecar."""
+def cache_key(onnx: Path, inference_precision: str, ov_version: str, cpu: str, capabilities,
+              segment: list | None = None) -> dict:
+    """The facts a compiled blob depends on, as written to its JSON sidecar. segment: the
+    [start, end] tensors of a cut part (engines/openvino_segments.py), None for a whole one."""
     return {
         "format": KEY_FORMAT,
         "format_version": KEY_VERSION,
@@ -55,6 +57,7 @@ def cache_key(onnx: Path, inference_precision: str, ov_version: str, cpu: str, c
         "inference_precision": inference_precision,
         "cpu": cpu,
         "cpu_capabilities": sorted(capabilities),
+        "segment": segment,
     }
 
 
@@ -68,7 +71,7 @@ def stale_reason(stored: dict | None, key: dict) -> str:
         return f"compiled by OpenVINO {stored.get('openvino')}, this is {key['openvino']}"
     if stored.get("onnx_bytes") != key["onnx_bytes"] or stored.get("onnx_sha256") != key["onnx_sha256"]:
         return f"{key['onnx']} changed since it was compiled"
-    for field in ("onnx", "inference_precision", "cpu", "cpu_capabilities"):
+    for field in ("onnx", "inference_precision", "cpu", "cpu_capabilities", "segment"):
         if stored.get(field) != key[field]:
             return f"{field.replace('_', ' ')} differs ({stored.get(field)} then, {key[field]} now)"
     return ""
@@ -88,9 +91,10 @@ def _read_key(path: Path) -> dict | None:
 
 
 def compile_cached(core, onnx: Path, part: str, precision: str, config: dict, key: dict,
-                   cache_dir: Path | None) -> Compiled:
+                   cache_dir: Path | None, build=None) -> Compiled:
     """Import the part from the cache when its key matches, else compile the ONNX for the CPU
-    (and write the cache). OpenVINO's own errors become a one-line InputError naming the file."""
+    (and write the cache). OpenVINO's own errors become a one-line InputError naming the file.
+    build: () -> the ov.Model to compile instead of the whole file (a segment of it)."""
     t0 = time.perf_counter()
     reason = "caching off"
     if cache_dir is not None:
@@ -107,7 +111,7 @@ def compile_cached(core, onnx: Path, part: str, precision: str, config: dict, ke
         # A cache that was there but does not fit is a rebuild, and the log says so and why.
         verb = "compiling" if reason == "no compiled cache yet" else "rebuilding the compiled cache of"
         log.info("openvino: %s %s (%s): %s", verb, onnx.name, precision, reason)
-    model = _compile(core, onnx, config)
+    model = _compile(core, onnx, config, build)
     state = "uncached"
     if cache_dir is not None:
         try:
@@ -121,11 +125,13 @@ def compile_cached(core, onnx: Path, part: str, precision: str, config: dict, ke
     return Compiled(model, state, time.perf_counter() - t0, reason)
 
 
-def _compile(core, onnx: Path, config: dict):
+def _compile(core, onnx: Path, config: dict, build=None):
     if not onnx.is_file():
         raise InputError(f"{onnx}: ONNX file not found")
     try:
-        model = core.read_model(str(onnx))
+        model = build() if build is not None else core.read_model(str(onnx))
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(f"{onnx}: OpenVINO cannot read it ({first_line(e)}); export the model again "
                          "or choose --backend onnxruntime-cpu") from None
