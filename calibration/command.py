@@ -17,7 +17,7 @@ from medsam_edge.contract import parse_precisions
 from .backends import CPU_BACKENDS
 from .int8 import MAX_TRIALS, METHODS, SEARCH_MARGIN
 
-CALIBRATED = ("fp16", "int8")  # what calibrate writes files for
+CALIBRATED = ("fp16", "int8", "bf16")  # what calibrate decides: files for fp16/int8, a plan for bf16
 FRAMES_SMALL, FRAMES_LARGE = 48, 12
 # The searches judge every calibration frame of a small model: on 12 of LiteMedSAM's 48 the
 # search picked an exclusion that met its bound there and missed it on the other 36 (Dice
@@ -42,8 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", nargs="+", default=[], metavar="SOURCE",
                    help="sources used only for the report (e.g. annotated images), never for calibration")
     p.add_argument("--precision", default="fp16,int8",
-                   help="comma-separated: fp16, int8 (default both); the report also scores int8dyn and, where a "
-                        "CPU backend here runs it, bf16 (the FP32 files at BF16), on every CPU backend that runs each")
+                   help="comma-separated: fp16, int8, bf16 (default fp16,int8); bf16 searches which encoder blocks "
+                        "(and whether the decoder) stay FP32 under OpenVINO's BF16 and stores that plan in "
+                        "manifest.json (needs a CPU with AVX-512 BF16 or AMX). The report also scores int8dyn and, "
+                        "where a CPU backend here runs it, bf16, on every CPU backend that runs each")
     p.add_argument("--method", default="percentile", choices=("auto",) + METHODS,
                    help="INT8 calibration method (default percentile: it won the three-way comparisons on LiteMedSAM "
                         "so far); auto compares all three and keeps the best, at twice the range sweep's "

@@ -17,14 +17,17 @@ from medsam_edge.engines.loaders import open_files
 
 
 def encoder_latency(files: dict[str, dict[str, tuple[Path, Path]]], tensor: np.ndarray, rounds: int = 7,
-                    warmup: int = 2, threads: int | None = None, release_memory: bool = False) -> dict:
+                    warmup: int = 2, threads: int | None = None, release_memory: bool = False,
+                    plans: dict | None = None) -> dict:
     """files: {backend: {precision: (encoder, decoder)}} -> {"encoder": {"precision@backend":
-    {"median_ms", "p90_ms", "speedup_vs_fp32" (same backend), "speedup_vs_onnxruntime_fp32"}}, ...}."""
+    {"median_ms", "p90_ms", "speedup_vs_fp32" (same backend), "speedup_vs_onnxruntime_fp32"}}, ...}.
+    plans: the BF16 plans OpenVINO runs bf16 with (None: the whole graph at BF16)."""
     out: dict[str, dict] = {}
     for backend, by_precision in files.items():
         # onnxruntime opens the encoder alone; OpenVINO compiles a pair.
         parts = {p: open_files(e, None if backend == "onnxruntime-cpu" else d, backend, p, threads,
-                               release_memory=release_memory) for p, (e, d) in by_precision.items()}
+                               release_memory=release_memory, plans=plans if p == "bf16" else None)
+                 for p, (e, d) in by_precision.items()}
         try:
             for _ in range(warmup):
                 for part in parts.values():

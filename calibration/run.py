@@ -23,7 +23,7 @@ from medsam_edge.engines.onnxruntime_backend import LARGE_INPUT_SIDE
 from medsam_edge.manifest import ModelDir
 from medsam_edge.progress import Steps
 
-from . import fp16, int8, report
+from . import bf16, fp16, int8, report
 from .backends import CPU_BACKENDS, availability
 from .boxes import load_prompts
 from .evaluate import TARGETS, Scorer, cosine_signal, judge
@@ -32,7 +32,8 @@ from .latency import encoder_latency
 from .plan import model_dir_plan
 from .reference import open_reference
 
-# The precisions a run makes files for (contract.PRECISIONS has every one a model may have).
+# The precisions a run makes files for (contract.PRECISIONS has every one a model may have);
+# bf16 gets a plan (calibration/bf16.py), not files.
 MADE_HERE = ("fp16", "int8")
 # What the report scores, beside FP32: this run's files or an earlier run's, and bf16
 # (the FP32 files at BF16 inference precision, where a backend here runs it).
@@ -89,6 +90,13 @@ class Options:
 
 def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
     """Write the asked precisions into `md` and its fidelity report; returns the report."""
+    if "bf16" in o.precisions:
+        why = availability("openvino-cpu", "bf16")
+        if why is not None:
+            from medsam_edge.errors import InputError
+
+            raise InputError(f"--precision bf16: {why}; calibrate bf16 on a machine whose CPU has AVX-512 BF16 or "
+                             "AMX (the plan is stored in the model directory and travels with it)")
     steps = Steps(4 + len(o.precisions) + (1 if "int8" in o.precisions and o.dynamic else 0), quiet=o.quiet)
     # Details go on their own lines under the step; the step's time follows the last one.
     log = (lambda s: None) if o.quiet else (lambda s: print(f"\n    {s}", end="", file=sys.stderr, flush=True))
@@ -116,12 +124,16 @@ def calibrate(md: ModelDir, sources: list[str], o: Options) -> dict:
             if o.dynamic:
                 with steps.step("INT8 dynamic encoder for the CPU"):
                     record["int8dyn"] = _int8dyn(md, search, staging, written, record["int8"], o, log)
+        if "bf16" in o.precisions:
+            with steps.step("BF16 plan (blocks kept FP32 by measurement, on OpenVINO)"):
+                record["bf16"] = bf16.plan_search(md, search, o.target("fp16"), o.threads, log)
         # The search's FP32 sessions are done with: free them before the report opens more.
         search = None
         with steps.step("fidelity on held-out frames"):
-            rep = _report(md, fs, written, o)
+            plans = _bf16_plans(md, record)
+            rep = _report(md, fs, written, o, plans)
         with steps.step("latency and writing files"):
-            rep["latency"] = _latency(md, fs, written, o)
+            rep["latency"] = _latency(md, fs, written, o, plans)
             for f in written.values():
                 os.replace(f, md.path / f.name)
             # What TensorRT's strong typing will make of each file, stated statically.
@@ -284,7 +296,17 @@ def _int8dyn(md, search: Scorer, staging: Path, written: dict, rec8: dict, o: Op
             "excluded_nodes": exclude, "search": trials}
 
 
-def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
+def _bf16_plans(md, record: dict) -> dict | None:
+    """The BF16 plans the report scores: this run's, else the model directory's own."""
+    from medsam_edge.engines.openvino_segments import stored_plans
+
+    mine = record.get("bf16")
+    if mine:
+        return {p: mine[p]["plan"] for p in ("encoder", "decoder")}
+    return stored_plans(md.manifest)
+
+
+def _report(md, fs: FrameSet, written: dict, o: Options, plans: dict | None = None) -> dict:
     ho = fs.holdout
     prompts = load_prompts(fs, ho, o.frames.box_files, o.frames.mask_dirs)
     ref, text = open_reference(md, o.checkpoint)
@@ -300,9 +322,16 @@ def _report(md, fs: FrameSet, written: dict, o: Options) -> dict:
             if why is not None:
                 scores[p][b] = why
                 continue
-            with open_files(e, d, b, p, o.threads, release_memory=release) as backend:
+            with open_files(e, d, b, p, o.threads, release_memory=release,
+                            plans=plans if p == "bf16" else None) as backend:
                 scores[p][b] = sc.score(backend, backend)
     files = {p: {"encoder": e.name, "decoder": d.name} for p, (e, d) in pairs.items()}
+    if "bf16" in files:
+        from medsam_edge.engines.openvino_segments import fp32_share, plan_id
+
+        # The figure names the plan it was measured on: a later plan is never judged by it.
+        files["bf16"]["plan_id"] = plan_id(plans)
+        files["bf16"]["fp32_blocks"] = {k: "{} of {}".format(*fp32_share(v)) for k, v in (plans or {}).items()}
     n_boxes = sum(len(prompts[i]) for i in ho)
     n_truth = sum(p.truth is not None for i in ho for p in prompts[i])
     frames = {"holdout": len(ho), "boxes": n_boxes, "truth_boxes": n_truth,
@@ -336,7 +365,7 @@ def _pairs(md, written: dict) -> dict[str, tuple]:
     return out
 
 
-def _latency(md, fs: FrameSet, written: dict, o: Options) -> dict | None:
+def _latency(md, fs: FrameSet, written: dict, o: Options, plans: dict | None = None) -> dict | None:
     if o.latency_rounds <= 0:
         return None
     files: dict[str, dict] = {}
@@ -349,4 +378,4 @@ def _latency(md, fs: FrameSet, written: dict, o: Options) -> dict | None:
     if sum(len(v) for v in files.values()) < 2:
         return None
     return encoder_latency(files, fs.tensor(fs.holdout[0]), o.latency_rounds, threads=o.threads,
-                           release_memory=md.preprocess.size >= LARGE_INPUT_SIDE)
+                           release_memory=md.preprocess.size >= LARGE_INPUT_SIDE, plans=plans)

@@ -42,6 +42,8 @@ class Backend(ABC):
     embedding_slots: int | None = None
     #: the files it was opened on, per part ("encoder", "decoder"); empty for a server
     paths: dict = {}
+    #: why this precision runs, where it was chosen by `--precision auto` (engines/auto_precision.py)
+    precision_choice: str | None = None
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> Any:
@@ -63,7 +65,8 @@ class Backend(ABC):
 
     def describe(self) -> dict:
         """What actually ran, for logs and per-frame records."""
-        return {"backend": self.name, "device": self.device, "precision": self.precision}
+        out = {"backend": self.name, "device": self.device, "precision": self.precision}
+        return {**out, "precision_choice": self.precision_choice} if self.precision_choice else out
 
     def close(self) -> None:
         pass

@@ -24,7 +24,7 @@ FILE_BACKENDS = (*ONNXRUNTIME, OPENVINO)
 
 def open_files(encoder: str | Path | None = None, decoder: str | Path | None = None, name: str = "onnxruntime-cpu",
                precision: str = "fp32", threads: int | None = None, decoder_threads: int | None = None, *,
-               release_memory: bool | None = None, model_dir=None) -> Backend:
+               release_memory: bool | None = None, model_dir=None, plans: dict | None = None) -> Backend:
     """A backend `name` over these ONNX files.
 
     encoder / decoder: either may be None on onnxruntime (a one-part backend: calibration
@@ -41,6 +41,9 @@ def open_files(encoder: str | Path | None = None, decoder: str | Path | None = N
     caches under its engines/ folder, the decoder's TensorRT profile shapes and the input
     size its manifest promises. None (a staging copy, a file outside a model directory):
     no cache is kept and each file is checked against the contract by its own inputs.
+    plans: OpenVINO at bf16: per part, the BF16 plan keeping some blocks FP32
+    (engines/openvino_segments.py); None: the model directory's own (manifest.json's
+    precision.bf16), else the whole part at BF16.
     """
     if name == OPENVINO:
         from medsam_edge.engines.openvino_backend import OpenvinoBackend
@@ -48,7 +51,11 @@ def open_files(encoder: str | Path | None = None, decoder: str | Path | None = N
         if encoder is None or decoder is None:
             raise ValueError("OpenVINO compiles an encoder and a decoder: give both files")
         cache = None if model_dir is None else Path(model_dir.path) / "engines" / "openvino_cache"
-        return OpenvinoBackend(Path(encoder), Path(decoder), precision, threads, decoder_threads, cache)
+        if plans is None and model_dir is not None and precision == "bf16":
+            from medsam_edge.engines.openvino_segments import stored_plans
+
+            plans = stored_plans(model_dir.manifest)
+        return OpenvinoBackend(Path(encoder), Path(decoder), precision, threads, decoder_threads, cache, plans=plans)
     if name in ONNXRUNTIME:
         from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
 

@@ -181,8 +181,12 @@ def resolve(name: str, precision: str | None = None) -> str:
 
 def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads: int | None = None,
                  decoder_threads: int | None = None, release_memory: bool = False,
-                 rebuild: str = DEFAULT_REBUILD) -> Backend:
+                 rebuild: str = DEFAULT_REBUILD, cpu_flags=None) -> Backend:
     """Open `name` (or the best available) on a model directory; the log says what ran.
+    precision "auto": the fastest precision and backend here whose fidelity the model
+    directory's report says meets its target (engines/auto_precision.py; the log says why,
+    and describe() carries it as "precision_choice"). cpu_flags: the CPU's flags for that
+    choice (None: read here).
     The files are `precision`'s in the model directory, opened by engines.loaders.open_files
     (TensorRT's engines and a Triton server here).
 
@@ -200,6 +204,10 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
     md = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
     if rebuild not in REBUILD_POLICIES:
         raise InputError(f"rebuild {rebuild!r}: expected one of {', '.join(REBUILD_POLICIES)}")
+    if precision == "auto":
+        return _open_auto(md, name, threads, decoder_threads, release_memory, rebuild, cpu_flags)
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r}: expected auto or one of {', '.join(PRECISIONS)}")
     chosen = resolve(name, precision)
     if chosen.startswith("triton://"):
         from medsam_edge.engines.triton_backend import TritonBackend
@@ -234,4 +242,24 @@ def open_backend(model_dir, name: str = "auto", precision: str = "fp32", threads
     log.info("backend %s%s (%s, %s) for %s%s", backend.name, " (auto)" if name == "auto" else "",
              backend.device, backend.precision, md.path,
              f", threads {backend.describe()['threads']}" if getattr(backend, "threads", None) else "")
+    return backend
+
+
+def _open_auto(md, name: str, threads, decoder_threads, release_memory: bool, rebuild: str, cpu_flags) -> Backend:
+    """precision auto: the choice, logged with its reason; a chosen bf16 that does not open
+    here (a plan that no longer fits the file) falls back to fp32 and the log says why."""
+    from medsam_edge.engines.auto_precision import Choice, choose
+
+    choice = choose(md, name, "detect" if cpu_flags is None else cpu_flags)
+    log.info("precision auto: %s on %s: %s", choice.precision, choice.backend, choice.reason)
+    args = (threads, decoder_threads, release_memory, rebuild)
+    try:
+        backend = open_backend(md, choice.backend if name == "auto" else name, choice.precision, *args)
+    except InputError as e:
+        if choice.precision == "fp32":
+            raise
+        log.warning("precision auto: %s did not open (%s); fp32 instead", choice.precision, e)
+        choice = Choice(name, "fp32", f"{choice.reason}; it did not open here ({e}); fp32")
+        backend = open_backend(md, name, "fp32", *args)
+    backend.precision_choice = f"auto: {choice.reason}"
     return backend

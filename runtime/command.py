@@ -78,8 +78,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deterministic", action="store_true", help="every frame in order, even for a live source")
     p.add_argument("--backend", default="auto",
                    help="auto, or a backend `medsam-edge info` lists (default auto)")
-    p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
-                   help="model precision: " + "; ".join(f"{k}: {v.description}" for k, v in PRECISIONS.items()))
+    p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
+                   help="model precision (default auto: the fastest here whose fidelity the model directory's report "
+                        "says meets its target, e.g. bf16 on a CPU with AVX-512 BF16/AMX, else fp32; the log says "
+                        "why): " + "; ".join(f"{k}: {v.description}" for k, v in PRECISIONS.items()))
     p.add_argument("--rebuild", choices=("never", "if-stale", "always"), default="never",
                    help="TensorRT engines missing or built for another GPU/TensorRT: never (default: a cart must "
                         "start in seconds; auto falls back to the next backend and the log says how to build), "

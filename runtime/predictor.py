@@ -41,10 +41,12 @@ log = logging.getLogger(__name__)
 
 
 class Predictor:
-    def __init__(self, model_dir, backend: str | Backend = "auto", precision: str = "fp32",
+    def __init__(self, model_dir, backend: str | Backend = "auto", precision: str = "auto",
                  threads: int | None = None, realtime: bool = False, rebuild: str | None = None) -> None:
         """model_dir: a directory written by `medsam-edge export` (or its ModelDir).
-        backend: "auto" or a name `medsam-edge info` lists; precision: a key of contract.PRECISIONS.
+        backend: "auto" or a name `medsam-edge info` lists; precision: "auto" (the fastest the
+        model directory's fidelity report allows on this CPU: engines/auto_precision.py) or a
+        key of contract.PRECISIONS.
         threads: CPU threads (default every core). realtime: open the backend for real-time
         sessions first (encoder and decoder threads split); either mode works later.
         rebuild: TensorRT engines' rebuild policy (engines.select.open_backend).

@@ -39,6 +39,7 @@ class FrameResult:
     latency_ms: per stage ("read", "preprocess", "encode", "decode", "postprocess", ...),
         "total", and "capture_to_mask" where the capture time is known.
     backend: the backend that ran, as its describe() names it.
+    precision: the precision it ran at (its describe()'s; "bf16" where --precision auto chose it).
     notes: what the record should say beyond the fields (e.g. "re-encoded: expired").
     blank: the frame was blank (probe lifted): nothing was segmented.
     measurements: physical sizes per prompt where the pixel spacing is known
@@ -61,6 +62,7 @@ class FrameResult:
     logits: np.ndarray | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     backend: str = ""
+    precision: str = ""
     notes: list[str] = field(default_factory=list)
     blank: bool = False
     measurements: dict = field(default_factory=dict)
@@ -99,6 +101,7 @@ class FrameResult:
             "motion": self.motion,
             "latency_ms": {k: round(float(v), 3) for k, v in self.latency_ms.items()},
             "backend": self.backend,
+            "precision": self.precision,
             **({"notes": list(self.notes)} if self.notes else {}),
             **({"blank": True} if self.blank else {}),
         }

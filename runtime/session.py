@@ -107,6 +107,7 @@ class Answerer:
             staleness=max(0, frame.index - enc.frame_index), lost=lost, refined=refined,
             logits=logits if self.keep_logits else None, latency_ms=timings,
             backend=self.segmenter.backend.name, notes=notes, motion=None if motion is None else motion.record(),
+            precision=self.segmenter.backend.precision,
         )
 
     def decode(self, enc: Encoded, prompts: list[Prompt], motion: Motion | None, timings: dict):
@@ -189,7 +190,7 @@ class Session:
                             frame.source, frame.index)
             return FrameResult(frame=frame, prompts=[], masks=np.zeros((0, frame.height, frame.width), bool),
                                scores=np.zeros(0, np.float32), reuse=FRESH, blank=True, latency_ms=timings,
-                               backend=self.segmenter.backend.name)
+                               backend=self.segmenter.backend.name, precision=self.segmenter.backend.precision)
         notes: list[str] = []
         # The prompts first: where they are decides whether the last embedding still serves.
         prompts = self.prompter.prompts_for(frame)

@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the page marks a mask stale when its embedding or decode is older (default 1000)")
     p.add_argument("--jpeg-quality", type=int, default=80, help="JPEG quality of the frames sent (default 80)")
     p.add_argument("--backend", default="auto", help="auto, or a backend `medsam-edge info` lists")
-    p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS), help="model precision")
+    p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
+                   help="model precision (default auto: the fastest here that the model's fidelity report allows)")
     p.add_argument("--rebuild", choices=("never", "if-stale", "always"), default="never",
                    help="TensorRT engines missing or stale: never (default), if-stale, always")
     p.add_argument("--threads", type=int, help="CPU threads (default all; the decoder gets one)")

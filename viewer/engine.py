@@ -331,6 +331,7 @@ class Engine:
         masks, scores, _ = self.segmenter.decode(own, prompts, timings)
         result = FrameResult(frame=frame, prompts=prompts, masks=masks, scores=scores, reuse=FRESH, embedding=own,
                              lost=[False] * len(prompts), latency_ms=timings, backend=self.segmenter.backend.name,
+                             precision=self.segmenter.backend.precision,
                              notes=["decoded on the frozen frame's own embedding"])
         result.measurements = measurements(masks, self.calibration)
         edited = entry_of(result, version, made="frozen")
