@@ -17,6 +17,7 @@ scores them on held-out frames.
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -147,6 +148,17 @@ def search_target(target: dict) -> dict:
 def plan_search(md, scorer: Scorer, target: dict, threads: int | None,
                 log: Callable[[str], None] = lambda s: None) -> dict:
     """The encoder's and decoder's BF16 plans and the record of how they were found."""
+    # Each trial compiles a backend: its INFO lines would break into the search's own lines.
+    engines = logging.getLogger("medsam_edge.engines")
+    level = engines.level
+    engines.setLevel(logging.WARNING)
+    try:
+        return _search(md, scorer, target, threads, log)
+    finally:
+        engines.setLevel(level)
+
+
+def _search(md, scorer: Scorer, target: dict, threads: int | None, log: Callable[[str], None]) -> dict:
     from medsam_edge.engines.openvino_backend import OpenvinoBackend
 
     from .int8 import smallest_exclusion
