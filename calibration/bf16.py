@@ -194,7 +194,8 @@ def _search(md, scorer: Scorer, target: dict, threads: int | None, log: Callable
         order = sorted(range(len(found)), key=lambda i: -losses[i])
         rec["ranking"] = [{"block": found[i]["name"], "cosine_loss": losses[i]} for i in order]
         log("most sensitive at BF16: " + ", ".join(found[i]["name"] for i in order[:4]))
-        keep, v, rec["search"] = smallest_exclusion(order, lambda ks: judged(set(ks)), log)
+        keep, v, rec["search"] = smallest_exclusion(order, lambda ks: judged(set(ks)),
+                                                    lambda t: log(t.replace("node(s) in float", "block(s) FP32")))
     fp32 = set(keep)
     enc_plan = make_plan("encoder", enc, found, fp32)
     dec_bf16 = segs.whole("decoder", "bf16")
