@@ -30,10 +30,11 @@ from medsam_edge.manifest import sha256_file
 from .evaluate import Scorer, _verdict
 from .fp16 import Verdict
 
-# Calibration frames are a sample of the sources: the search holds a candidate to half the
-# loss the report's target allows (mean 0.9975, worst 0.99 for 0.995 / 0.98), so unseen
-# frames have room. Frames the sensitivity signal encodes per block.
-SEARCH_MARGIN = 0.5
+# The share of the target's allowed Dice loss the search may use on calibration frames. 1,
+# the target itself, as the FP16 search: at 0.5 LiteMedSAM kept 14 of 16 blocks FP32 (no
+# speed left; docs/decisions.md), and the held-out report, not the search, decides whether
+# auto runs the plan. Frames the sensitivity signal encodes per block.
+SEARCH_MARGIN = 1.0
 SIGNAL_FRAMES = 2
 MIN_NODES = 8
 

@@ -69,7 +69,8 @@ def report_row(md, precision: str) -> tuple[dict | None, str]:
         return None, f"{path}: unreadable ({e}); run `medsam-edge calibrate` again"
     row = (report.get("precisions") or {}).get(precision) if isinstance(report, dict) else None
     if not isinstance(row, dict):
-        return None, f"{path.name} has no {precision} row (run `medsam-edge calibrate {md.path} --precision {precision}`)"
+        return None, (f"{path.name} has no {precision} row "
+                      f"(run `medsam-edge calibrate {md.path} --precision {precision}`)")
     return row, ""
 
 
