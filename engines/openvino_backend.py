@@ -19,7 +19,7 @@ import numpy as np
 
 from medsam_edge.contract import EMBEDDING, IMAGE, IOU, LOW_RES_LOGITS, POINT_COORDS, POINT_LABELS, PRECISIONS
 from medsam_edge.engines.base import Backend
-from medsam_edge.engines.openvino_cache import cache_key, compile_cached
+from medsam_edge.engines.openvino_cache import cache_key, compile_cached, file_sha256
 from medsam_edge.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,10 @@ class OpenvinoBackend(Backend):
         plans = {k: v for k, v in (plans or {}).items() if v} if precision == "bf16" else {}
         for part, plan in plans.items():
             segs.check_plan(plan, f"the {part}'s BF16 plan")
+            onnx = Path(encoder_onnx if part == "encoder" else decoder_onnx)
+            if plan.get("onnx_sha256") and onnx.is_file() and plan["onnx_sha256"] != file_sha256(onnx):
+                raise InputError(f"{onnx}: the {part}'s BF16 plan was made for another {onnx.name}; run "
+                                 f"`medsam-edge calibrate {onnx.parent} --precision bf16` again")
         self.precision = precision
         self.plans = plans
         self.paths = {"encoder": Path(encoder_onnx), "decoder": Path(decoder_onnx)}

@@ -43,6 +43,19 @@ class Compiled:
     reason: str = ""
 
 
+# (path, size, mtime, inode) -> SHA-256: a part cut into segments keys each segment on the
+# same file, and a process may open one model many times (calibration's trials).
+_SHA: dict[tuple, str] = {}
+
+
+def file_sha256(onnx: Path) -> str:
+    st = onnx.stat()
+    k = (str(onnx.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if k not in _SHA:
+        _SHA[k] = sha256_file(onnx)
+    return _SHA[k]
+
+
 def cache_key(onnx: Path, inference_precision: str, ov_version: str, cpu: str, capabilities,
               segment: list | None = None) -> dict:
     """The facts a compiled blob depends on, as written to its JSON sidecar. segment: the
@@ -52,7 +65,7 @@ def cache_key(onnx: Path, inference_precision: str, ov_version: str, cpu: str, c
         "format_version": KEY_VERSION,
         "onnx": onnx.name,
         "onnx_bytes": onnx.stat().st_size,
-        "onnx_sha256": sha256_file(onnx),
+        "onnx_sha256": file_sha256(onnx),
         "openvino": ov_version,
         "inference_precision": inference_precision,
         "cpu": cpu,

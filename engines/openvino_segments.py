@@ -140,7 +140,7 @@ class Chain:
 
     def infer(self, feeds: dict) -> dict:
         last = len(self._requests) - 1
-        for i, (req, seg) in enumerate(zip(self._requests, self.segments)):
+        for i, req in enumerate(self._requests):
             out = req.infer(feeds, share_inputs=True, share_outputs=i < last)
             if i < last:
                 feeds = {self.segments[i + 1].start: out[self._outs[i][0]]}

@@ -126,6 +126,9 @@ def test_a_plan_runs_each_segment_at_its_precision(md):
     bad["blocks"][0]["end"] = "no_such_tensor"
     with pytest.raises(Exception, match="no_such_tensor"):
         OpenvinoBackend(enc, dec, "bf16", threads=1, plans={"encoder": bad})
+    other = {**plan, "onnx_sha256": "0" * 64}
+    with pytest.raises(Exception, match="made for another encoder.onnx"):
+        OpenvinoBackend(enc, dec, "bf16", threads=1, plans={"encoder": other})
 
 
 def test_calibrate_stores_the_plan_and_the_report_names_it(calibrated):
