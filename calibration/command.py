@@ -19,9 +19,8 @@ from .int8 import MAX_TRIALS, METHODS, SEARCH_MARGIN
 
 CALIBRATED = ("fp16", "int8")  # what calibrate writes files for
 FRAMES_SMALL, FRAMES_LARGE = 48, 12
-# The searches judge every calibration frame of a small model: on 12 of LiteMedSAM's 48 the
-# search picked an exclusion that met its bound there and missed it on the other 36 (Dice
-# 0.988 against 0.9925). A big model's frame costs seconds a trial: 12 of them.
+# The searches judge every calibration frame of a small model (a subset let an exclusion
+# pass that missed on the rest), 12 of a big one's (docs/decisions.md#calibration-frames).
 SEARCH_FRAMES_LARGE = 12
 
 

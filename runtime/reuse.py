@@ -61,11 +61,8 @@ class ReusePolicy:
 
     exact: bool = True
     near: bool = True
-    # Chosen from Dice-vs-reuse curves on the nine shared moving clips with LiteMedSAM
-    # (bench.reuse; the curve is in the issue 17 report and every bench report): 0.006 with
-    # 3 in a row gives Dice vs fresh >= 0.98 over all frames at >= 50 % reuse on six of
-    # them; on the other three the fresh masks themselves flicker (consecutive fresh masks
-    # agree to Dice 0.83-0.89), so no threshold gets both there.
+    # Chosen from Dice-vs-reuse curves on the shared moving clips (bench.reuse; figures:
+    # docs/decisions.md#reuse-threshold).
     threshold: float = 0.006
     scene_threshold: float = 0.15
     max_consecutive: int = 3

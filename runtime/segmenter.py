@@ -22,10 +22,8 @@ from medsam_edge.runtime.postprocess import masks_from_logits
 from medsam_edge.runtime.preprocess import Prepared, preprocess
 from medsam_edge.runtime.prompts import Prompt, as_prompts
 
-# Prompts per decoder call on a CPU. Each prompt in a call holds the decoder's own
-# intermediates (its copy of the embedding, 32x256x256 upscaled features: ~28 MB), and a
-# CPU gains nothing from a bigger batch (measured: 300 ms a prompt at 4 and at 16), so 4
-# keeps a frame with many objects at ~120 MB of decoder memory instead of ~450 MB.
+# Prompts per decoder call on a CPU: each prompt holds its own copy of the decoder's
+# intermediates and a CPU gains nothing from a bigger batch (docs/decisions.md#cpu-decoder-batch).
 CPU_PROMPTS = 4
 
 

@@ -175,3 +175,16 @@ def test_links_lead_somewhere(path):
         if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             wrong.append(f"{target}: no heading with that anchor in {dest.name}")
     assert not wrong, f"{path.name}: " + "; ".join(wrong)
+
+
+def test_code_points_at_sections_that_exist():
+    """Comments say `docs/decisions.md#section` for their figures: the section must be there."""
+    sections = {p.name: anchors(p) for p in (ROOT / "docs").glob("*.md")}
+    wrong = []
+    for py in ROOT.glob("*/**/*.py"):
+        if ".venv" in py.parts or "tests" in py.parts:
+            continue
+        for page, anchor in re.findall(r"docs/([\w-]+\.md)#([\w-]+)", py.read_text(encoding="utf-8")):
+            if page in sections and anchor not in sections[page]:
+                wrong.append(f"{py.relative_to(ROOT)}: docs/{page}#{anchor}")
+    assert not wrong, "no such section: " + "; ".join(wrong)
