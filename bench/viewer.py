@@ -11,7 +11,7 @@
 2. Live for --seconds: the share of the source's captured frames the page drew with
    masks made for that very frame, masks/s and capture-to-mask from the HUD, the bytes
    the page received per second, the server's memory sampled every few seconds.
-3. --screenshot: the page as it shows the clip, for the README.
+3. --screenshot: the page as it shows the clip, for docs/viewer.md.
 Prints one JSON object (with the machine, CPU flags, load) and a line per figure.
 """
 
