@@ -56,8 +56,8 @@ def measuring_options(threads: int | None = None):
     opts.log_severity_level = 3
     # Fusions would hide the very tensors being measured.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # Measured on LiteMedSAM: 5.5 GB peak with the defaults, 0.6 GB with these three (the
-    # default order runs the probes late and keeps every tensor alive until then).
+    # These three keep the peak memory of a range sweep low: the default order runs the probes
+    # late and keeps every tensor alive until then (docs/decisions.md#range-sweep-memory).
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     opts.enable_cpu_mem_arena = False
     opts.enable_mem_pattern = False
