@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime,
                               rebuild=args.rebuild)
         # Before any sink exists: each of these can refuse the input, and nothing is written yet.
-        calibration = spacing.resolve_calibration(source, args.pixel_spacing)
+        pixel_calibration = spacing.resolve_pixel_calibration(source, args.pixel_spacing)
         extra = [_dicom_seg(source, args, predictor)] if args.dicom_seg else []
     except BaseException:
         source.close()
@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
                    "source": getattr(source, "description", str(args.source))}
         outputs.open(video=not args.no_video, masks=None if args.masks == "none" else args.masks, fps=source.fps,
                      extra=extra)
-        outputs.run(stream, summary, total=total, live=source.is_live, calibration=calibration)
+        outputs.run(stream, summary, total=total, live=source.is_live, pixel_calibration=pixel_calibration)
     _say_what_went_unused(args, stream, outputs.summary)
     print(json.dumps({k: outputs.summary.get(k) for k in ("complete", "frames", "fps", "reuse_rate", "dropped",
                                                            "bad_frames_skipped", "blank_skipped", "backend",

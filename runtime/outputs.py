@@ -130,10 +130,10 @@ class RunOutputs:
             raise _disk_error(e, self.out) from None
         self.sinks = MultiSink([*sinks.sinks, *extra]) if extra else sinks
 
-    def run(self, stream, summary: dict, total: int | None = None, live: bool = False, calibration=None) -> dict:
+    def run(self, stream, summary: dict, total: int | None = None, live: bool = False, pixel_calibration=None) -> dict:
         """Write every result of `stream`; summary.json on the way out, whatever the way.
 
-        calibration: runtime.spacing.Calibration (or None: pixels only): each record gains
+        pixel_calibration: runtime.spacing.PixelCalibration (or None: pixels only): each record gains
         its masks' sizes in mm, and the summary per-track statistics."""
         from medsam_edge.runtime.spacing import TrackStatistics, measurements
 
@@ -146,7 +146,7 @@ class RunOutputs:
         with StopRequest() as stop:
             try:
                 for result in stream:
-                    result.measurements = measurements(result.masks, calibration)
+                    result.measurements = measurements(result.masks, pixel_calibration)
                     tracks.add(result.record())
                     t0 = time.perf_counter()
                     self.sinks.write(result)
@@ -186,7 +186,7 @@ class RunOutputs:
                     "fps": round(len(latencies) / wall, 3) if wall > 0 else 0.0,
                     **stream.stats.summary(getattr(stream.source, "skipped", 0)),
                     "source_truncated": getattr(stream.source, "truncated", None),
-                    "measurements": tracks.summary(calibration),
+                    "measurements": tracks.summary(pixel_calibration),
                     "latency_ms": percentiles(latencies),
                     "write_ms": percentiles(writes),
                     "outputs": [str(p) for p in self.sinks.outputs],

@@ -92,7 +92,7 @@ class UltrasoundRegion:
 
 
 @dataclass
-class Calibration:
+class PixelCalibration:
     """How one source's pixels map to millimetres: one size everywhere, or per region.
 
     uniform: the pixel size of the whole image (PixelSpacing, --pixel-spacing), or None.
@@ -219,14 +219,14 @@ def _region(number: int, item, rows: int, columns: int) -> UltrasoundRegion:
     return UltrasoundRegion(number, x0, y0, min(x1, columns - 1), min(y1, rows - 1), size)
 
 
-def calibration_from_dataset(ds, name: str) -> Calibration:
-    """A DICOM header -> its Calibration (see the module docstring for the order)."""
+def pixel_calibration_from_dataset(ds, name: str) -> PixelCalibration:
+    """A DICOM header -> its PixelCalibration (see the module docstring for the order)."""
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     items = ds.get("SequenceOfUltrasoundRegions")
     if items:
         regions = tuple(_region(i, item, rows, columns) for i, item in enumerate(items, 1))
         problems = tuple(f"ultrasound region {r.number} {r.problem}" for r in regions if r.problem)
-        return Calibration(name, regions=regions, problems=problems)
+        return PixelCalibration(name, regions=regions, problems=problems)
     candidates = [("PixelSpacing", ds.get("PixelSpacing")), ("ImagerPixelSpacing", ds.get("ImagerPixelSpacing"))]
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared and "PixelMeasuresSequence" in shared[0]:
@@ -241,8 +241,8 @@ def calibration_from_dataset(ds, name: str) -> Calibration:
         if pair is None:
             problems.append(f"{keyword} is not two positive numbers")
             continue
-        return Calibration(name, uniform=PixelSize(pair[0], pair[1], keyword))
-    return Calibration(name, problems=tuple(problems))
+        return PixelCalibration(name, uniform=PixelSize(pair[0], pair[1], keyword))
+    return PixelCalibration(name, problems=tuple(problems))
 
 
 def parse_pixel_spacing(text: str) -> PixelSize:
@@ -268,15 +268,15 @@ def _argparse_spacing(text: str) -> PixelSize:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def resolve_calibration(source, pixel_spacing: PixelSize | None = None) -> Calibration | None:
+def resolve_pixel_calibration(source, pixel_spacing: PixelSize | None = None) -> PixelCalibration | None:
     """The calibration to measure `source`'s masks with, or None (said once, in the log).
 
     source: any Source; a DICOM source brings its header's calibration as
-    `source.geometry.calibration`. pixel_spacing: from `--pixel-spacing`, wins if given.
+    `source.geometry.pixel_calibration`. pixel_spacing: from `--pixel-spacing`, wins if given.
     """
     name = getattr(source, "description", str(source))
     geometry = getattr(source, "geometry", None)
-    own: Calibration | None = getattr(geometry, "calibration", None)
+    own: PixelCalibration | None = getattr(geometry, "pixel_calibration", None)
     if pixel_spacing is not None:
         if own is not None and own.known:
             log.warning("%s: --pixel-spacing %g,%g mm overrides the file's own calibration (%s)",
@@ -284,7 +284,7 @@ def resolve_calibration(source, pixel_spacing: PixelSize | None = None) -> Calib
         else:
             log.info("%s: pixel size %g,%g mm from --pixel-spacing", name, pixel_spacing.row_mm,
                      pixel_spacing.col_mm)
-        return Calibration(name, uniform=pixel_spacing)
+        return PixelCalibration(name, uniform=pixel_spacing)
     if own is not None and own.known:
         for problem in own.problems:
             log.warning("%s: %s; masks there get no mm values", name, problem)
@@ -296,7 +296,7 @@ def resolve_calibration(source, pixel_spacing: PixelSize | None = None) -> Calib
     return None
 
 
-def measurements(masks: np.ndarray, calibration: Calibration | None) -> dict:
+def measurements(masks: np.ndarray, calibration: PixelCalibration | None) -> dict:
     """Per-prompt mm fields for a frame record, or {} when the spacing is unknown.
 
     masks: (N, H, W) bool. Returns {"mask_area_mm2": [N floats or None],
@@ -361,7 +361,7 @@ class TrackStatistics:
                 else:
                     t["unmeasured"] += 1
 
-    def summary(self, calibration: Calibration | None = None) -> dict:
+    def summary(self, calibration: PixelCalibration | None = None) -> dict:
         """{"spacing": ..., "tracks": [...]} for summary.json."""
         tracks = []
         for k in sorted(self._tracks):
@@ -377,7 +377,7 @@ class TrackStatistics:
         return {"spacing": spacing, "tracks": tracks}
 
 
-def track_statistics(records: Iterable[dict], calibration: Calibration | None = None) -> dict:
+def track_statistics(records: Iterable[dict], calibration: PixelCalibration | None = None) -> dict:
     """TrackStatistics over `records` in one call."""
     stats = TrackStatistics()
     for record in records:

@@ -179,7 +179,7 @@ def test_a_file_without_spacing_writes_a_segmentation_and_reports_pixels_only(tm
     from medsam_edge.runtime.sources import open_source
 
     with open_source(path) as source, caplog.at_level(logging.INFO):
-        calibration = spacing.resolve_calibration(source)
+        calibration = spacing.resolve_pixel_calibration(source)
     assert calibration is None and spacing.measurements(written[1], calibration) == {}
     assert "pixel spacing unknown" in caplog.text and "areas are in pixels only" in caplog.text
 
@@ -251,7 +251,7 @@ def test_a_run_on_a_cine_with_a_bad_frame_leaves_it_out_and_logs_no_patient_data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         source = open_source(path)
-        calibration = spacing.resolve_calibration(source)
+        calibration = spacing.resolve_pixel_calibration(source)
         seg_sink = dicom_seg.dicom_seg_sink(source, out, tiny_model_dir, backend.describe())
         prompter = Prompter(PromptSchedule.constant([[10, 10, 60, 50], [90, 10, 150, 50]]), None)
         stats = spacing.TrackStatistics()

@@ -18,7 +18,7 @@ from medsam_edge.runtime import spacing
 
 def _calibration(tmp_path, regions=REGIONS):
     path, _ = make_dicom(tmp_path / "units.dcm", frames=1, sop_class=US_IMAGE, regions=regions)
-    return spacing.calibration_from_dataset(pydicom.dcmread(path, stop_before_pixels=True), "units.dcm")
+    return spacing.pixel_calibration_from_dataset(pydicom.dcmread(path, stop_before_pixels=True), "units.dcm")
 
 
 def _rect(y0, y1, x0, x1) -> np.ndarray:
@@ -66,7 +66,7 @@ def test_pydicoms_ultrasound_regions_do_not_fit_their_resized_pictures(caplog):
     from medsam_edge.runtime.sources import open_source
 
     with open_source("pydicom:examples_ybr_color.dcm") as source, caplog.at_level(logging.WARNING):
-        assert spacing.resolve_calibration(source) is None
+        assert spacing.resolve_pixel_calibration(source) is None
     assert "region 1 (x 84-595, y 31-414) does not fit the 320x240 image" in caplog.text
     assert caplog.text.count("pixel spacing unknown") == 1
 
@@ -75,18 +75,18 @@ def test_pixel_spacing_from_the_header_and_from_the_option(tmp_path, caplog):
     from medsam_edge.runtime.sources import open_source
 
     with open_source(get_testdata_file("CT_small.dcm", download=False)) as ct:
-        calibration = spacing.resolve_calibration(ct)
+        calibration = spacing.resolve_pixel_calibration(ct)
         assert calibration.source == "PixelSpacing"
         fields = spacing.measurements(np.ones((1, 128, 128), bool), calibration)
         assert fields["mask_area_mm2"] == [pytest.approx(128 * 128 * 0.661468 ** 2, abs=1e-3)]
         with caplog.at_level(logging.WARNING):
-            override = spacing.resolve_calibration(ct, spacing.parse_pixel_spacing("0.5"))
+            override = spacing.resolve_pixel_calibration(ct, spacing.parse_pixel_spacing("0.5"))
         assert override.uniform.row_mm == 0.5 and "overrides the file's own calibration" in caplog.text
     path, _ = make_dicom(tmp_path / "imager.dcm", frames=1, sop_class=US_IMAGE, regions=())
     ds = pydicom.dcmread(path)
     ds.ImagerPixelSpacing = [0.25, 0.5]
-    assert spacing.calibration_from_dataset(ds, "x").uniform == spacing.PixelSize(0.25, 0.5, "ImagerPixelSpacing")
-    video = spacing.resolve_calibration(object(), spacing.parse_pixel_spacing("0.2,0.3"))
+    assert spacing.pixel_calibration_from_dataset(ds, "x").uniform == spacing.PixelSize(0.25, 0.5, "ImagerPixelSpacing")
+    video = spacing.resolve_pixel_calibration(object(), spacing.parse_pixel_spacing("0.2,0.3"))
     assert spacing.measurements(np.ones((1, 2, 5), bool), video)["mask_area_mm2"] == [pytest.approx(0.6)]
 
 

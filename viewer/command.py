@@ -165,11 +165,11 @@ def run(args: argparse.Namespace) -> int:
         prompts = starting_prompts(args, source)
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=True,
                               rebuild=args.rebuild)
-        calibration = spacing.resolve_calibration(source, args.pixel_spacing)
+        pixel_calibration = spacing.resolve_pixel_calibration(source, args.pixel_spacing)
         objects = Objects()
         if prompts:
             objects.set_prompts(validate_prompts(prompts, *_size(source), "--box/--prompts"))
-        engine = Engine(predictor, source, objects, track=args.track, calibration=calibration,
+        engine = Engine(predictor, source, objects, track=args.track, pixel_calibration=pixel_calibration,
                         buffer_seconds=args.buffer_seconds, stale_ms=args.stale_ms, jpeg_quality=args.jpeg_quality,
                         record_dir=args.record_dir, dicom_seg=_dicom_seg(source, predictor, args.track))
         token = None if args.host in LOOPBACK else secrets.token_urlsafe(24)

@@ -45,7 +45,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.pixels.utils import get_expected_length
 
 from medsam_edge.errors import InputError
-from medsam_edge.runtime.spacing import Calibration, calibration_from_dataset
+from medsam_edge.runtime.spacing import PixelCalibration, pixel_calibration_from_dataset
 
 from .base import Item, Source, to_uint8
 from .encapsulated import ends_whole, has_end_marker, read_fragments
@@ -133,7 +133,7 @@ def _scale_bits(picture: np.ndarray, bits: int) -> np.ndarray:
 class DicomGeometry:
     """What measurements and a Segmentation writer need from the header; no patient data.
 
-    calibration: mm per pixel (ultrasound regions, PixelSpacing), see runtime.spacing.
+    pixel_calibration: mm per pixel (ultrasound regions, PixelSpacing), see runtime.spacing.
     sop_instance_uid: kept out of repr() so no log line can print it by accident.
     """
 
@@ -141,14 +141,14 @@ class DicomGeometry:
     columns: int
     frames: int
     has_frame_of_reference: bool
-    calibration: Calibration
+    pixel_calibration: PixelCalibration
     sop_instance_uid: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_dataset(cls, ds: Dataset, frames: int, name: str) -> DicomGeometry:
         uid = ds.get("SOPInstanceUID")
         return cls(int(ds.Rows), int(ds.Columns), frames, "FrameOfReferenceUID" in ds,
-                   calibration_from_dataset(ds, name), str(uid) if uid else None)
+                   pixel_calibration_from_dataset(ds, name), str(uid) if uid else None)
 
 
 class DicomSource(Source):
