@@ -133,9 +133,11 @@ class RunOutputs:
     def run(self, stream, summary: dict, total: int | None = None, live: bool = False, pixel_calibration=None) -> dict:
         """Write every result of `stream`; summary.json on the way out, whatever the way.
 
-        pixel_calibration: runtime.spacing.PixelCalibration (or None: pixels only): each record gains
-        its masks' sizes in mm, and the summary per-track statistics."""
-        from medsam_edge.runtime.spacing import TrackStatistics, measurements
+        Results arrive measured (runtime.measure.Measured, the step before the outputs):
+        this only writes them, and sums their sizes up per track for the summary, which
+        says where pixel_calibration (runtime.spacing.PixelCalibration, or None: pixels
+        only) came from."""
+        from medsam_edge.runtime.measure import TrackStatistics
 
         tracks = TrackStatistics()
         latencies, writes = [], []
@@ -146,8 +148,7 @@ class RunOutputs:
         with StopRequest() as stop:
             try:
                 for result in stream:
-                    result.measurements = measurements(result.masks, pixel_calibration)
-                    tracks.add(result.record())
+                    tracks.add_result(result)
                     t0 = time.perf_counter()
                     self.sinks.write(result)
                     writes.append((time.perf_counter() - t0) * 1e3)

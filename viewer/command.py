@@ -33,7 +33,7 @@ once in the URL, of the page, the API and the socket."""
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from medsam_edge.contract import PRECISIONS
-    from medsam_edge.runtime import spacing
+    from medsam_edge.runtime.cli_args import add_pixel_spacing
     from medsam_edge.runtime.command import SOURCE_HELP
 
     p = sub.add_parser("view", help="a live web page: draw boxes on the stream, see masks follow",
@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rebuild", choices=("never", "if-stale", "always"), default="never",
                    help="TensorRT engines missing or stale: never (default), if-stale, always")
     p.add_argument("--threads", type=int, help="CPU threads (default all; the decoder gets one)")
-    spacing.add_arguments(p)
+    add_pixel_spacing(p)
     p.set_defaults(func=run)
 
 

@@ -21,7 +21,7 @@ from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import is_blank
 from medsam_edge.runtime.prompts import validate_prompts
 from medsam_edge.runtime.result import FRESH, FrameResult
-from medsam_edge.runtime.spacing import measurements
+from medsam_edge.runtime.measure import measurements
 from medsam_edge.viewer import recorder
 from medsam_edge.viewer.hud import Hud
 from medsam_edge.viewer.objects import Objects

@@ -45,7 +45,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.pixels.utils import get_expected_length
 
 from medsam_edge.errors import InputError
-from medsam_edge.runtime.spacing import PixelCalibration, pixel_calibration_from_dataset
+from medsam_edge.runtime.dicom_regions import pixel_calibration_from_dataset
+from medsam_edge.runtime.spacing import PixelCalibration
 
 from .base import Item, Source, to_uint8
 from .encapsulated import ends_whole, has_end_marker, read_fragments
