@@ -178,7 +178,7 @@ class DicomSource(Source):
         self.geometry = DicomGeometry.from_dataset(ds, self.frame_count, self.description)
         self._times, self.fps, self.time_source = frame_times(ds, self.frame_count)
         self._window = self._find_window(ds)
-        self._probe()
+        self._check_first_frame()
 
     def _find_decoder(self, ds: Dataset):  # -> pydicom.pixels.decoders.base.Decoder
         syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
