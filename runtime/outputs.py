@@ -37,7 +37,7 @@ SUMMARY = "summary.json"
 RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", "masks.npz", "masks", "segmentation.dcm")
 RUNNING = ("not finished: the run is still going, or its process was killed before it could say how it "
            "ended (SIGKILL, a crash, power)")
-PROBE_BYTES = 64 * 1024  # written and removed in --out before the run: a full disk shows here
+WRITE_TEST_BYTES = 64 * 1024  # written and removed in --out before the run: a full disk shows here
 # The first summary is padded to this size, so that on a disk full by the end a short
 # final summary can still be written over it in place, in blocks the file already has.
 FIRST_SUMMARY_BYTES = 2048
@@ -91,14 +91,14 @@ class RunOutputs:
             free = free_bytes(out)
             if free is not None and free < MIN_FREE_BYTES:
                 raise OSError(errno.ENOSPC, f"{free // 1024} KiB free")
-            probe = out / f".medsam-edge-write-test.{os.getpid()}"
+            test_file = out / f".medsam-edge-write-test.{os.getpid()}"
             try:
-                with open(probe, "wb") as f:
-                    f.write(b"\0" * PROBE_BYTES)
+                with open(test_file, "wb") as f:
+                    f.write(b"\0" * WRITE_TEST_BYTES)
                     f.flush()
                     os.fsync(f.fileno())
             finally:
-                probe.unlink(missing_ok=True)
+                test_file.unlink(missing_ok=True)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise InputError(f"--out {out}: the disk is full ({e.strerror}); free space or choose another "
