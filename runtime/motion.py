@@ -333,6 +333,5 @@ def region_difference(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarr
     return float(np.abs(a[ok] - b[ok] / valid[ok]).mean()) / 255.0
 
 
-# The old names, kept until runtime/reuse.py and runtime/realtime.py (another branch) use the new ones.
+# The old name, kept until runtime/realtime.py (another branch) imports SmallFrame.
 Probe = SmallFrame
-difference = region_difference
