@@ -30,10 +30,10 @@ from medsam_edge.manifest import sha256_file
 from .evaluate import Scorer, _verdict
 from .fp16 import Verdict
 
-# The share of the target's allowed Dice loss the search may use on calibration frames. 1,
-# the target itself, as the FP16 search: at 0.5 LiteMedSAM kept 14 of 16 blocks FP32 (no
-# speed left; docs/decisions.md), and the held-out report, not the search, decides whether
-# auto runs the plan. Frames the sensitivity signal encodes per block.
+# The share of the target's allowed Dice loss the search may use on calibration frames: 1,
+# the target itself, as the FP16 search (at 0.5 LiteMedSAM kept 14 of 16 blocks FP32;
+# docs/decisions.md#bf16-plan-and-precision-auto); the held-out report decides whether auto
+# runs the plan. Frames the sensitivity signal encodes per block.
 SEARCH_MARGIN = 1.0
 SIGNAL_FRAMES = 2
 MIN_NODES = 8

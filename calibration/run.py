@@ -32,9 +32,11 @@ from .latency import encoder_latency
 from .plan import model_dir_plan
 from .reference import open_reference
 
-# The precisions a run makes files for (contract.PRECISIONS has every one a model may have);
-# bf16 gets a plan (calibration/bf16.py), not files.
-MADE_HERE = ("fp16", "int8")
+# What a run makes (contract.PRECISIONS has every one a model may have): files for fp16 and
+# int8, a plan for bf16 (calibration/bf16.py); DEFAULT: what it makes unless asked (bf16
+# needs a CPU with BF16).
+MADE_HERE = ("fp16", "int8", "bf16")
+DEFAULT = ("fp16", "int8")
 # What the report scores, beside FP32: this run's files or an earlier run's, and bf16
 # (the FP32 files at BF16 inference precision, where a backend here runs it).
 REPORTED = ("fp16", "int8", "int8dyn", "bf16")
@@ -69,7 +71,7 @@ class SearchOptions:
 
 @dataclass
 class Options:
-    precisions: tuple = MADE_HERE
+    precisions: tuple = DEFAULT
     frames: FrameOptions = field(default_factory=FrameOptions)
     search: SearchOptions = field(default_factory=SearchOptions)
     dynamic: bool = True  # also write the CPU-only encoder.int8dyn.onnx
@@ -198,9 +200,9 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     judged_path = judge(search, "encoder", fp32_dec, o.search_target("int8"), o.threads, _also(md, "int8", o, log))
     trial = staging / "trial.int8.onnx"
     caches = {m: staging / f"ranges-{m}.json" for m in o.search.methods}
-    # Ranges cost a histogram pass over every calibrated tensor of every frame (LiteMedSAM:
-    # 2.1 GB of tensors, about 40 s a frame on 2 cores at percentile): at most RANGE_FRAMES,
-    # spread over the sources; the search and the report still use every frame.
+    # Ranges cost a histogram pass over every calibrated tensor of every frame
+    # (docs/decisions.md#calibration-frames): at most RANGE_FRAMES, spread over the sources;
+    # the search and the report still use every frame.
     ranged = fs.spread(fs.calibration, RANGE_FRAMES)
     if len(ranged) < len(fs.calibration):
         log(f"ranges: {len(ranged)} of the {len(fs.calibration)} calibration frames, spread over the sources")

@@ -7,10 +7,10 @@ Inputs, each passed in or read here, never assumed:
 - the backends installed and usable here (engines.select.probe);
 - the fidelity report (fidelity.json, written by `medsam-edge calibrate`): the bf16 row on
   openvino-cpu must meet its target, measured with the BF16 plan the manifest holds now.
-Order: BF16 on OpenVINO (LiteMedSAM with its plan 1.1-1.3x OpenVINO FP32, all-BF16 about
-1.9x; docs/decisions.md), else FP32 on the backend "auto" picks. INT8 is never picked: its
-target (Dice mean 0.97) is looser than the 0.995 asked of what runs by default. GPUs keep
-FP32: the report measures CPU arithmetic only.
+Order: BF16 on OpenVINO (LiteMedSAM's encoder with its plan about 1.9x OpenVINO FP32;
+docs/decisions.md#bf16-plan-and-precision-auto), else FP32 on the backend "auto" picks.
+INT8 is never picked: its target (Dice mean 0.97) is looser than the 0.995 asked of what
+runs by default. GPUs keep FP32: the report measures CPU arithmetic only.
 """
 
 from __future__ import annotations

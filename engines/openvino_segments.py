@@ -1,7 +1,7 @@
 """BF16 with some blocks kept FP32 on OpenVINO: a part's graph cut at block boundaries.
 
 OpenVINO sets one inference precision per compiled model, and an all-BF16 LiteMedSAM
-encoder misses the fidelity target (mask Dice mean 0.988 against 0.995; docs/decisions.md).
+encoder misses the fidelity target (mask Dice mean 0.988 against 0.995; docs/decisions.md#bf16-plan-and-precision-auto).
 A plan (written by `medsam-edge calibrate --precision bf16`, stored in manifest.json under
 precision.bf16.<part>.plan) lists the part's blocks in graph order, each ending at a tensor
 that is the only activation alive there, with the precision each runs at. Consecutive blocks
