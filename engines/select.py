@@ -245,7 +245,8 @@ def _open_auto(md, name: str, threads, decoder_threads, release_memory: bool, re
     here (a plan that no longer fits the file) falls back to fp32 and the log says why."""
     from medsam_edge.engines.auto_precision import Choice, choose
 
-    choice = choose(md, name, "detect" if cpu_flags is None else cpu_flags)
+    usable = {a.name for a in probe() if a.available}
+    choice = choose(md, usable, name, "detect" if cpu_flags is None else cpu_flags)
     log.info("precision auto: %s on %s: %s", choice.precision, choice.backend, choice.reason)
     args = (threads, decoder_threads, release_memory, rebuild)
     try:

@@ -76,14 +76,14 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_auto_is_fp32_without_bf16_flags_or_without_a_report(md):
-    c = choose(md, flags=AVX2_ONLY, available=CPU_BACKENDS)
+    c = choose(md, CPU_BACKENDS, flags=AVX2_ONLY)
     assert (c.backend, c.precision) == ("auto", "fp32") and "no AVX-512 BF16" in c.reason
-    c = choose(md, flags=None, available=CPU_BACKENDS)
+    c = choose(md, CPU_BACKENDS, flags=None)
     assert c.precision == "fp32" and "unreadable" in c.reason
     if HAS_BF16:
-        c = choose(md, flags=BF16_FLAGS, available=CPU_BACKENDS)
+        c = choose(md, CPU_BACKENDS, flags=BF16_FLAGS)
         assert c.precision == "fp32" and "no fidelity report" in c.reason
-    c = choose(md, flags=BF16_FLAGS, available={"onnxruntime-cpu"})
+    c = choose(md, {"onnxruntime-cpu"}, flags=BF16_FLAGS)
     assert c.precision == "fp32" and "openvino-cpu is not usable" in c.reason
     with open_backend(md, precision="auto", cpu_flags=AVX2_ONLY) as b:
         d = b.describe()
@@ -148,17 +148,17 @@ def test_calibrate_stores_the_plan_and_the_report_names_it(calibrated):
 
 def test_auto_picks_bf16_where_the_report_meets_and_the_flags_say_so(calibrated, tmp_path):
     md = load_model_dir(calibrated)
-    c = choose(md, flags=BF16_FLAGS, available=CPU_BACKENDS)
+    c = choose(md, CPU_BACKENDS, flags=BF16_FLAGS)
     assert (c.backend, c.precision) == ("openvino-cpu", "bf16") and "meets its target" in c.reason
     assert "avx512_bf16" in c.reason
-    assert choose(md, flags=AVX2_ONLY, available=CPU_BACKENDS).precision == "fp32"
-    assert choose(md, "onnxruntime-cpu", flags=BF16_FLAGS, available=CPU_BACKENDS).precision == "fp32"
+    assert choose(md, CPU_BACKENDS, flags=AVX2_ONLY).precision == "fp32"
+    assert choose(md, CPU_BACKENDS, "onnxruntime-cpu", flags=BF16_FLAGS).precision == "fp32"
     # A plan changed after the report was written is not judged by the old figures.
     changed = _copy(calibrated, tmp_path)
     first = changed.manifest["precision"]["bf16"]["encoder"]["plan"]["blocks"][0]
     first["precision"] = "bf16" if first["precision"] == "fp32" else "fp32"
     changed.save()
-    c = choose(load_model_dir(changed.path), flags=BF16_FLAGS, available=CPU_BACKENDS)
+    c = choose(load_model_dir(changed.path), CPU_BACKENDS, flags=BF16_FLAGS)
     assert c.precision == "fp32" and "another BF16 plan" in c.reason
 
 
@@ -183,14 +183,16 @@ def test_records_name_the_backend_and_precision_that_ran(calibrated, tmp_path, c
     """The CLI's default is auto: what it picks follows this machine's own flags."""
     from medsam_edge.cli import main
 
-    expected = choose(load_model_dir(calibrated), available=CPU_BACKENDS)
+    from medsam_edge.engines.select import probe, resolve
+
+    expected = choose(load_model_dir(calibrated), {a.name for a in probe() if a.available})
     out = tmp_path / "out"
     rc = main(["run", str(calibrated), DICOM, "--box", "160,60,210,125", "--max-frames", "3", "--no-video",
                "--threads", "1", "--out", str(out)])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-2])
     assert summary["precision"] == expected.precision
-    assert summary["backend"] == ("openvino-cpu" if expected.precision == "bf16" else "onnxruntime-cpu")
+    assert summary["backend"] == resolve(expected.backend, expected.precision)
     lines = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
     assert lines and all(r["backend"] == summary["backend"] and r["precision"] == expected.precision for r in lines)
     from medsam_edge.runtime import Predictor
