@@ -19,10 +19,12 @@ from medsam_edge.bench import reuse
 from medsam_edge.bench.clips import Clip
 from medsam_edge.bench.lockstep import Played, play
 from medsam_edge.bench.streaming import tenths, trend
-from medsam_edge.bench.truth import flicker_summary, made_counts, summary
+from medsam_edge.bench.truth import flicker, flicker_summary, made_counts, summary
 from medsam_edge.metrics import dice
 
 MAX_CLIP_FRAMES = 300
+# Flicker over the first answers only: unpacked masks of a whole 2,000-frame run would not fit comfortably.
+FLICKER_ANSWERS = 400
 # The clips the standard benchmark has always streamed, with its boxes (bench/standard.py).
 STANDARD_CLIPS = ("ultrasound/video/busi_sweep.mp4", "ultrasound/video/echo_apical_loop.mp4",
                   "endoscopy/video/lap_cholec80_VID25_324_and_VID43_743_a.mp4")
@@ -65,16 +67,14 @@ def row(played: Played, name: str, truth_at=None, matrix_at=None, position=None)
            "why": _why_counts(played),
            **reuse.latency_rows_from(lat), "tenths_ms": tenths(lat), "trend": trend(lat)}
     if truth_at is not None:
-        scores, masks = [], {}
+        scores, kept = [], {}
         for a in played.answers:
             m = a.mask
             scores.append(dice(m, truth_at(position(a.index))))
-            masks[a.index] = m if len(masks) < 400 else None  # flicker over the first 400 answers is enough
+            if len(kept) < FLICKER_ANSWERS:
+                kept[a.index] = m
         out.update(summary(scores, "dice_vs_truth"))
-        kept = {i: m for i, m in masks.items() if m is not None}
         if matrix_at is not None:
-            from medsam_edge.bench.truth import flicker
-
             out.update(flicker_summary(flicker(kept, lambda i: matrix_at(position(i)))))
     return out
 

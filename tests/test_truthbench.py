@@ -144,3 +144,18 @@ def test_truth_run_report_and_markdown(tiny_model_dir, data_dir, tmp_path, capsy
     assert "target (issue 24)" in md
     page = benchmarks_md.render([report], "test")
     assert "## Targets of issue 24" in page and "ground truth, tracking and real-time rows" in page
+
+
+def test_standard_runs_the_truth_step_unless_told_not_to():
+    from argparse import Namespace
+    from pathlib import Path
+
+    from medsam_edge.bench import standard
+
+    args = Namespace(lite=Path("m"), vitb=None, data=Path("d"), quick=False, repeat=1, out=Path("o"),
+                     long_frames=2000, truth=True)
+    steps = dict(standard.scenarios(args))
+    assert steps["truth"][:3] == ["-m", "medsam_edge.bench.truth_run", "m"]
+    assert "2000" in steps["truth"] and "--quick" not in steps["truth"]
+    args.truth = False
+    assert "truth" not in dict(standard.scenarios(args))
