@@ -52,13 +52,26 @@ def answer_of(r) -> Answer:
     h, w = masks.shape[1:] if masks.ndim == 3 else r.frame.image.shape[:2]
     first = masks[0] if len(masks) else np.zeros((h, w), bool)
     age = getattr(r, "embedding_age_frames", None)
+    decode_frame = getattr(r, "decode_frame", None)
+    decode_age = getattr(r, "decode_age_frames", None)
+    if decode_age is None and decode_frame is not None:
+        decode_age = max(0, int(r.frame.index) - int(decode_frame))
     return Answer(
         index=int(r.frame.index), shape=(int(h), int(w)), packed=np.packbits(first.ravel()),
         capture_to_mask_ms=r.latency_ms.get("capture_to_mask"), reuse=r.reuse, made=getattr(r, "made", None),
         embedding_age_frames=int(r.staleness) if age is None else int(age),
-        embedding_age_ms=getattr(r, "embedding_age_ms", None), decode_age_frames=getattr(r, "decode_age_frames", None),
-        decode_age_ms=getattr(r, "decode_age_ms", None), why=getattr(r, "why", None),
+        # The record names them *_age_*; the result's own fields are embedding_ms / decode_ms.
+        embedding_age_ms=_first(r, "embedding_age_ms", "embedding_ms"), decode_age_frames=decode_age,
+        decode_age_ms=_first(r, "decode_age_ms", "decode_ms"), why=getattr(r, "why", None),
         lost=bool(r.lost[0]) if len(r.lost) else False)
+
+
+def _first(r, *names: str):
+    for n in names:
+        v = getattr(r, n, None)
+        if v is not None:
+            return float(v)
+    return None
 
 
 @dataclass

@@ -159,3 +159,34 @@ def test_standard_runs_the_truth_step_unless_told_not_to():
     assert "2000" in steps["truth"] and "--quick" not in steps["truth"]
     args.truth = False
     assert "truth" not in dict(standard.scenarios(args))
+
+
+def test_answers_read_how_masks_were_made_where_the_runtime_says():
+    """answer_of reads the real-time mode's `made`, ages and `why` where a result has them, and
+    falls back to reuse kind and staleness where it does not."""
+    from dataclasses import dataclass
+
+    from medsam_edge.bench.lockstep import answer_of
+    from medsam_edge.runtime.frame import Frame
+    from medsam_edge.runtime.result import FrameResult
+
+    mask = np.zeros((1, 8, 10), bool)
+    mask[0, 2:5, 3:7] = True
+    frame = Frame(image=np.zeros((8, 10, 3), np.uint8), index=7, timestamp=0.2, source="t")
+    plain = FrameResult(frame=frame, prompts=[], masks=mask, scores=np.ones(1, np.float32), reuse="newest",
+                        staleness=3, lost=[False], latency_ms={"capture_to_mask": 12.5})
+    a = answer_of(plain)
+    assert np.array_equal(a.mask, mask[0]) and a.capture_to_mask_ms == 12.5 and a.embedding_age_frames == 3
+    assert a.made is None or a.made == "fresh"
+
+    @dataclass
+    class Later(FrameResult):  # the fields the warping real-time mode adds
+        made: str = "warped"
+        why: str | None = None
+        decode_frame: int = 5
+        embedding_ms: float = 100.0
+        decode_ms: float = 66.7
+
+    b = answer_of(Later(frame=frame, prompts=[], masks=mask, scores=np.ones(1, np.float32), reuse="newest",
+                        staleness=3, lost=[True]))
+    assert (b.made, b.decode_age_frames, b.embedding_age_ms, b.decode_age_ms, b.lost) == ("warped", 2, 100.0, 66.7, True)
