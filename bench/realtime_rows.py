@@ -113,6 +113,7 @@ def run(predictor, data: Path, clips: list[Clip], n: int, say=lambda s: None) ->
         frames, fps = read_clip(path)
         say(f"real-time {path.name}: {n} frames at {fps:g} fps")
         rows.append(clip_row(predictor, frames, path.name, box, n, fps))
+        say(_line(rows[-1]))
     seen = set()
     for clip in clips:
         kind = clip.name.split(":")[0]
@@ -122,4 +123,11 @@ def run(predictor, data: Path, clips: list[Clip], n: int, say=lambda s: None) ->
         for fps in (30.0, 60.0):
             say(f"real-time {clip.name}: {n} frames at {fps:g} fps (truth known)")
             rows.append(truth_row(predictor, clip, n, fps))
+            say(_line(rows[-1]))
     return rows
+
+
+def _line(r: dict) -> str:
+    return (f"  {r['answered']} of {r['frames']} answered ({r['answered_share_after_first']} after the first), "
+            f"{r['dropped']} dropped, capture-to-mask {r['capture_to_mask_ms']}, {r['embeddings_per_s']} embeddings/s"
+            + (f", Dice vs truth {r['dice_vs_truth_mean']}" if "dice_vs_truth_mean" in r else ""))

@@ -114,6 +114,9 @@ def clip_rows(predictor, clip: Clip, fps_list=REALTIME_FPS, say=lambda s: None) 
                            answered_share_after_first=round(len(masks) / after, 4) if after else None,
                            lost=sum(a.lost for a in played.answers), made=made_counts(played),
                            late_submits=played.late_submits))
+    for r in rows:
+        say(f"truth {clip.name}: {r['mode']}: {r['answered']} answered, Dice vs truth {r['dice_mean']}, "
+            f"flicker {r['flicker_mean']}")
     ceiling = rows[0]["dice_mean"]
     for r in rows:
         r["dice_gap_to_ceiling"] = None if r["dice_mean"] is None or ceiling is None else round(ceiling - r["dice_mean"], 4)

@@ -21,13 +21,19 @@ def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else "met" if ok else "not met"
 
 
+def _backend(b) -> str:
+    if isinstance(b, dict):
+        return " ".join(str(b[k]) for k in ("backend", "precision", "device") if b.get(k))
+    return str(b)
+
+
 def header(report: dict, heading: str) -> list[str]:
     m = report.get("model") or {}
     mach = report.get("machine") or {}
     s = report.get("settings") or {}
     return [f"{heading} {m.get('model_id', '?')}: ground truth, tracking and real-time rows", "",
             f"- command: `{report.get('command', '')}`",
-            f"- date: {mach.get('date', '?')}; wall time {report.get('wall_s', '?')} s; backend {report.get('backend')}",
+            f"- date: {mach.get('date', '?')}; wall time {report.get('wall_s', '?')} s; backend {_backend(report.get('backend'))}",
             f"- machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('memory_gb', '?')} GB; "
             f"load average at start {mach.get('load_average')}, at end {report.get('load_average_end')}",
             f"- CPU flags: {' '.join(mach.get('cpu_flags') or []) or 'not recorded'}",
