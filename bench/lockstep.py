@@ -37,6 +37,7 @@ class Answer:
     decode_age_ms: float | None
     why: str | None
     lost: bool
+    arrived: float = 0.0  # perf_counter when the answer came back
 
     @property
     def mask(self) -> np.ndarray:
@@ -85,10 +86,24 @@ class Played:
     seconds: float  # first submit to last answer
     late_submits: int  # frames submitted more than a frame period after their due time
     stats: dict = field(default_factory=dict)
+    submitted_at: list[float] = field(default_factory=list)  # perf_counter of each submit
 
     @property
     def first_answered(self) -> int | None:
         return min((a.index for a in self.answers), default=None)
+
+    def after_first_answer(self) -> tuple[int, int]:
+        """(answered, captured) over the frames captured after the first answer came back:
+        the frames before it wait for the first embedding, which no schedule can answer."""
+        if not self.answers:
+            return 0, 0
+        first = min(a.arrived for a in self.answers)
+        later = {i for i, t in enumerate(self.submitted_at) if t >= first}
+        return sum(a.index in later for a in self.answers), len(later)
+
+    def answered_share_after_first(self) -> float | None:
+        answered, captured = self.after_first_answer()
+        return round(answered / captured, 4) if captured else None
 
 
 def play(predictor, frame_at: Callable[[int], np.ndarray], n: int, fps: float, prompts, track: bool = False,
@@ -102,11 +117,13 @@ def play(predictor, frame_at: Callable[[int], np.ndarray], n: int, fps: float, p
 
     def on_result(r) -> None:
         a = answer_of(r)
+        a.arrived = time.perf_counter()
         with lock:
             answers.append(a)
 
     period = 1.0 / fps
     late = 0
+    submitted_at: list[float] = []
     with predictor.session(prompts=prompts, track=track, realtime=True, on_result=on_result, motion=motion) as s:
         start = time.perf_counter()
         for i in range(n):
@@ -117,6 +134,7 @@ def play(predictor, frame_at: Callable[[int], np.ndarray], n: int, fps: float, p
                 time.sleep(due - now)
             elif now - due > period:
                 late += 1
+            submitted_at.append(time.perf_counter())
             s.submit(image, timestamp=i * period)
         s.end()
         deadline = time.perf_counter() + DRAIN_S
@@ -132,4 +150,5 @@ def play(predictor, frame_at: Callable[[int], np.ndarray], n: int, fps: float, p
         encoded = s.stats.encoded
     answers.sort(key=lambda a: a.index)
     return Played(fps=fps, submitted=n, answers=answers, dropped=stats["dropped"], blank=stats["blank_skipped"],
-                  encoded=encoded, seconds=seconds, late_submits=late, stats=stats)
+                  encoded=encoded, seconds=seconds, late_submits=late, stats=stats,
+                  submitted_at=submitted_at)

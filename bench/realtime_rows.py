@@ -52,11 +52,10 @@ def _median(values) -> float | None:
 def row(played: Played, name: str, truth_at=None, matrix_at=None, position=None) -> dict:
     """One real-time row from a lockstep run; truth_at(position) -> mask where the truth is known."""
     lat = [a.capture_to_mask_ms for a in played.answers if a.capture_to_mask_ms is not None]
-    first = played.first_answered
-    after = played.submitted - first if first is not None else 0
+    answered_after, captured_after = played.after_first_answer()
     out = {"clip": name, "fps": played.fps, "frames": played.submitted, "answered": len(played.answers),
-           "first_answered": first,
-           "answered_share_after_first": round(len(played.answers) / after, 4) if after else None,
+           "frames_after_first_answer": captured_after, "answered_after_first_answer": answered_after,
+           "answered_share_after_first": played.answered_share_after_first(),
            "dropped": played.dropped, "blank": played.blank, "encoded": played.encoded,
            "seconds": round(played.seconds, 2),
            "embeddings_per_s": round(played.encoded / played.seconds, 3) if played.seconds else None,

@@ -107,11 +107,9 @@ def clip_rows(predictor, clip: Clip, fps_list=REALTIME_FPS, say=lambda s: None) 
     for fps in fps_list:
         say(f"truth {clip.name}: real-time at {fps:g} fps")
         masks, played = realtime(predictor, clip, fps)
-        first = played.first_answered
-        after = len(clip) - first if first is not None else 0
         rows.append(judged(f"real-time {fps:g} fps", clip, masks, len(clip), played.seconds, fps=fps,
-                           dropped=played.dropped, encoded=played.encoded, first_answered=first,
-                           answered_share_after_first=round(len(masks) / after, 4) if after else None,
+                           dropped=played.dropped, encoded=played.encoded,
+                           answered_share_after_first=played.answered_share_after_first(),
                            lost=sum(a.lost for a in played.answers), made=made_counts(played),
                            late_submits=played.late_submits))
     for r in rows:

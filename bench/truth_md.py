@@ -52,7 +52,9 @@ def target_rows(report: dict) -> list[str]:
         ok = None if share is None else share >= goal and (rt["fps"] > 30 or (p99 is not None and p99 <= P99_MS))
         out.append(f"| real-time {rt['clip']} at {rt['fps']:g} fps: >= {goal:.0%} answered after the first"
                    + (f", capture-to-mask p99 <= {P99_MS:g} ms flat" if rt["fps"] <= 30 else "")
-                   + f" | {_f(share, '.1%')} answered ({rt['answered']} of {rt['frames']}, {rt['dropped']} dropped); "
+                   + f" | {_f(share, '.1%')} answered ({rt.get('answered_after_first_answer')} of the "
+                   f"{rt.get('frames_after_first_answer')} frames after the first answer; {rt['answered']} of "
+                   f"{rt['frames']} in all, {rt['dropped']} dropped); "
                    f"p99 {_f(p99, '.1f')} ms, per tenth {', '.join(_f(t, '.0f') for t in tenths)} | {_verdict(ok)} |")
     for c in report.get("truth_clips", []):
         rows = {r["mode"]: r for r in c["rows"]}

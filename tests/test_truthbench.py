@@ -134,6 +134,10 @@ def test_truth_run_report_and_markdown(tiny_model_dir, data_dir, tmp_path, capsy
     assert [r["fps"] for r in rts] == [30.0, 60.0]
     for r in rts:
         assert r["frames"] == 10 and r["answered"] + r["dropped"] == 10
+        # Frames captured before the first answer came back are not held against the session.
+        assert 0 <= r["answered_after_first_answer"] <= r["frames_after_first_answer"] <= 10
+        share = r["answered_share_after_first"]
+        assert share is None or share == round(r["answered_after_first_answer"] / r["frames_after_first_answer"], 4)
         assert r["dice_vs_truth_mean"] is not None and len(r["tenths_ms"]) == (10 if r["answered"] >= 10 else 0)
 
     md = truth_md.render(report)
