@@ -18,7 +18,8 @@ Duration on the 2-core development CPU, measured (2026-11-23): --quick about 10.
 (LiteMedSAM rows 67-73 s a run; streams and the 2,000-frame long run 199 s; ViT-B rows
 with FP32, Q/DQ INT8 and dynamic INT8 146-151 s a run). A full run is estimated at about
 45 min from the reports' `estimate_full_s` (LiteMedSAM rows 9-10 min a run, streams 6 min,
-ViT-B rows 10 min a run).
+ViT-B rows 10 min a run). The ground-truth step adds about 6-7 min to --quick and 25 min to a
+full run (estimates for an idle machine: bench/truth_run.py).
 """
 
 from __future__ import annotations

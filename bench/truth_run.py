@@ -5,7 +5,13 @@ rows (bench/realtime_rows.py), in one report that bench/truth_md.py renders.
     python -m medsam_edge.bench.truth_run models/lite_medsam --data ../shared/data --out out/bench/truth [--quick]
 
 --quick: one BUSI and one Kvasir clip of 60 frames and 300-frame real-time rows; otherwise
-three of each of 150 frames and 2,000-frame real-time rows (--long-frames).
+two of each of 150 frames and 2,000-frame real-time rows (--long-frames).
+
+Duration, LiteMedSAM onnxruntime FP32, 2 cores: --quick took 28 min on a machine loaded
+by other jobs (load average 10-15; fresh frames 0.2-0.3 masks/s), estimated 6-7 min idle at
+about 0.8 s a fresh frame; a full run is estimated at about 25 min idle (the ground-truth
+clips 4 x ~4 min: fresh speckle defeats embedding reuse, so "deterministic reuse" costs
+about what "fresh every frame" does; tracking 1.5 min; seven 2,000-frame real-time rows 7.5 min).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--precision", help="as `run --precision` (default: the Predictor's)")
-    ap.add_argument("--per-set", type=int, help="ground-truth clips per image set (default 1 quick, 3 full)")
+    ap.add_argument("--per-set", type=int, help="ground-truth clips per image set (default 1 quick, 2 full)")
     ap.add_argument("--clip-frames", type=int, help="frames per ground-truth clip (default 60 quick, 150 full)")
     ap.add_argument("--long-frames", type=int, help="frames per real-time row (default 300 quick, 2000 full)")
     ap.add_argument("--only", nargs="+", choices=("truth", "tracking", "realtime"), default=["truth", "tracking",
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"truth_run: {args.data}: no such data directory; give --data ../shared/data", file=sys.stderr)
         return 2
-    per_set = args.per_set or (1 if args.quick else 3)
+    per_set = args.per_set or (1 if args.quick else 2)
     clip_frames = args.clip_frames or (60 if args.quick else 150)
     long_frames = args.long_frames or (300 if args.quick else 2000)
     machine = describe()
