@@ -1,8 +1,7 @@
 """Calibration: frames, FP16 and INT8 ONNX files, the fidelity report, and bad input.
 
-One tiny random model is exported and calibrated once for the module (a strict INT8
-target forces the sensitivity search to leave nodes in float); the tests then read the
-files it wrote. Frames are synthetic pictures made here and pydicom's bundled ultrasound
+The session's one calibrated tiny model (conftest.calibrated_tiny: a strict INT8 target
+forces the sensitivity search to leave nodes in float) is read here, not made again. Frames are synthetic pictures made here and pydicom's bundled ultrasound
 cine, never ../shared data.
 """
 
@@ -28,63 +27,28 @@ from medsam_edge.manifest import load_model_dir
 from medsam_edge.metrics import rel_err
 from medsam_edge.runtime.preprocess import preprocess
 
-DICOM = "pydicom:examples_ybr_color.dcm"
-# Stricter than the tiny random model meets with every Conv/MatMul quantized (Dice ~0.94
-# on these pictures), loose enough that a few nodes in float meet it.
-STRICT_INT8 = {"mean": 0.95, "p5": 0.9}
-
-
-def _pictures(folder: Path, masks: Path | None, n: int, seed: int = 0, prefix: str = "img") -> None:
-    """Grey noise with one bright ellipse (the 'lesion'), sizes varying; masks alike."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    if masks:
-        masks.mkdir(parents=True)
-    for k in range(n):
-        h, w = (96, 128) if k % 2 else (120, 100)
-        img = rng.normal(60, 20, (h, w)).clip(0, 255).astype(np.uint8)
-        m = np.zeros((h, w), np.uint8)
-        cv2.ellipse(m, (w // 2 + int(rng.integers(-15, 15)), h // 2), (int(rng.integers(12, 25)), 14), 0, 0, 360, 255, -1)
-        img[m > 0] = np.clip(img[m > 0].astype(int) + 110, 0, 255)
-        cv2.imwrite(str(folder / f"{prefix}{k:02d}.png"), cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
-        if masks:
-            cv2.imwrite(str(masks / f"{prefix}{k:02d}.png"), m)
+from conftest import DICOM
+from lesions import lesion_pictures as _pictures
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from medsam_edge.export.exporter import export_model
-
+def tiny(tiny_model_dir, tmp_path_factory) -> Path:
+    """A copy of the session's tiny export: the bad-input test checks nothing is written into it."""
     out = tmp_path_factory.mktemp("model") / "tiny"
-    export_model("medsam_vit_tiny", out, random_init=True, parity=False, quiet=True)
+    shutil.copytree(tiny_model_dir.path, out)
     return out
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("frames")
-    _pictures(root / "img", root / "mask", 12)
-    _pictures(root / "eval", root / "evalmask", 4, seed=1, prefix="ev")
-    return {"img": root / "img", "mask": root / "mask", "eval": root / "eval", "evalmask": root / "evalmask",
-            "cache": root / "cache"}
+def data(calibration_frames) -> dict:
+    return calibration_frames
 
 
 @pytest.fixture(scope="module")
-def calibrated(tiny, data, tmp_path_factory) -> Path:
-    from medsam_edge.calibration.run import FrameOptions, Options, SearchOptions, calibrate
-
-    md_path = tmp_path_factory.mktemp("cal") / "tiny"
-    shutil.copytree(tiny, md_path)
-    opts = Options(frames=FrameOptions(count=10, holdout=0.3, eval_sources=(str(data["eval"]),), eval_count=4,
-                                       mask_dirs=(str(data["evalmask"]),), cache_dir=str(data["cache"])),
-                   # onnxruntime's arithmetic only: OpenVINO's INT8 on the AVX2 development CPU (no
-                   # VNNI) lost far more on this random model's weighted nodes (loss 0.14 against
-                   # 0.006), which left every weight in float and nothing for the Q/DQ tests to check.
-                   search=SearchOptions(methods=("minmax",), search_frames=3, range_frames=2,
-                                        backends=("onnxruntime-cpu",)),
-                   latency_rounds=1, quiet=True, targets={"int8": STRICT_INT8})
-    calibrate(load_model_dir(md_path), [str(data["img"]), DICOM], opts)
-    return md_path
+def calibrated(calibrated_tiny) -> Path:
+    """The session's one calibrated tiny model (conftest.calibrated_tiny): STRICT_INT8 there
+    makes the INT8 searches leave a few nodes in float."""
+    return calibrated_tiny.path
 
 
 # --- frames -------------------------------------------------------------------------

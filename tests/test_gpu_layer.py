@@ -2,9 +2,9 @@
 INT8 file's structure, the rebuild policy, onnxruntime's provider options and IO binding,
 and the TensorRT/CUDA code against cuda-bindings' real signatures.
 
-FP16 and INT8 files are written here by calibration's own passes (fp16.write_fp16,
-int8.collect_ranges/quantize) on two smooth synthetic frames, for the tiny ViT and for
-LiteMedSAM; calibration's full run is tested in test_calibration.py.
+FP16 and INT8 files are the ones `calibrate` writes, for the tiny ViT and for LiteMedSAM:
+the session's calibrated_tiny and calibrated_lite (conftest.py), not a second pipeline here;
+calibration's own run is tested in test_calibration.py.
 """
 
 from __future__ import annotations
@@ -42,35 +42,20 @@ def _frames(size: int, n: int = 2) -> list[dict]:
     return out
 
 
-def _write_precisions(md, dest: Path) -> dict[str, Path]:
-    """encoder/decoder .fp16 and encoder.int8 for a copy of `md`, as calibration writes them."""
-    import onnxruntime as ort
-
-    shutil.copytree(md.path, dest)
-    md = load_model_dir(dest)
-    feeds = _frames(md.preprocess.size)
-    enc = ort.InferenceSession(str(md.onnx("encoder")), providers=["CPUExecutionProvider"])
-    boxes = np.array([[10, 20, 120, 160]], np.float32) * md.preprocess.size / 256
-    dfeeds = [dict(zip((EMBEDDING, POINT_COORDS, POINT_LABELS), (enc.run(None, f)[0], *box_tokens(boxes))))
-              for f in feeds]
-    files = {"encoder.onnx": md.onnx("encoder"), "decoder.onnx": md.onnx("decoder")}
-    for part, f in (("encoder", feeds), ("decoder", dfeeds)):
-        out = dest / f"{part}.fp16.onnx"
-        fp16.write_fp16(md.onnx(part), out, f)
-        files[out.name] = out
-    caches = {"minmax": dest / "ranges-minmax.json"}
-    int8.collect_ranges(md.onnx("encoder"), feeds, ["minmax"], caches)
-    out = dest / "encoder.int8.onnx"
-    int8.quantize(md.onnx("encoder"), out, "minmax", caches["minmax"])
-    files[out.name] = out
-    return files
+def _onnx_files(md) -> dict[str, Path]:
+    """What `calibrate` left in a model directory that TensorRT may build: every ONNX file but
+    the CPU-only dynamic INT8 encoder (MatMulInteger is onnxruntime's, not TensorRT's)."""
+    return {f.name: f for f in sorted(md.path.glob("*.onnx")) if f.name != "encoder.int8dyn.onnx"}
 
 
 @pytest.fixture(scope="module")
-def written(tiny_model_dir, lite_model_dir, tmp_path_factory) -> dict[str, dict[str, Path]]:
-    root = tmp_path_factory.mktemp("precisions")
-    return {"tiny": _write_precisions(tiny_model_dir, root / "tiny"),
-            "lite": _write_precisions(lite_model_dir, root / "lite")}
+def written(calibrated_tiny, calibrated_lite) -> dict[str, dict[str, Path]]:
+    """The session's calibrated models (conftest): the files users get from `calibrate`."""
+    files = {"tiny": _onnx_files(calibrated_tiny), "lite": _onnx_files(calibrated_lite)}
+    for model, found in files.items():
+        want = {"encoder.onnx", "decoder.onnx", "encoder.fp16.onnx", "decoder.fp16.onnx", "encoder.int8.onnx"}
+        assert set(found) == want, (model, sorted(found))
+    return files
 
 
 # --- the precision plan -------------------------------------------------------------
@@ -208,7 +193,9 @@ def test_quantize_keeps_the_fp16_passs_fp32_nodes(written, tmp_path):
     files = written["tiny"]
     src = files["encoder.onnx"]
     ln = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "LayerNormalization")
-    rec = int8.quantize(src, tmp_path / "e.onnx", "minmax", src.parent / "ranges-minmax.json", keep_fp32=[ln])
+    ranges_file = tmp_path / "ranges-minmax.json"  # calibration keeps no ranges cache in the model dir
+    int8.collect_ranges(src, _frames(1024, 1), ["minmax"], {"minmax": ranges_file})
+    rec = int8.quantize(src, tmp_path / "e.onnx", "minmax", ranges_file, keep_fp32=[ln])
     assert rec["fp32_nodes"] == [ln] and rec["quantized_nodes"] > 0 and rec["skipped"] == {}
     g = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "e.onnx"))).graph
     types = {v.name: v.type.tensor_type.elem_type for v in g.value_info}
