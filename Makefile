@@ -29,12 +29,13 @@ $(VENV)/.setup-done: pyproject.toml
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[export,bench,test,triton,openvino,viewer]'
 	touch $@
 
+# Every test (CI): at most 12 min of pytest on an idle 2-core machine (docs/testing.md).
 test: setup
 	$(PY) -m pytest -q -ra
 
-# Skips the full-size ViT-B tests (about a minute and a half on 2 cores).
+# The logic without the slow, integration and fuzz markers: at most 5 min on 2 cores.
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra -m "not slow and not integration and not fuzz"
 
 # The TensorRT and CUDA code checked against NVIDIA's own APIs, no GPU needed: tensorrt-stubs
 # 10.13 (two syntax errors patched: a parameter named `in`, a non-default after defaults) and

@@ -1,8 +1,7 @@
 """Calibration: frames, FP16 and INT8 ONNX files, the fidelity report, and bad input.
 
-One tiny random model is exported and calibrated once for the module (a strict INT8
-target forces the sensitivity search to leave nodes in float); the tests then read the
-files it wrote. Frames are synthetic pictures made here and pydicom's bundled ultrasound
+The session's one calibrated tiny model (conftest.calibrated_tiny: a strict INT8 target
+forces the sensitivity search to leave nodes in float) is read here, not made again. Frames are synthetic pictures made here and pydicom's bundled ultrasound
 cine, never ../shared data.
 """
 
@@ -28,63 +27,28 @@ from medsam_edge.manifest import load_model_dir
 from medsam_edge.metrics import rel_err
 from medsam_edge.runtime.preprocess import preprocess
 
-DICOM = "pydicom:examples_ybr_color.dcm"
-# Stricter than the tiny random model meets with every Conv/MatMul quantized (Dice ~0.94
-# on these pictures), loose enough that a few nodes in float meet it.
-STRICT_INT8 = {"mean": 0.95, "p5": 0.9}
-
-
-def _pictures(folder: Path, masks: Path | None, n: int, seed: int = 0, prefix: str = "img") -> None:
-    """Grey noise with one bright ellipse (the 'lesion'), sizes varying; masks alike."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    if masks:
-        masks.mkdir(parents=True)
-    for k in range(n):
-        h, w = (96, 128) if k % 2 else (120, 100)
-        img = rng.normal(60, 20, (h, w)).clip(0, 255).astype(np.uint8)
-        m = np.zeros((h, w), np.uint8)
-        cv2.ellipse(m, (w // 2 + int(rng.integers(-15, 15)), h // 2), (int(rng.integers(12, 25)), 14), 0, 0, 360, 255, -1)
-        img[m > 0] = np.clip(img[m > 0].astype(int) + 110, 0, 255)
-        cv2.imwrite(str(folder / f"{prefix}{k:02d}.png"), cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
-        if masks:
-            cv2.imwrite(str(masks / f"{prefix}{k:02d}.png"), m)
+from conftest import DICOM
+from lesions import lesion_pictures as _pictures
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from medsam_edge.export.exporter import export_model
-
+def tiny(tiny_model_dir, tmp_path_factory) -> Path:
+    """A copy of the session's tiny export: the bad-input test checks nothing is written into it."""
     out = tmp_path_factory.mktemp("model") / "tiny"
-    export_model("medsam_vit_tiny", out, random_init=True, parity=False, quiet=True)
+    shutil.copytree(tiny_model_dir.path, out)
     return out
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("frames")
-    _pictures(root / "img", root / "mask", 12)
-    _pictures(root / "eval", root / "evalmask", 4, seed=1, prefix="ev")
-    return {"img": root / "img", "mask": root / "mask", "eval": root / "eval", "evalmask": root / "evalmask",
-            "cache": root / "cache"}
+def data(calibration_frames) -> dict:
+    return calibration_frames
 
 
 @pytest.fixture(scope="module")
-def calibrated(tiny, data, tmp_path_factory) -> Path:
-    from medsam_edge.calibration.run import FrameOptions, Options, SearchOptions, calibrate
-
-    md_path = tmp_path_factory.mktemp("cal") / "tiny"
-    shutil.copytree(tiny, md_path)
-    opts = Options(frames=FrameOptions(count=10, holdout=0.3, eval_sources=(str(data["eval"]),), eval_count=4,
-                                       mask_dirs=(str(data["evalmask"]),), cache_dir=str(data["cache"])),
-                   # onnxruntime's arithmetic only: OpenVINO's INT8 on the AVX2 development CPU (no
-                   # VNNI) lost far more on this random model's weighted nodes (loss 0.14 against
-                   # 0.006), which left every weight in float and nothing for the Q/DQ tests to check.
-                   search=SearchOptions(methods=("minmax",), search_frames=3, range_frames=2,
-                                        backends=("onnxruntime-cpu",)),
-                   latency_rounds=1, quiet=True, targets={"int8": STRICT_INT8})
-    calibrate(load_model_dir(md_path), [str(data["img"]), DICOM], opts)
-    return md_path
+def calibrated(calibrated_tiny) -> Path:
+    """The session's one calibrated tiny model (conftest.calibrated_tiny): STRICT_INT8 there
+    makes the INT8 searches leave a few nodes in float."""
+    return calibrated_tiny.path
 
 
 # --- frames -------------------------------------------------------------------------
@@ -248,26 +212,75 @@ def test_int8_searches_hold_candidates_to_a_margin_inside_the_target(calibrated)
     assert passed and all(t["loss"] <= 1 - prec["int8"]["search_target"]["mean"] + 2e-3 for t in passed)
 
 
-def test_grouped_ranges_equal_onnxruntimes_own_calibrator(tiny, data, tmp_path):
-    """The bounded-memory sweep (many small groups here) gives the ranges onnxruntime's
-    calibrator computes from whole frames fed one at a time (its strided mode), for every
-    method."""
+class _Feeds:
+    """Frames as both readers want them: iterable (our sweep) and onnxruntime's
+    CalibrationDataReader with strided ranges."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        self.frames, self._pos, self._end = frames, 0, len(frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self):
+        return iter({IMAGE: f} for f in self.frames)
+
+    def get_next(self):
+        if self._pos >= self._end:
+            return None
+        self._pos += 1
+        return {IMAGE: self.frames[self._pos - 1]}
+
+    def rewind(self) -> None:
+        self._pos, self._end = 0, len(self.frames)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._pos, self._end = start_index, min(end_index, len(self.frames))
+
+
+def _small_encoder(path: Path) -> None:
+    """64 px image -> Conv -> Relu -> Conv -> Relu -> tokens -> MatMul -> Relu -> MatMul: the
+    encoder's quantized op types at a size that calibrates in a blink."""
+    rng = np.random.default_rng(3)
+    w = lambda name, *shape: numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)  # noqa: E731
+    inits = [w("c1", 8, 3, 3, 3), w("c2", 8, 8, 3, 3), w("m1", 8, 16), w("m2", 16, 4),
+             numpy_helper.from_array(np.array([1, 8, 64 * 64], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", [IMAGE, "c1"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "c2"], ["b"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("Reshape", ["rb", "shape"], ["flat"]),
+             helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["tokens", "m1"], ["c"]), helper.make_node("Relu", ["c"], ["rc"]),
+             helper.make_node("MatMul", ["rc", "m2"], ["y"])]
+    g = helper.make_graph(nodes, "small", [helper.make_tensor_value_info(IMAGE, TensorProto.FLOAT, [1, 3, 64, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64 * 64, 4])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_grouped_ranges_equal_onnxruntimes_own_calibrator(tmp_path):
+    """The bounded-memory sweep (a budget that splits the tensors into groups) gives the ranges
+    onnxruntime's calibrator computes from whole frames fed one at a time (its strided mode),
+    for every method. A small two-Conv two-MatMul model: the equality is about the sweep, not
+    the encoder's size."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     from medsam_edge.calibration import ranges
 
-    src = load_model_dir(tiny).onnx("encoder")
-    fs = sample_frames([str(data["img"])], load_model_dir(tiny).preprocess, count=8, min_frames=4)
+    src = tmp_path / "small.onnx"
+    _small_encoder(src)
+    rng = np.random.default_rng(0)
+    # Frames of differing contrast, so each method's range differs from the others'.
+    feeds = _Feeds([(rng.random((1, 3, 64, 64)) * (0.5 + k) - 0.2 * k).astype(np.float32) for k in range(6)])
     methods = ("minmax", "entropy", "percentile")
     ours = {m: tmp_path / f"ours-{m}.json" for m in methods}
-    info = ranges.write_caches(src, FrameReader(fs), methods, ours, int8.QUANT_OPS, budget=8 << 20)
-    assert info["groups"] > 3 and info["frames"] == len(fs.calibration)
+    info = ranges.write_caches(src, feeds, methods, ours, int8.QUANT_OPS, budget=1 << 17)
+    assert info["groups"] > 1 and info["frames"] == len(feeds) and info["tensors"] >= 4
     kinds = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}
     for m in methods:
         theirs = tmp_path / f"theirs-{m}.json"
-        quantize_static(str(src), str(tmp_path / "q.onnx"), FrameReader(fs), quant_format=QuantFormat.QDQ,
+        feeds.rewind()
+        quantize_static(str(src), str(tmp_path / "q.onnx"), feeds, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(int8.QUANT_OPS), calibrate_method=kinds[m],
                         extra_options={"CalibTensorRangeSymmetric": True, "CalibStridedMinMax": 1,
                                        "CalibPercentile": 99.99},
@@ -370,7 +383,7 @@ def test_a_pool_that_meets_the_target_fails_when_one_source_misses_its_mean():
 
 
 def test_report_files_written_and_manifest_records_precision(calibrated, data):
-    from medsam_edge.calibration.backends import availability
+    from medsam_edge.calibration.backends import CPU_BACKENDS, availability
 
     rep = json.loads((calibrated / "fidelity.json").read_text())
     assert set(rep["precisions"]) == {"fp32", "fp16", "int8", "int8dyn", "bf16"}
@@ -379,18 +392,32 @@ def test_report_files_written_and_manifest_records_precision(calibrated, data):
             # Every CPU backend that can run the file here did, and the row says which one it was.
             assert ("not_run" in v) == (availability(b, p) is not None), (p, b)
             if "not_run" not in v:
-                assert 0.0 <= v["dice"]["worst"] <= v["dice"]["p5"] <= v["dice"]["mean"] <= 1.0
-                assert v["truth"]["boxes"] > 0 and v["truth"]["dice"]["mean"] is not None
+                # The 4 evaluation pictures, one box each from its mask; one source, so its
+                # per-source figures are the row's.
+                assert v["frames"] == v["boxes"] == v["truth"]["boxes"] == 4, (p, b)
+                assert v["dice_by_source"] == {str(data["eval"]): v["dice"]}, (p, b)
     assert rep["precisions"]["fp32"]["backend"] == "onnxruntime-cpu"
     assert rep["precisions"]["fp32"]["dice"]["mean"] > 0.999  # ONNX FP32 vs the PyTorch reference
     assert rep["precisions"]["int8dyn"]["backends"]["openvino-cpu"]["not_run"]  # onnxruntime's own format
     assert "PyTorch" in rep["reference"] and rep["frames"]["sources"] == [str(data["eval"])]
-    assert rep["latency"]["encoder"]["int8@onnxruntime-cpu"]["median_ms"] > 0
+    # Latency rows: FP32 and each file this run made, on every CPU backend that runs it, each
+    # speed-up the ratio of its own medians.
+    lat = rep["latency"]
+    made = ("fp32", "fp16", "int8", "int8dyn", "bf16")
+    assert set(lat["encoder"]) == {f"{p}@{b}" for p in made for b in CPU_BACKENDS if availability(b, p) is None}
+    assert lat["rounds"] == 1
+    ort32 = lat["encoder"]["fp32@onnxruntime-cpu"]["median_ms"]
+    for row in lat["encoder"].values():
+        assert row["speedup_vs_onnxruntime_fp32"] == pytest.approx(ort32 / row["median_ms"], rel=1e-6)
     md_text = (calibrated / "fidelity.md").read_text()
     assert "| int8 | onnxruntime-cpu | encoder.int8.onnx |" in md_text and "sources the calibration never saw" in md_text
     assert set(rep["precisions"]["int8"]["dice_by_source"]) == {str(data["eval"])}
     prec = load_model_dir(calibrated).manifest["precision"]
-    assert prec["frames"]["calibration"] > 0 and prec["frames"]["frames"]
+    # Options(count=10, eval_count=4): 10 calibration frames from the two sources, 4 held out.
+    split = [f["split"] for f in prec["frames"]["frames"]]
+    assert prec["frames"]["calibration"] == split.count("calibration") == 10
+    assert prec["frames"]["holdout"] == split.count("holdout") == 4
+    assert sorted(prec["frames"]["calibration_sources"]) == sorted([str(data["img"]), DICOM])
     assert prec["fp16"]["encoder"]["tool"].startswith("onnxconverter-common")
     assert not list(calibrated.glob(".calibrate.*"))
 

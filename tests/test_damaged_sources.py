@@ -6,7 +6,6 @@ tracebacks never reach the user."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,8 @@ from medsam_edge.runtime.sources import open_source
 from medsam_edge.runtime.sources.base import MAX_LOGGED_SKIPS
 from medsam_edge.runtime.sources.dicom import decoder_failure
 
-sys.path.insert(0, str(Path(__file__).parent))
-from dicom_files import make_dicom  # noqa: E402
-from robust_helpers import cli, one_line_error, write_mp4  # noqa: E402
+from dicom_files import make_dicom
+from robust_helpers import cli, one_line_error, write_mp4
 
 ECHO_FILE = get_testdata_file("examples_ybr_color.dcm", download=False)
 

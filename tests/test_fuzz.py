@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +34,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from robust_helpers import check_outputs, cli, write_mp4  # noqa: E402
+from robust_helpers import check_outputs, cli, write_mp4
 
 pytestmark = pytest.mark.fuzz
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,7 @@ import pytest
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import load_model_dir
 
-sys.path.insert(0, str(Path(__file__).parent))
-from robust_helpers import ECHO, ECHO_BOX, cli, one_line_error  # noqa: E402
+from robust_helpers import ECHO, ECHO_BOX, cli, one_line_error
 
 
 @pytest.fixture

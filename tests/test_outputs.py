@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,7 @@ from medsam_edge.runtime import sinks as sinks_module
 from medsam_edge.runtime.outputs import RUNNING, RunOutputs, StopRequest, Terminated
 from medsam_edge.runtime.sinks import JsonlSink, MaskPngSink, OverlayVideoSink
 
-sys.path.insert(0, str(Path(__file__).parent))
-from robust_helpers import (  # noqa: E402
+from robust_helpers import (
     ECHO,
     ECHO_BOX,
     check_outputs,
@@ -31,7 +29,7 @@ from robust_helpers import (  # noqa: E402
     video_frames,
     wait_for_lines,
 )
-from test_sinks import make_result  # noqa: E402
+from test_sinks import make_result
 
 MIB = 1 << 20
 

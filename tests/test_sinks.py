@@ -224,7 +224,6 @@ def test_killed_process_leaves_only_partial_names(tmp_path):
     out = tmp_path / "run"
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_sinks import make_result
         from medsam_edge.runtime.sinks import open_sinks
         s = open_sinks({str(out)!r}, video=True, masks=sys.argv[1], jsonl=True, fps=10)
@@ -233,7 +232,11 @@ def test_killed_process_leaves_only_partial_names(tmp_path):
         os._exit(9)  # no close, no cleanup: as if killed
     """)
     for masks, extra in (("npz", set()), ("png", {".masks.partial"})):
-        proc = subprocess.run([sys.executable, "-c", script, masks], capture_output=True, text=True, timeout=120)
+        # The child finds this module as pytest does (pyproject's pythonpath = ["tests"]).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(Path(__file__).parent),
+                                                                          os.environ.get("PYTHONPATH"))))}
+        proc = subprocess.run([sys.executable, "-c", script, masks], capture_output=True, text=True, timeout=120,
+                              env=env)
         assert proc.returncode == 9, proc.stderr
         names = {p.name for p in out.iterdir()}
         assert names == {".overlay.partial.mp4", ".frames.jsonl.partial"} | extra

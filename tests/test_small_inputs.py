@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,8 +16,7 @@ from medsam_edge.errors import InputError
 from medsam_edge.runtime.prompts import Prompt, Prompter, as_prompts, validate_boxes, validate_prompts
 from medsam_edge.runtime.schedule import PromptSchedule
 
-sys.path.insert(0, str(Path(__file__).parent))
-from robust_helpers import ECHO, ECHO_BOX, cli, one_line_error  # noqa: E402
+from robust_helpers import ECHO, ECHO_BOX, cli, one_line_error
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -1,7 +1,10 @@
 """Scale-out on Triton: the repository writer, the stream model and the client backend, against a
 real tritonserver (the one the nvidia-pytriton wheel bundles) started here on 127.0.0.1.
 
-Every server is started by a fixture and stopped by it; every request loop is bounded.
+One server per repository kind: the session's `server` runs the python-platform repository
+(the tiny model and LiteMedSAM side by side), the BLS test its own encoder/decoder-model
+repository; the kill/restart test is the only other start (it must kill a server). Every
+server is stopped where it was started; every request loop is bounded.
 The server runs onnxruntime with one thread so that it shares this machine politely.
 """
 
@@ -34,8 +37,15 @@ from conftest import ECHO_CHAMBER_BOX
 
 HAVE_SERVER = importlib.util.find_spec("pytriton") is not None
 HAVE_CLIENT = importlib.util.find_spec("tritonclient") is not None
-needs_server = pytest.mark.skipif(not (HAVE_SERVER and HAVE_CLIENT),
-                                  reason="nvidia-pytriton / tritonclient[grpc] not installed (pip install '.[triton]')")
+_server_missing = pytest.mark.skipif(not (HAVE_SERVER and HAVE_CLIENT),
+                                     reason="nvidia-pytriton / tritonclient[grpc] not installed (pip install '.[triton]')")
+
+
+def needs_server(test):
+    """A test against a real tritonserver: skipped without one, and not in `make test-fast`."""
+    return pytest.mark.integration(_server_missing(test))
+
+
 MAX_STREAMS = 3
 
 
@@ -194,13 +204,29 @@ def test_repository_options_are_checked(tiny_model_dir, tmp_path, capsys):
 
 # -- a real server -------------------------------------------------------------------------------
 
+LITE = "lite"  # LiteMedSAM's stream model, beside the tiny model's "medsam" on the same server
+
+
 @pytest.fixture(scope="session")
-def server(python_repo):
+def server_repo(python_repo, lite_model_dir, tmp_path_factory):
+    """One `--platform python` repository with two stream models: the tiny model's (as the
+    command line wrote it) and LiteMedSAM's under another name, so one server serves both."""
+    root = tmp_path_factory.mktemp("triton-both")
+    repo = root / "repo"
+    shutil.copytree(python_repo, repo)
+    lite = write_repository(lite_model_dir, root / "lite", name=LITE, threads=1)
+    shutil.copytree(lite / LITE, repo / LITE)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(server_repo):
+    """The session's one server for the python repository kind (started once, ~10-90 s)."""
     if not (HAVE_SERVER and HAVE_CLIENT):
         pytest.skip("nvidia-pytriton / tritonclient[grpc] not installed (pip install '.[triton]')")
     from medsam_edge.serving.local_server import start
 
-    srv = start(python_repo, ready_timeout=90)
+    srv = start(server_repo, ready_timeout=90)
     yield srv
     srv.stop()
     assert srv.process.poll() is not None
@@ -252,14 +278,11 @@ def test_masks_through_triton_equal_in_process_masks(server, tiny_model_dir, loc
 
 
 @needs_server
-def test_litemedsam_masks_through_triton_equal_in_process_masks(lite_model_dir, echo_frames, tmp_path):
+def test_litemedsam_masks_through_triton_equal_in_process_masks(server, lite_model_dir, echo_frames):
     from medsam_edge.engines.select import open_backend
     from medsam_edge.runtime.segmenter import Segmenter
-    from medsam_edge.serving.local_server import start
 
-    repo = write_repository(lite_model_dir, tmp_path / "repo", threads=1)
-    with start(repo, ready_timeout=90) as srv, \
-            open_backend(lite_model_dir, f"triton://{srv.url}") as remote, \
+    with open_backend(lite_model_dir, f"triton://{server.url}/{LITE}") as remote, \
             open_backend(lite_model_dir, "onnxruntime-cpu", threads=1) as local:
         assert remote.describe()["model_id"] == "lite_medsam" and remote.image_shape == (1, 3, 256, 256)
         got, want = (Segmenter(b, lite_model_dir.preprocess) for b in (remote, local))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from medsam_edge.viewer.protocol import Refused
 from medsam_edge.viewer.publish import Versions
 from medsam_edge.viewer.state import source_info
 
-sys.path.insert(0, str(Path(__file__).parent))
-from dicom_files import SECRET_ID, SECRET_NAME, make_dicom  # noqa: E402
-from robust_helpers import check_outputs, cli, one_line_error  # noqa: E402
+from dicom_files import SECRET_ID, SECRET_NAME, make_dicom
+from robust_helpers import check_outputs, cli, one_line_error
 
 W, H = 160, 120
 

@@ -10,15 +10,14 @@ another origin, a wrong token. Skipped with the reason where Chromium is absent.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from dicom_files import make_dicom  # noqa: E402
-from robust_helpers import ECHO, check_outputs  # noqa: E402
+from dicom_files import make_dicom
+from robust_helpers import ECHO, check_outputs
+
+# A real Chromium against a real server: not in `make test-fast` (docs/testing.md).
+pytestmark = pytest.mark.integration
 
 pytest.importorskip("starlette", reason="the viewer extra is not installed (pip install 'medsam-edge[viewer]')")
 from medsam_edge.bench import viewer_browser as vb  # noqa: E402

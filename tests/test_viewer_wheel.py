@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Builds a wheel and installs it into a fresh venv: not in `make test-fast` (docs/testing.md).
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("starlette", reason="the viewer extra is not installed (pip install 'medsam-edge[viewer]')")
 from medsam_edge.bench import viewer_browser as vb  # noqa: E402
 
