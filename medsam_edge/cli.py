@@ -14,6 +14,7 @@ import signal
 import sys
 
 from medsam_edge import __version__
+from medsam_edge import extras
 from medsam_edge.errors import EXIT_INPUT, InputError
 
 # Subcommand modules, in the order `--help` lists them.
@@ -58,8 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     try:
         return int(args.func(args) or 0)
+    except extras.MissingExtra as e:
+        print(f"medsam-edge {args.command}: {e}", file=sys.stderr)
+        return EXIT_INPUT
     except InputError as e:
         print(f"medsam-edge {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except ModuleNotFoundError as e:
+        # An extra's package imported deep inside a command: the same line as extras.require's.
+        missing = extras.from_import_error(e)
+        if missing is None:
+            raise
+        print(f"medsam-edge {args.command}: {missing}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt as e:
         terminated = str(e) == "stopped by SIGTERM"
