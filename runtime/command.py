@@ -92,6 +92,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--loop", action="store_true", help="loop a file source (with --max-frames)")
+    p.add_argument("--read-timeout", type=float, metavar="SECONDS",
+                   help="a video, camera, stream or named pipe that gives no frame for this long ends the run "
+                        "with an error (default 5; opening and the first frame get at least 10)")
     from medsam_edge.runtime import dicom_seg, spacing
 
     dicom_seg.add_arguments(p)
@@ -165,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.loop and not args.max_frames:
         raise InputError("--loop needs --max-frames (otherwise it never ends)")
     outputs = RunOutputs(args.out, overwrite=args.overwrite)  # a bad --out fails before any work
-    source = open_source(args.source, loop=args.loop)
+    source = open_source(args.source, loop=args.loop, read_timeout=args.read_timeout)
     try:
         realtime = args.realtime or (source.is_live and not args.deterministic)
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime,

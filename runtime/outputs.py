@@ -271,8 +271,10 @@ class StopRequest:
         return self
 
     def _handler(self, signum, frame) -> None:
+        from medsam_edge.runtime.sources.capture import main_thread_waiting
+
         error = Terminated("stopped by SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
-        if self.error is not None:
+        if self.error is not None or main_thread_waiting():  # a stalled source: no frame to finish
             raise error
         self.error = error
         log.info("%s: stopping after this frame (again to stop at once)",
