@@ -10,12 +10,18 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 
 from medsam_edge import __version__
 from medsam_edge import extras
 from medsam_edge.errors import EXIT_INPUT, InputError
+
+# A value that starts with a minus and is numbers: argparse takes "-50,-50,100,100" for an
+# option unless its negative-number pattern (one number only) is widened to lists.
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+NEGATIVE_NUMBERS = re.compile(rf"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:,{_NUMBER})*$")
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = (
@@ -43,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         # Every subcommand module imports only the standard library at the top, so a
         # failure here is a broken install and must say so, not drop the subcommand.
         importlib.import_module(name).add_parser(sub)
+    for command in sub.choices.values():
+        # argparse's own attribute (3.10-3.13); where it is gone, `--box=-50,...` still works.
+        if hasattr(command, "_negative_number_matcher"):
+            command._negative_number_matcher = NEGATIVE_NUMBERS
     return parser
 
 

@@ -170,6 +170,10 @@ def _run(args: argparse.Namespace) -> int:
     outputs = RunOutputs(args.out, overwrite=args.overwrite)  # a bad --out fails before any work
     source = open_source(args.source, loop=args.loop, read_timeout=args.read_timeout)
     try:
+        if prompts and source.first_hw:  # a bad constant prompt fails before any output is opened
+            from medsam_edge.runtime.prompts import validate_prompts
+
+            validate_prompts(prompts, *source.first_hw, warn=False)
         realtime = args.realtime or (source.is_live and not args.deterministic)
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime,
                               rebuild=args.rebuild)
