@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -42,8 +43,28 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
     write_bytes(dest, text.encode("utf-8"))
 
 
+def json_text(obj, **kwargs) -> str:
+    """JSON that every reader parses: NaN and infinity (which json.dumps writes as the bare
+    words NaN and Infinity, not JSON) are refused, naming where they sit; a bug, never data."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError:
+        raise ValueError(f"not finite, so not JSON: {_non_finite(obj) or 'a number'}") from None
+
+
+def _non_finite(obj, where: str = "") -> str | None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"{where or 'the value'} = {obj}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}[{k!r}]")
+        if found:
+            return found
+    return None
+
+
 def write_json(dest: str | os.PathLike, obj) -> None:
-    write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(dest, json_text(obj, indent=2, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager
