@@ -160,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     from medsam_edge.runtime import spacing
     from medsam_edge.runtime.outputs import RunOutputs
     from medsam_edge.runtime.predictor import Predictor
+    from medsam_edge.runtime.sinks import MIN_VIDEO_SIDE
     from medsam_edge.runtime.sources import open_source
 
     _check_numbers(args)
@@ -174,6 +175,11 @@ def _run(args: argparse.Namespace) -> int:
             from medsam_edge.runtime.prompts import validate_prompts
 
             validate_prompts(prompts, *source.first_hw, warn=False)
+        if not args.no_video and source.first_hw and min(source.first_hw) < MIN_VIDEO_SIDE:
+            h, w = source.first_hw  # the other outputs hold everything: the run goes on without the video
+            log.warning("%s: no overlay video: its %dx%d px pictures are under the %d px a side the video writer "
+                        "takes", args.source, w, h, MIN_VIDEO_SIDE)
+            args.no_video = True
         realtime = args.realtime or (source.is_live and not args.deterministic)
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime,
                               rebuild=args.rebuild)
