@@ -38,8 +38,13 @@ class ThreadedCapture:
     `get(cv2.CAP_PROP_POS_MSEC)` answers for the last frame read, fetched with it."""
 
     def __init__(self, factory: Callable[[], cv2.VideoCapture], description: str,
-                 open_timeout: float = OPEN_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S) -> None:
+                 open_timeout: float = OPEN_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S,
+                 unblock: Callable[[], None] | None = None) -> None:
+        """unblock: called when opening times out, to end the worker's wait where that can be
+        done (a FIFO: open its write end once). OpenCV holds a process-wide lock while FFmpeg
+        opens an input, so a worker stuck there would stall every later capture and writer."""
         self.description = description
+        self._unblock = unblock
         self.read_timeout = read_timeout
         self._first_timeout = max(open_timeout, read_timeout)
         self._requests: queue.Queue = queue.Queue()
@@ -48,7 +53,13 @@ class ThreadedCapture:
         self._msec = float("nan")
         self._worker = threading.Thread(target=self._serve, args=(factory,), name="medsam-edge capture", daemon=True)
         self._worker.start()
-        self._opened, self._props = self._wait(open_timeout, "opening it")
+        try:
+            self._opened, self._props = self._wait(open_timeout, "opening it")
+        except InputError:
+            if self._unblock is not None:
+                self._unblock()
+                self.release()
+            raise
 
     def _serve(self, factory: Callable[[], cv2.VideoCapture]) -> None:
         try:

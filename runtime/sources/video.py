@@ -69,7 +69,8 @@ class VideoSource(Source):
         else:
             def factory():
                 return cv2.VideoCapture(self._target)
-        cap = ThreadedCapture(factory, self.description, open_s, read_s)
+        cap = ThreadedCapture(factory, self.description, open_s, read_s,
+                              unblock=(lambda: _poke_fifo(str(self._target))) if self._kind == "pipe" else None)
         if cap.isOpened():
             if self._kind == "device":
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a backlog
@@ -166,3 +167,14 @@ class VideoSource(Source):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def _poke_fifo(path: str) -> None:
+    """Open a FIFO's write end once and close it: a reader blocked opening it (no writer
+    came) gets end-of-file and lets go."""
+    import os
+
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no reader waiting any more, or the pipe is gone
