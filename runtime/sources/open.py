@@ -46,6 +46,8 @@ def open_source(spec: Any, *, loop: bool = False, read_timeout: float | None = N
     capture.OPEN_TIMEOUT_S).
     Raises InputError naming the input if it cannot be used at all.
     """
+    if read_timeout is not None and not (0 < read_timeout <= 3600):  # NaN fails this too
+        raise InputError(f"--read-timeout {read_timeout}: expected seconds between 0 and 3600")
     if isinstance(spec, np.ndarray):
         return ArraySource(spec, loop=loop)
     if isinstance(spec, (list, tuple)):
@@ -67,8 +69,6 @@ def open_source(spec: Any, *, loop: bool = False, read_timeout: float | None = N
     from .capture import OPEN_TIMEOUT_S, READ_TIMEOUT_S
     from .video import VideoSource
 
-    if read_timeout is not None and not (0 < read_timeout <= 3600):
-        raise InputError(f"--read-timeout {read_timeout}: expected seconds between 0 and 3600")
     read_s = READ_TIMEOUT_S if read_timeout is None else read_timeout
     timeouts = {"open_timeout": max(OPEN_TIMEOUT_S, read_s), "read_timeout": read_s}
     if text.isascii() and text.isdigit():
