@@ -48,7 +48,7 @@ CALIB_BYTES = 2 << 30
 # Frames on which every float tensor's peak is measured (fp16.py's range rule reads them).
 PEAK_FRAMES = 4
 PERCENTILE = 99.99
-Probe = Callable[[Path], float]
+Signal = Callable[[Path], float]  # a candidate file -> a cheap loss (evaluate.cosine_signal)
 
 
 def scheme() -> dict:
@@ -201,9 +201,9 @@ def _hushed():
         logging.disable(logging.NOTSET)
 
 
-def rank_nodes(src: Path, nodes: Sequence[str], method: str, cache: Path, probe: Probe,
+def rank_nodes(src: Path, nodes: Sequence[str], method: str, cache: Path, signal: Signal,
                max_trials: int = MAX_TRIALS, log: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Nodes by the damage each does quantized alone (largest first), measured by `probe`.
+    """Nodes by the damage each does quantized alone (largest first), measured by `signal`.
 
     With more nodes than `max_trials`, consecutive groups are measured first and only the
     worst groups are opened up node by node; the rest inherit their group's share.
@@ -215,7 +215,7 @@ def rank_nodes(src: Path, nodes: Sequence[str], method: str, cache: Path, probe:
         def alone(subset) -> float:
             keep = set(subset)
             quantize(src, trial, method, cache, [n for n in nodes if n not in keep])
-            return probe(trial)
+            return signal(trial)
 
         if len(nodes) <= max_trials:
             losses = {}

@@ -95,10 +95,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-timeout", type=float, metavar="SECONDS",
                    help="a video, camera, stream or named pipe that gives no frame for this long ends the run "
                         "with an error (default 5; opening and the first frame get at least 10)")
-    from medsam_edge.runtime import dicom_seg, spacing
+    from medsam_edge.runtime.cli_args import add_dicom_seg, add_pixel_spacing
 
-    dicom_seg.add_arguments(p)
-    spacing.add_arguments(p)
+    add_dicom_seg(p)
+    add_pixel_spacing(p)
     p.set_defaults(func=run)
 
 
@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from medsam_edge.runtime import spacing
+    from medsam_edge.runtime.measure import Measured
     from medsam_edge.runtime.outputs import RunOutputs
     from medsam_edge.runtime.predictor import Predictor
     from medsam_edge.runtime.sinks import MIN_VIDEO_SIDE
@@ -184,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime,
                               rebuild=args.rebuild)
         # Before any sink exists: each of these can refuse the input, and nothing is written yet.
-        calibration = spacing.resolve_calibration(source, args.pixel_spacing)
+        pixel_calibration = spacing.resolve_pixel_calibration(source, args.pixel_spacing)
         extra = [_dicom_seg(source, args, predictor)] if args.dicom_seg else []
     except BaseException:
         source.close()
@@ -204,7 +205,8 @@ def _run(args: argparse.Namespace) -> int:
                    "source": getattr(source, "description", str(args.source))}
         outputs.open(video=not args.no_video, masks=None if args.masks == "none" else args.masks, fps=source.fps,
                      extra=extra)
-        outputs.run(stream, summary, total=total, live=source.is_live, calibration=calibration)
+        measured = Measured(stream, pixel_calibration)  # the mm sizes, a step before the outputs
+        outputs.run(measured, summary, total=total, live=source.is_live, pixel_calibration=pixel_calibration)
     _say_what_went_unused(args, stream, outputs.summary)
     print(json.dumps({k: outputs.summary.get(k) for k in ("complete", "frames", "fps", "reuse_rate", "dropped",
                                                            "bad_frames_skipped", "blank_skipped", "backend",

@@ -52,10 +52,10 @@ KEPT = 16
 def split_threads(threads: int | None = None, cores: int | None = None) -> tuple[int, int]:
     """(encoder, decoder) CPU threads for real-time mode out of `threads` (default: every core).
 
-    In real-time mode encoder and decoder run at the same time. With onnxruntime's default
-    each session takes every core and the two spin against each other: LiteMedSAM on 2
-    cores gave 7.5 masks/s that way and 12.6 with one thread each (BENCHMARKS.md). The
-    decoder is small, so it gets one core and the encoder the rest.
+    In real-time mode encoder and decoder run at the same time; with onnxruntime's default
+    each session takes every core and the two spin against each other
+    (docs/decisions.md#real-time-thread-split). The decoder is small, so it gets one core
+    and the encoder the rest.
     """
     total = max(1, threads or cores or usable_cores())
     return max(1, total - 1), 1

@@ -33,11 +33,11 @@ import cv2
 import numpy as np
 
 from medsam_edge.engines.base import Backend, max_kept_embeddings
-from medsam_edge.runtime.motion import MARGIN, Motion, MotionEstimator, Probe, identity, prompt_region
-from medsam_edge.runtime.motion import difference as region_difference
+from medsam_edge.runtime.motion import MARGIN, Motion, MotionEstimator, identity, prompt_region, region_difference
 from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.result import EXACT, FRESH, NEAR
 from medsam_edge.runtime.segmenter import Encoded
+from medsam_edge.runtime.small_frame import SmallFrame
 
 THUMB = 32
 # Kept embeddings judged where the prompts are, per frame: the newest and the closest others.
@@ -61,11 +61,8 @@ class ReusePolicy:
 
     exact: bool = True
     near: bool = True
-    # Chosen from Dice-vs-reuse curves on the nine shared moving clips with LiteMedSAM
-    # (bench.reuse; the curve is in the issue 17 report and every bench report): 0.006 with
-    # 3 in a row gives Dice vs fresh >= 0.98 over all frames at >= 50 % reuse on six of
-    # them; on the other three the fresh masks themselves flicker (consecutive fresh masks
-    # agree to Dice 0.83-0.89), so no threshold gets both there.
+    # Chosen from Dice-vs-reuse curves on the shared moving clips (bench.reuse; figures:
+    # docs/decisions.md#reuse-threshold).
     threshold: float = 0.006
     scene_threshold: float = 0.15
     max_consecutive: int = 3
@@ -90,13 +87,13 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def difference(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+def thumb_difference(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
     """Mean absolute difference of two thumbnails (over `where` if given), 0..1."""
     d = np.abs(a - b)
     return float(d[where].mean() if where is not None and where.any() else d.mean()) / 255.0
 
 
-def scene_difference(emb: Probe, cur: Probe) -> float:
+def scene_difference(emb: SmallFrame, cur: SmallFrame) -> float:
     """How differently the grey levels of the image area are spread: the total variation
     distance (0..1) of 16-bin histograms over the embedding frame's image area.
 
@@ -111,12 +108,12 @@ class Kept:
     """A fresh embedding kept for near repeats, with what its frame looked like."""
 
     enc: Encoded
-    probe: Probe
+    probe: SmallFrame
     thumb: np.ndarray | None = None  # (32, 32) float32 grey of the whole frame, for lookups without prompts
 
 
 @dataclass
-class Verdict:
+class ReuseChoice:
     """Whether a near repeat may reuse a kept embedding: which, the motion to apply to the
     answer, a note for the frame's record, and the differences judged."""
 
@@ -128,28 +125,28 @@ class Verdict:
     regions: list[float] | None = None  # each prompt region's difference
 
 
-def closest(kept: list[Kept], probe: Probe, prompts: list[Prompt], margin: float = MARGIN,
-            scene_threshold: float | None = None) -> Verdict:
+def closest(kept: list[Kept], probe: SmallFrame, prompts: list[Prompt], margin: float = MARGIN,
+            scene_threshold: float | None = None) -> ReuseChoice:
     """The kept embedding (kept: newest last, all of the frame's size) whose frame is
     closest to this one where the prompts are, judged among the newest and the
     CANDIDATES - 1 others whose whole frames look most like this one (a looping cine, a
     heartbeat, a probe back where it was). Candidates whose picture changed beyond
-    scene_threshold are passed over. Verdict.kept is None when none qualifies."""
-    ranked = sorted(kept[:-1], key=lambda k: difference(probe.thumb, k.probe.thumb))[:CANDIDATES - 1]
+    scene_threshold are passed over. ReuseChoice.kept is None when none qualifies."""
+    ranked = sorted(kept[:-1], key=lambda k: thumb_difference(probe.thumb, k.probe.thumb))[:CANDIDATES - 1]
     regions = [prompt_region(q, probe.original_hw, margin) for q in prompts]
-    best = Verdict(None)
+    best = ReuseChoice(None)
     for k in [kept[-1], *ranked]:
         scene = None if scene_threshold is None else scene_difference(k.probe, probe)
         if scene is not None and scene > scene_threshold:
             if best.kept is None and best.scene is None:
-                best = Verdict(None, note=f"fresh: the picture changed (scene difference {scene:.2f})", scene=scene)
+                best = ReuseChoice(None, note=f"fresh: the picture changed (scene difference {scene:.2f})", scene=scene)
             continue
         diffs = [region_difference(k.probe, probe, r, identity()) for r in regions]
         if any(d is None for d in diffs):
             continue
         worst = max(diffs)
         if best.region is None or worst < best.region:
-            best = Verdict(k, region=worst, scene=scene, regions=diffs)
+            best = ReuseChoice(k, region=worst, scene=scene, regions=diffs)
     return best
 
 
@@ -200,34 +197,35 @@ class EmbeddingCache:
         if not prompts:
             keys["thumb"] = thumbnail(image)
             newest = self._near[-1]
-            if newest.enc.original_hw == image.shape[:2] and difference(keys["thumb"], newest.thumb) <= p.threshold:
+            if (newest.enc.original_hw == image.shape[:2]
+                    and thumb_difference(keys["thumb"], newest.thumb) <= p.threshold):
                 self._consecutive += 1
                 return newest.enc, NEAR, keys
             return None, FRESH, keys
-        keys["probe"] = Probe.of(image)
-        verdict = self.judge(keys["probe"], prompts, kept)
-        if verdict.note:
-            keys["note"] = verdict.note
-        if verdict.kept is None:
+        keys["probe"] = SmallFrame.of(image)
+        choice = self.choose(keys["probe"], prompts, kept)
+        if choice.note:
+            keys["note"] = choice.note
+        if choice.kept is None:
             return None, FRESH, keys
         self._consecutive += 1
-        keys["motion"] = verdict.motion
-        return verdict.kept.enc, NEAR, keys
+        keys["motion"] = choice.motion
+        return choice.kept.enc, NEAR, keys
 
-    def judge(self, probe: Probe, prompts: list[Prompt], kept: list[Kept]) -> Verdict:
+    def choose(self, probe: SmallFrame, prompts: list[Prompt], kept: list[Kept]) -> ReuseChoice:
         """Which kept embedding, if any, may answer this frame (its probe and prompts): the
         closest where the prompts are, if close enough, and not when compensation is on
         and the flow finds a motion it cannot follow."""
         p = self.policy
         best = closest(kept, probe, prompts, p.margin, p.scene_threshold)
         if best.kept is None or best.region > p.threshold:
-            return Verdict(None, note=best.note if best.kept is None else "", region=best.region, scene=best.scene)
+            return ReuseChoice(None, note=best.note if best.kept is None else "", region=best.region, scene=best.scene)
         if self.estimator is not None:
             best.motion = m = self.estimator.estimate(best.kept.probe, probe, prompts, best.regions)
             if not m.applied and m.beyond:
                 # The anatomy moved in a way no transform follows (off the picture, a zoom or
                 # turn too large): encode afresh rather than answer where it no longer is.
-                return Verdict(None, m, f"fresh: {m.why}", best.region, best.scene)
+                return ReuseChoice(None, m, f"fresh: {m.why}", best.region, best.scene)
             if not m.applied:
                 # No motion to follow in a change under the threshold (noise, a looping
                 # cine's coding): the embedding answers as it is, as without compensation.
@@ -245,6 +243,6 @@ class EmbeddingCache:
             while len(self._by_digest) > self.capacity:
                 self._by_digest.popitem(last=False)
         if p.near:
-            self._near.append(Kept(enc, keys["probe"] if "probe" in keys else Probe.of(image),
+            self._near.append(Kept(enc, keys["probe"] if "probe" in keys else SmallFrame.of(image),
                                    keys["thumb"] if "thumb" in keys else thumbnail(image)))
             del self._near[:-max(1, self.capacity)]
