@@ -64,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} {value}: expected a positive number")
+    from medsam_edge import extras
+    from medsam_edge.atomic import check_output
+
+    check_output(args.out, "--out")  # before minutes of measuring, not after
+    extras.require("bench", "export")  # psutil and plots; torch for the reference row every run has
     from medsam_edge.bench.run import run as bench_run
 
     return bench_run(args)

@@ -15,7 +15,7 @@ from medsam_edge.errors import InputError
 from medsam_edge.contract import parse_precisions
 
 from .backends import CPU_BACKENDS
-from .int8 import MAX_TRIALS, METHODS, SEARCH_MARGIN
+from .defaults import MAX_TRIALS, METHODS, SEARCH_MARGIN
 
 FRAMES_SMALL, FRAMES_LARGE = 48, 12
 # The searches judge every calibration frame of a small model (a subset let an exclusion
@@ -86,7 +86,11 @@ def default_cache_dir() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsam_edge import extras
+    from medsam_edge.atomic import check_output
     from medsam_edge.manifest import load_model_dir
+
+    extras.require("export")  # onnx edits the graphs; before any frame is read
 
     from .run import MADE_HERE, FrameOptions, Options, SearchOptions, calibrate
 
@@ -102,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--search-backends {args.search_backends}: give onnxruntime-cpu first, then any of "
                          f"{', '.join(CPU_BACKENDS[1:])} (e.g. {','.join(CPU_BACKENDS)})")
     md = load_model_dir(args.model_dir)
+    # Where it writes, checked before minutes of sampling and searching: the cache and the
+    # model directory that receives the calibrated files.
+    check_output(args.cache_dir or default_cache_dir(), "--cache-dir")
+    check_output(md.path, "MODEL_DIR")
     small = md.preprocess.size <= 256
     count = args.frames_count or (FRAMES_SMALL if small else FRAMES_LARGE)
     search_frames = args.search_frames or (count if small else SEARCH_FRAMES_LARGE)

@@ -38,18 +38,13 @@ from onnx import numpy_helper
 from medsam_edge.atomic import atomic_path
 
 from . import fp16, qdq, ranges
+from .defaults import MAX_TRIALS, METHODS, SEARCH_MARGIN  # noqa: F401  (int8.METHODS etc. stay)
 from .fp16 import Verdict
 from .graph import constant_names, value_ranges
 
 QUANT_OPS = qdq.QUANT_OPS
-METHODS = ("minmax", "entropy", "percentile")
 # Memory for calibration tensors fetched at once (the machine has 24 GB, shared).
 CALIB_BYTES = 2 << 30
-# A full one-node-at-a-time pass above this many nodes would take too long on a CPU.
-MAX_TRIALS = 96
-# The share of the INT8 target's allowed Dice loss the searches may spend on calibration
-# frames: unseen sources lose more than the frames judged (docs/decisions.md#int8-search-margin-and-backends).
-SEARCH_MARGIN = 0.25
 # Frames on which every float tensor's peak is measured (fp16.py's range rule reads them).
 PEAK_FRAMES = 4
 PERCENTILE = 99.99

@@ -6,6 +6,8 @@ key holds everything that makes a blob wrong to reuse: the ONNX file's size and 
 the OpenVINO version, the inference precision, and the CPU (its name and OpenVINO's
 capability list, which decide the kernels and whether BF16 was inserted). Threads are not
 in the key: `import_model` applies the caller's thread count (read back in the backend).
+The sidecar also holds the blob's own size and SHA-256: a blob swapped or edited after it
+was written (another part's, another machine's) is compiled again, never imported.
 
 A blob whose key differs, or that OpenVINO cannot import, is compiled again and the log
 names the reason; a cache folder that cannot be written is a warning, never a failure.
@@ -29,7 +31,7 @@ from medsam_edge.manifest import sha256_file
 log = logging.getLogger(__name__)
 
 KEY_FORMAT = "medsam-edge/openvino-cache"
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: the blob's own size and SHA-256 in the sidecar
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,15 @@ def compile_cached(core, onnx: Path, part: str, precision: str, config: dict, ke
         reason = stale_reason(_read_key(key_file), key)
         if not reason and not blob.is_file():
             reason = f"{blob.name} is missing"
+        data = b""
+        if not reason:
+            data = _read_blob(blob)
+            stored = _read_key(key_file) or {}
+            if data is None or len(data) != stored.get("blob_bytes") or _sha256(data) != stored.get("blob_sha256"):
+                reason = f"{blob.name} is not the blob its key was written for (changed or replaced)"
         if not reason:
             try:
-                model = core.import_model(io.BytesIO(blob.read_bytes()), "CPU", config)
+                model = core.import_model(io.BytesIO(data), "CPU", config)
                 return Compiled(model, "cached", time.perf_counter() - t0)
             except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
                 reason = f"{blob.name} does not import ({first_line(e)})"
@@ -128,14 +136,28 @@ def compile_cached(core, onnx: Path, part: str, precision: str, config: dict, ke
     state = "uncached"
     if cache_dir is not None:
         try:
-            data = model.export_model()  # a BytesIO in recent releases, bytes in older ones
-            write_bytes(blob, data.getvalue() if hasattr(data, "getvalue") else bytes(data))
-            write_json(key_file, key)
+            exported = model.export_model()  # a BytesIO in recent releases, bytes in older ones
+            data = exported.getvalue() if hasattr(exported, "getvalue") else bytes(exported)
+            write_bytes(blob, data)
+            write_json(key_file, {**key, "blob_bytes": len(data), "blob_sha256": _sha256(data)})
             state = "compiled"
         except OSError as e:
             log.warning("openvino: cannot write the compiled cache in %s (%s); the next start compiles again",
                         cache_dir, e)
     return Compiled(model, state, time.perf_counter() - t0, reason)
+
+
+def _read_blob(blob: Path) -> bytes | None:
+    try:
+        return blob.read_bytes()
+    except OSError:
+        return None
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _compile(core, onnx: Path, config: dict, build=None):

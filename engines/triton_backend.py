@@ -52,6 +52,8 @@ def parse_url(name: str) -> tuple[str, str]:
     host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", str(DEFAULT_PORT))
     if not host or not port.isdigit() or "/" in model:
         raise InputError(f"--backend {name!r}: expected triton://HOST:PORT[/MODEL], e.g. triton://127.0.0.1:8001/medsam")
+    if not port.isascii() or not 0 < int(port) <= 65535:  # gRPC would wrap 70001 round to 4465
+        raise InputError(f"--backend {name!r}: port {port} is not a TCP port (1 to 65535)")
     return f"{host}:{port}", model or P.DEFAULT_NAME
 
 

@@ -31,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsam_edge import extras
+    from medsam_edge.atomic import check_output
+
+    check_output(args.out, "--out", overwrite=args.overwrite)
+    extras.require("export")
     from medsam_edge.export.exporter import export_model
 
     export_model(

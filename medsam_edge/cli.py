@@ -10,11 +10,18 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 
 from medsam_edge import __version__
+from medsam_edge import extras
 from medsam_edge.errors import EXIT_INPUT, InputError
+
+# A value that starts with a minus and is numbers: argparse takes "-50,-50,100,100" for an
+# option unless its negative-number pattern (one number only) is widened to lists.
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+NEGATIVE_NUMBERS = re.compile(rf"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:,{_NUMBER})*$")
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = (
@@ -42,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         # Every subcommand module imports only the standard library at the top, so a
         # failure here is a broken install and must say so, not drop the subcommand.
         importlib.import_module(name).add_parser(sub)
+    for command in sub.choices.values():
+        # argparse's own attribute (3.10-3.13); where it is gone, `--box=-50,...` still works.
+        if hasattr(command, "_negative_number_matcher"):
+            command._negative_number_matcher = NEGATIVE_NUMBERS
     return parser
 
 
@@ -58,8 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     try:
         return int(args.func(args) or 0)
+    except extras.MissingExtra as e:
+        print(f"medsam-edge {args.command}: {e}", file=sys.stderr)
+        return EXIT_INPUT
     except InputError as e:
         print(f"medsam-edge {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except ModuleNotFoundError as e:
+        # An extra's package imported deep inside a command: the same line as extras.require's.
+        missing = extras.from_import_error(e)
+        if missing is None:
+            raise
+        print(f"medsam-edge {args.command}: {missing}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt as e:
         terminated = str(e) == "stopped by SIGTERM"

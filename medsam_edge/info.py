@@ -46,8 +46,10 @@ def _torch_cuda(torch_version: str | None) -> str:
     # Only asked when torch is installed; the runtime itself never imports it.
     if not torch_version:
         return "torch not installed (only needed for export and the reference)"
-    import torch
-
+    try:
+        import torch
+    except ImportError as e:  # installed but broken (a missing library, a wrong wheel)
+        return f"torch {torch_version} is installed but does not import ({e})"
     if torch.cuda.is_available():
         return f"yes: {torch.cuda.get_device_name(0)}"
     return f"no (torch {torch_version}, {'CPU build' if torch.version.cuda is None else 'no GPU visible'})"

@@ -94,6 +94,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--loop", action="store_true", help="loop a file source (with --max-frames)")
+    p.add_argument("--read-timeout", type=float, metavar="SECONDS",
+                   help="a video, camera, stream or named pipe that gives no frame for this long ends the run "
+                        "with an error (default 5; opening and the first frame get at least 10)")
     from medsam_edge.runtime.cli_args import add_dicom_seg, add_pixel_spacing
 
     add_dicom_seg(p)
@@ -160,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     from medsam_edge.runtime.measure import Measured
     from medsam_edge.runtime.outputs import RunOutputs
     from medsam_edge.runtime.predictor import Predictor
+    from medsam_edge.runtime.sinks import MIN_VIDEO_SIDE
     from medsam_edge.runtime.sources import open_source
 
     _check_numbers(args)
@@ -168,8 +172,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.loop and not args.max_frames:
         raise InputError("--loop needs --max-frames (otherwise it never ends)")
     outputs = RunOutputs(args.out, overwrite=args.overwrite)  # a bad --out fails before any work
-    source = open_source(args.source, loop=args.loop)
+    source = open_source(args.source, loop=args.loop, read_timeout=args.read_timeout)
     try:
+        if prompts and source.first_hw:  # a bad constant prompt fails before any output is opened
+            from medsam_edge.runtime.prompts import validate_prompts
+
+            validate_prompts(prompts, *source.first_hw, warn=False)
+        if not args.no_video and source.first_hw and min(source.first_hw) < MIN_VIDEO_SIDE:
+            h, w = source.first_hw  # the other outputs hold everything: the run goes on without the video
+            log.warning("%s: no overlay video: its %dx%d px pictures are under the %d px a side the video writer "
+                        "takes", args.source, w, h, MIN_VIDEO_SIDE)
+            args.no_video = True
         realtime = args.realtime or (source.is_live and not args.deterministic)
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime,
                               rebuild=args.rebuild)

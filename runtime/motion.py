@@ -54,6 +54,11 @@ MAX_SCALE = 1.3  # most zoom between the two frames (and 1 / MAX_SCALE)
 MAX_ROTATION = 20.0  # degrees
 MIN_INSIDE = 0.9  # share of a region that must map inside the embedding's picture
 MIN_TEXTURE = 2.0  # grey-level spread a region needs for its flow to mean anything
+# The shorter side DIS flow is asked about, in small-frame pixels. OpenCV 4.11's DIS (FAST preset)
+# refuses pictures under 12 px both ways and crashes the process (SIGSEGV) on wide, short
+# ones: 8-14 px high from 40 px wide, 16-30 px high from 80 px wide; none at 32 px and more
+# up to the 160 px small frame (docs/decisions.md, "Smallest picture motion follows").
+MIN_FLOW_SIDE = 32
 NEGLIGIBLE = 0.3  # small-frame pixels: a motion moving no corner of a region farther is none
 _OUTSIDE = -40.0  # logits given to what comes from outside the picture: surely background
 
@@ -234,6 +239,9 @@ class MotionEstimator:
             before = [region_difference(emb, cur, r, identity()) for r in regions]
         if all(b is not None and b <= STILL for b in before):
             return Motion([PromptMotion(_IDENTITY, b, b) for b in before], regions, True, still=True)
+        if min(cur.grey.shape) < MIN_FLOW_SIDE:
+            return Motion([], regions, False, f"the picture is under {MIN_FLOW_SIDE} px a side at flow resolution",
+                          beyond=True)
         flow = self._dis.calc(cur.grey, emb.grey, None)
         fitted = []
         for r, b in zip(regions, before):

@@ -169,12 +169,16 @@ class RunOutputs:
                 stopped = f"error: {e}"
                 raise _disk_error(e, self.out) from None
             except BaseException as e:
-                stopped = f"error: {type(e).__name__}: {e}"
+                stopped = f"error: {_bug_line(e)}"
                 raise
             finally:
                 bar.close()
                 stream.close()
                 close_error = self._close_sinks()
+                truncated = getattr(stream.source, "truncated", None)
+                if truncated and stopped is None and not stream.ended_early:
+                    # docs/outputs-complete.md: complete means the whole source went through.
+                    stopped = f"the source ended early: {truncated}"
                 stopped = "; ".join(s for s in (stopped, close_error) if s) or None
                 wall = time.perf_counter() - t_start
                 self.summary = {
@@ -186,7 +190,7 @@ class RunOutputs:
                     "seconds": round(wall, 3),
                     "fps": round(len(latencies) / wall, 3) if wall > 0 else 0.0,
                     **stream.stats.summary(getattr(stream.source, "skipped", 0)),
-                    "source_truncated": getattr(stream.source, "truncated", None),
+                    "source_truncated": truncated,
                     "measurements": tracks.summary(pixel_calibration),
                     "latency_ms": percentiles(latencies),
                     "write_ms": percentiles(writes),
@@ -233,6 +237,17 @@ def percentiles(values: list[float]) -> dict:
     return {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)} | {"mean": round(float(a.mean()), 2)}
 
 
+def _bug_line(e: BaseException) -> str:
+    """A bug's exception as one line naming its type: cv2.error is called "error", so the
+    module says whose it is."""
+    from medsam_edge.errors import first_line
+
+    kind = type(e).__name__
+    if kind == "error" or type(e).__module__ not in ("builtins", "__main__"):
+        kind = f"{type(e).__module__}.{kind}"
+    return f"{kind}: {first_line(e)}"
+
+
 def _disk_error(e: OSError, out: Path) -> InputError:
     if e.errno == errno.ENOSPC:
         return InputError(f"--out {out}: the disk is full; free space or choose another --out "
@@ -257,8 +272,10 @@ class StopRequest:
         return self
 
     def _handler(self, signum, frame) -> None:
+        from medsam_edge.runtime.sources.capture import main_thread_waiting
+
         error = Terminated("stopped by SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
-        if self.error is not None:
+        if self.error is not None or main_thread_waiting():  # a stalled source: no frame to finish
             raise error
         self.error = error
         log.info("%s: stopping after this frame (again to stop at once)",

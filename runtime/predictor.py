@@ -54,6 +54,9 @@ class Predictor:
         opened with engines.loaders.open_files): precision, threads and rebuild are then the
         caller's business, real-time sessions run on its threads as they are (no split), and
         close() leaves it open."""
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+            raise InputError(f"threads={threads!r}: expected a whole number of at least 1, or None for every core")
+        self._closed = False
         self.model_dir: ModelDir = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
         self._owns = not isinstance(backend, Backend)
         self._options = dict(name=backend, precision=precision, rebuild=rebuild)
@@ -85,6 +88,8 @@ class Predictor:
         self._encoded = None
 
     def _mode(self, realtime: bool) -> None:
+        if self._closed:
+            raise InputError("this Predictor is closed; open a new one")
         # Only CPU backends split threads; elsewhere one backend serves both modes.
         if realtime != self.realtime and self.backend.device == "cpu" and self._owns:
             self._open(realtime)
@@ -107,6 +112,8 @@ class Predictor:
         Returns masks (N, H, W) bool and scores (N,) float32, plus logits (N, 1, 256, 256)
         float32 when return_logits.
         """
+        if self._closed:
+            raise InputError("this Predictor is closed; open a new one")
         if self._encoded is None:
             raise InputError("predict() before set_image(): give the predictor an image first")
         h, w = self._encoded.original_hw
@@ -200,6 +207,8 @@ class Predictor:
         return Stream(session, src, owns_source=owns, pace=pace, max_frames=max_frames)
 
     def close(self) -> None:
+        self._closed = True
+        self._encoded = None
         if self.backend is not None and self._owns:
             self.backend.close()
 

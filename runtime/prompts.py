@@ -98,6 +98,19 @@ def _numbers(value, what: str, expected: str, shape: tuple[int, ...]) -> np.ndar
         raise InputError(f"{what} {_show(value)}: expected {expected}") from None
 
 
+# Coordinates beyond this are no pixel of any picture; float32 (the decoder's) would make
+# 1e308 an inf and the message would no longer show what was typed.
+MAX_COORDINATE = 1e7
+
+
+def _coordinates(values: list[float], what: str, text: str) -> None:
+    for v in values:
+        if not math.isfinite(v):
+            raise InputError(f"{what} {text!r}: {v:g} is not a finite number")
+        if abs(v) > MAX_COORDINATE:
+            raise InputError(f"{what} {text!r}: {v:g} is not a pixel coordinate (at most ±{MAX_COORDINATE:g})")
+
+
 def parse_point(text: str) -> tuple[list[float], int]:
     """'x,y' or 'x,y,label' (label 1 positive, 0 negative) -> ([x, y], label)."""
     parts = [p for p in text.replace(" ", "").split(",") if p != ""]
@@ -107,6 +120,7 @@ def parse_point(text: str) -> tuple[list[float], int]:
         raise InputError(f"point {text!r}: expected x,y or x,y,label with numbers") from None
     if len(values) not in (2, 3):
         raise InputError(f"point {text!r}: expected x,y or x,y,label, got {len(values)} numbers")
+    _coordinates(values[:2], "point", text)
     label = 1 if len(values) == 2 else values[2]
     if label not in CLICK_LABELS:
         raise InputError(f"point {text!r}: label {label:g} is not 1 (positive) or 0 (negative)")
@@ -122,6 +136,7 @@ def parse_box(text: str) -> list[float]:
         raise InputError(f"box {text!r}: expected four numbers x0,y0,x1,y1") from None
     if len(values) != 4:
         raise InputError(f"box {text!r}: expected four numbers x0,y0,x1,y1, got {len(values)}")
+    _coordinates(values, "box", text)
     return values
 
 
@@ -228,9 +243,14 @@ class Prompter:
         self._checked: tuple[tuple, list[Prompt]] | None = None
 
     def set_prompts(self, prompts) -> None:
-        """Prompt objects or (N, 4) boxes; validated against the next frame."""
+        """Prompt objects or (N, 4) boxes; numbers checked now, the rest against the next frame."""
+        pending = as_prompts(prompts)
+        for k, p in enumerate(pending):  # a NaN is wrong on any frame: said at the call, not a frame later
+            values = np.concatenate([p.box if p.box is not None else np.zeros(0, np.float32), p.points.ravel()])
+            if not np.isfinite(values).all():
+                raise InputError(f"set_prompts: prompt {k} holds a number that is not finite ({_show(values.tolist())})")
         with self._lock:
-            self._pending = as_prompts(prompts)
+            self._pending = pending
 
     def prompts_for(self, frame) -> list[Prompt]:
         where = f"{frame.source} frame {frame.index} prompt"

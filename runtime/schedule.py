@@ -85,21 +85,68 @@ def _prompt(entry) -> Prompt:
     return Prompt.of(box=values)
 
 
+_JSON_KINDS = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _kind(value) -> str:
+    return _JSON_KINDS.get(type(value), "a value")
+
+
 def _read_json(text: str) -> list[tuple[int, Prompt]]:
+    """Errors name the entry (its frame, or its place in the list) in the file's own terms."""
     data = json.loads(text)
     if isinstance(data, dict):
-        items = data.items()
+        items = list(data.items())
+    elif isinstance(data, list):
+        items = []
+        for n, d in enumerate(data):
+            if not isinstance(d, dict) or "frame" not in d or not ("prompts" in d or "boxes" in d):
+                raise ValueError(f'entry {n}: expected {{"frame": N, "prompts": [...]}}, got {_kind(d)}')
+            items.append((d["frame"], d["prompts"] if "prompts" in d else d["boxes"]))
     else:
-        items = ((d["frame"], d["prompts"] if "prompts" in d else d["boxes"]) for d in data)
+        raise ValueError(f"expected an object or a list at the top, got {_kind(data)}")
     out = []
     for frame, entries in items:
+        try:
+            index = int(frame)
+        except (TypeError, ValueError):
+            raise ValueError(f"frame {frame!r} is not a whole number") from None
+        if not isinstance(entries, (list, dict)) or not entries:
+            raise ValueError(f"frame {frame}: expected a box, a prompt object or a list of them, got {_kind(entries)}")
         # One bare box or prompt object may stand for a list of one.
-        if isinstance(entries, dict) or (entries and not isinstance(entries[0], (list, tuple, dict))):
+        if isinstance(entries, dict) or not isinstance(entries[0], (list, tuple, dict)):
             entries = [entries]
-        out.extend((int(frame), _prompt(e)) for e in entries)
+        for entry in entries:
+            try:
+                out.append((index, _prompt(entry)))
+            except (TypeError, ValueError, InputError) as e:
+                why = str(e) if not isinstance(e, TypeError) else f"expected numbers, got {_kind(entry)}"
+                raise ValueError(f"frame {frame}: {why}") from None
     return out
 
 
+def _number(text: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+
+
 def _read_csv(text: str) -> list[tuple[int, Prompt]]:
+    """Errors name the line, as a text editor counts them."""
+    columns = ("frame", "x0", "y0", "x1", "y1")
     rows = csv.DictReader(text.splitlines())
-    return [(int(r["frame"]), Prompt.of(box=[float(r[k]) for k in ("x0", "y0", "x1", "y1")])) for r in rows]
+    missing = [c for c in columns if c not in (rows.fieldnames or [])]
+    if missing:
+        raise ValueError(f"line 1: the header lacks {', '.join(missing)} (expected {','.join(columns)})")
+    out = []
+    for row in rows:
+        try:
+            values = [row[c] for c in columns]
+            if any(v is None for v in values):
+                raise ValueError(f"{sum(v is None for v in values)} of its {len(columns)} values are missing")
+            out.append((_number(values[0], int), Prompt.of(box=[_number(v, float) for v in values[1:]])))
+        except (ValueError, InputError) as e:
+            raise ValueError(f"line {rows.line_num}: {e}") from None
+    return out

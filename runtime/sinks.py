@@ -36,6 +36,9 @@ from .result import FrameResult
 PALETTE_BGR = ((0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 128, 0),
                (0, 128, 255), (255, 255, 0), (128, 0, 255), (0, 0, 255))
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
+# OpenCV 4.11's FFmpeg writer refuses 1 px pictures and corrupts the heap (the process
+# aborts) on 2-3 px wide ones; from 4 px on it wrote every size tried up to 33 px: 16 is the margin.
+MIN_VIDEO_SIDE = 16
 DEFAULT_FPS = 30.0  # for sources that do not know their rate (image folders, arrays)
 # Less free space than this is a full disk: OpenCV's video writer does not say when its
 # writes fail, so the overlay sink checks before each frame, and --out before the run.
@@ -154,6 +157,9 @@ class OverlayVideoSink(Sink):
     def _write(self, result: FrameResult) -> None:
         img = draw_overlay(result)
         if self._writer is None:
+            if min(img.shape[:2]) < MIN_VIDEO_SIDE:
+                raise InputError(f"{self.path}: the overlay video needs pictures of at least {MIN_VIDEO_SIDE} px a "
+                                 f"side, these are {img.shape[1]}x{img.shape[0]}; run with --no-video")
             self._size = (img.shape[1], img.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*self.codec)
             writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, self._size)

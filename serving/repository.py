@@ -15,11 +15,12 @@ copied, and the Python models check theirs again when Triton loads them.
 from __future__ import annotations
 
 import datetime
+import re
 import shutil
 from pathlib import Path
 
 from medsam_edge import __version__
-from medsam_edge.atomic import atomic_dir, write_json, write_text
+from medsam_edge.atomic import atomic_dir, check_output, write_json, write_text
 from medsam_edge.contract import PRECISIONS
 from medsam_edge.errors import InputError
 from medsam_edge.engines import triton_protocol as P
@@ -27,6 +28,7 @@ from medsam_edge.manifest import MANIFEST, ModelDir, sha256_file
 from medsam_edge.serving import config as C
 
 RECORD = "medsam_edge_repository.json"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 RECORD_FORMAT = "medsam-edge/triton-repository"
 
 _STREAM_MODEL_PY = '''"""Triton Python-backend entry of medsam-edge's stream model (written by `medsam-edge triton`).
@@ -97,6 +99,11 @@ def write_repository(md: ModelDir, out: Path, platform: str = "python", precisio
     """Write the repository; -> out. One-line InputErrors for anything the user can fix."""
     if platform not in C.PLATFORMS:
         raise InputError(f"--platform {platform!r}: expected one of {', '.join(C.PLATFORMS)}")
+    # The name becomes directories in the repository: nothing that climbs out of it or hides.
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InputError(f"--name {name!r}: a model name is letters, digits, '_', '-' and '.', starting with a "
+                         f"letter, digit or '_' (e.g. {P.DEFAULT_NAME})")
+    check_output(out, "--out", overwrite=overwrite)
     engine = {"python": "onnxruntime", "onnxruntime": "triton", "tensorrt": "tensorrt"}[platform]
     if precision not in PRECISIONS or engine not in PRECISIONS[precision].runs_on:
         runs = [p for p, v in PRECISIONS.items() if engine in v.runs_on]

@@ -77,7 +77,10 @@ def test_the_run_summary_says_the_source_ended_early(tiny_model_dir, mp4, tmp_pa
             "--no-video", "--reuse", "exact", timeout=300)
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["complete"] is True and summary["source_truncated"].startswith("the file ended after")
+    # docs/outputs-complete.md: a run over a cut source is not complete, and stopped says why.
+    assert summary["complete"] is False and summary["source_truncated"].startswith("the file ended after")
+    assert summary["stopped"] == f"the source ended early: {summary['source_truncated']}"
+    assert summary["frames"] > 0 and json.loads(r.stdout.splitlines()[-2])["complete"] is False
     assert json.loads(r.stdout.splitlines()[-2])["source_truncated"] == summary["source_truncated"]
 
 

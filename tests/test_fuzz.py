@@ -274,8 +274,31 @@ def model_cases(seed: int) -> list[Case]:
     return [Case("model", name, on(damage)) for name, damage in cases]
 
 
+def tiny_cases(seed: int) -> list[Case]:
+    """Tiny pictures through every image step (motion's DIS flow crashed under 12 px and on
+    wide, short pictures): near repeats, so reuse and motion estimation are asked."""
+    def folder(h, w):
+        def build(f, rng, m):
+            base = rng.integers(0, 256, (h, w), np.uint8)
+            d = f / "frames"
+            d.mkdir()
+            for k in range(4):
+                cv2.imwrite(str(d / f"{k:02d}.png"), np.roll(base, k, axis=1))  # 1 px moves: near repeats
+            # Under 16 px the overlay video is refused before the run (one line, exit 2).
+            return str(m), str(d), ["--box", f"0,0,{w},{h}"] + (["--no-video"] if rng.integers(0, 2) else [])
+        return build
+
+    sizes = [(1, 1), (2, 40), (40, 2), (10, 10), (12, 100), (20, 120), (31, 160), (32, 160)]
+    if seed:
+        rng = np.random.default_rng(seed)
+        sizes = [(int(rng.integers(1, 48)), int(rng.integers(1, 400))) for _ in range(3)]
+    cases = [(f"{h}x{w}", folder(h, w)) for h, w in sizes]
+    cases.append(("rtdose-10x10", lambda f, rng, m: (str(m), "pydicom:rtdose.dcm", ["--box", "1,1,9,9"])))
+    return [Case("tiny", name, build) for name, build in cases]
+
+
 FAMILIES = {"dicom": dicom_cases, "mp4": video_cases, "png": png_cases, "prompts": prompt_cases,
-            "model": model_cases}
+            "model": model_cases, "tiny": tiny_cases}
 
 
 # -- running ---------------------------------------------------------------------------

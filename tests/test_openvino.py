@@ -191,8 +191,25 @@ def test_a_corrupt_compiled_blob_is_rebuilt_not_used(md, caplog):
     with caplog.at_level(logging.INFO):
         b = open_backend(md, "openvino-cpu", "fp32")
     assert any(m.startswith("openvino: rebuilding the compiled cache of decoder.onnx (fp32): decoder.fp32.blob "
-                            "does not import (") for m in _messages(caplog))
+                            "is not the blob its key was written for") for m in _messages(caplog))
     assert b.describe()["compiled"]["decoder"] == "compiled" and blob.stat().st_size > 1000
+
+
+@pytest.mark.fuzz
+def test_a_swapped_compiled_blob_is_rebuilt_and_the_backend_runs(md, caplog):
+    """Cache tampering: the encoder's blob under the decoder's name imports in OpenVINO and
+    fails only at inference; the blob's own hash in the key catches it first."""
+    cache = md.path.joinpath(*CACHE)
+    open_backend(md, "openvino-cpu", "fp32").close()
+    (cache / "decoder.fp32.blob").write_bytes((cache / "encoder.fp32.blob").read_bytes())
+    with caplog.at_level(logging.INFO):
+        b = open_backend(md, "openvino-cpu", "fp32")
+    assert any("decoder.fp32.blob is not the blob its key was written for" in m for m in _messages(caplog))
+    assert b.describe()["compiled"] == {"encoder": "cached", "decoder": "compiled"}
+    x, boxes, _ = _inputs()
+    with b:
+        logits, iou = b.decode(b.encode(x), *boxes)
+        assert logits.shape == (2, 1, 256, 256) and np.isfinite(logits).all()
 
 
 def test_auto_for_bf16_opens_openvino_and_the_log_says_so(md, caplog):

@@ -106,6 +106,7 @@ class Source:
     frame_count: int | None = None
     time_source: str = "index"
     truncated: str | None = None
+    first_hw: tuple[int, int] | None = None  # (height, width) of the first good frame, found at open
 
     def __init__(self, description: str, *, loop: bool = False) -> None:
         self.description = description
@@ -138,6 +139,7 @@ class Source:
         for item in items:
             seen.append(item)
             if not isinstance(item[1], str) and frame_problem(item[1]) is None:
+                self.first_hw = tuple(int(n) for n in item[1].shape[:2])
                 self._first_read = (seen, items)
                 return
             if self.is_live and len(seen) >= MAX_LIVE_OPEN_FAILURES:

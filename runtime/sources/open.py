@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,20 @@ def _pydicom_test_file(name: str) -> str:
     return str(path)
 
 
-def open_source(spec: Any, *, loop: bool = False) -> Source:
+def open_source(spec: Any, *, loop: bool = False, read_timeout: float | None = None) -> Source:
     """Open `spec` as the matching source.
 
     spec: a numpy array or a sequence of arrays (or of image paths); a path to a video,
     DICOM file, image or folder of images; a camera index ("0"); a URL (rtsp://, http://);
     a GStreamer pipeline (contains " ! "); or "pydicom:NAME" for pydicom's bundled files.
     loop: start replayable inputs again at their end (ignored for live inputs).
+    read_timeout: seconds a video, camera, stream or pipe may take for a frame before the
+    run ends with an InputError (default capture.READ_TIMEOUT_S; opening gets at least
+    capture.OPEN_TIMEOUT_S).
     Raises InputError naming the input if it cannot be used at all.
     """
+    if read_timeout is not None and not (0 < read_timeout <= 3600):  # NaN fails this too
+        raise InputError(f"--read-timeout {read_timeout}: expected seconds between 0 and 3600")
     if isinstance(spec, np.ndarray):
         return ArraySource(spec, loop=loop)
     if isinstance(spec, (list, tuple)):
@@ -60,19 +66,29 @@ def open_source(spec: Any, *, loop: bool = False) -> Source:
         from .dicom import DicomSource
 
         return DicomSource(_pydicom_test_file(text[len("pydicom:"):]), loop=loop)
+    from .capture import OPEN_TIMEOUT_S, READ_TIMEOUT_S
     from .video import VideoSource
 
+    read_s = READ_TIMEOUT_S if read_timeout is None else read_timeout
+    timeouts = {"open_timeout": max(OPEN_TIMEOUT_S, read_s), "read_timeout": read_s}
     if text.isascii() and text.isdigit():
-        return VideoSource(int(text), kind="device")
+        return VideoSource(int(text), kind="device", **timeouts)
     if " ! " in text:
-        return VideoSource(text, kind="gstreamer")
+        return VideoSource(text, kind="gstreamer", **timeouts)
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
-        return VideoSource(text, kind="url", loop=loop)
+        return VideoSource(text, kind="url", loop=loop, **timeouts)
     path = Path(text)
     if not path.exists():
         raise InputError(f"{text}: no such file or folder")
     if path.is_dir():
         return image_folder(path, loop=loop)
+    if stat.S_ISFIFO(path.stat().st_mode):
+        # Opened once, by the capture (a FIFO's data is read once, and a second open waits
+        # for a writer that may never come); sniffing its first bytes would eat them.
+        if path.suffix.lower() in (".dcm", ".dicom") or loop:
+            raise InputError(f"{text}: a named pipe is read once, as a video stream; "
+                             + ("--loop needs a file" if loop else "DICOM needs a file: copy it to one"))
+        return VideoSource(text, kind="pipe", **timeouts)
     try:
         dicom = _is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom")
     except OSError as exc:
@@ -83,4 +99,4 @@ def open_source(spec: Any, *, loop: bool = False) -> Source:
         return DicomSource(path, loop=loop)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource([path], loop=loop)
-    return VideoSource(text, kind="file", loop=loop)
+    return VideoSource(text, kind="file", loop=loop, **timeouts)

@@ -13,6 +13,7 @@ import numpy as np
 from medsam_edge.errors import InputError
 
 from .base import LIVE_SCHEMES, MAX_LIVE_FAILURES, Item, Source, to_rgb8
+from .capture import OPEN_TIMEOUT_S, READ_TIMEOUT_S, ThreadedCapture
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,19 @@ class VideoSource(Source):
 
     Files: timestamps from the container (CAP_PROP_POS_MSEC, relative to the first
     frame), else position / fps. Live inputs: wall-clock seconds since iteration began.
+    Every open and read is bounded (capture.ThreadedCapture): open_timeout for opening and
+    the first frame, read_timeout for each later one; past them, a one-line InputError.
     """
 
-    def __init__(self, target: str | int, *, kind: str, loop: bool = False) -> None:
+    def __init__(self, target: str | int, *, kind: str, loop: bool = False, open_timeout: float = OPEN_TIMEOUT_S,
+                 read_timeout: float = READ_TIMEOUT_S) -> None:
         # Frames, logs and errors carry the description: never a URL's password.
         super().__init__(re.sub(r"://[^/@]*@", "://***@", str(target)), loop=loop)
         self._target, self._kind = target, kind
-        self._cap: cv2.VideoCapture | None = self._open()
+        self._timeouts = (open_timeout, read_timeout)
+        self._cap: ThreadedCapture | None = self._open()
         self._fresh = True  # the capture above has not been read from yet
-        if kind == "file":
+        if kind in ("file", "pipe"):
             self.is_live = False
         elif kind == "url" and str(target).split("://")[0].lower() not in LIVE_SCHEMES:
             # http(s) may be a plain file on a server (has a frame count) or a live stream.
@@ -47,16 +52,25 @@ class VideoSource(Source):
         self.time_source = "wall_clock" if self.is_live else self.time_source
         self._check_first_frame()
 
-    def _open(self) -> cv2.VideoCapture:
+    def _open(self) -> ThreadedCapture:
+        open_s, read_s = self._timeouts
         if self._kind == "gstreamer":
-            cap = cv2.VideoCapture(str(self._target), cv2.CAP_GSTREAMER)
+            def factory():
+                return cv2.VideoCapture(str(self._target), cv2.CAP_GSTREAMER)
         elif self._kind == "url":
-            # Bounded waits so a dead camera fails at open instead of hanging forever.
-            cap = cv2.VideoCapture(str(self._target), cv2.CAP_FFMPEG,
-                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10000,
-                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000])
+            # FFmpeg's own bounded waits too, so a dead camera fails inside FFmpeg and the
+            # worker thread ends instead of being abandoned.
+            def factory():
+                return cv2.VideoCapture(str(self._target), cv2.CAP_FFMPEG,
+                                        [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_s * 1000),
+                                         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_s * 1000)])
+            # FFmpeg's time-outs answer first; ours are the backstop.
+            open_s, read_s = open_s + 2.0, read_s + 2.0
         else:
-            cap = cv2.VideoCapture(self._target)
+            def factory():
+                return cv2.VideoCapture(self._target)
+        cap = ThreadedCapture(factory, self.description, open_s, read_s,
+                              unblock=(lambda: _poke_fifo(str(self._target))) if self._kind == "pipe" else None)
         if cap.isOpened():
             if self._kind == "device":
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a backlog
@@ -74,6 +88,9 @@ class VideoSource(Source):
             return "camera cannot be opened: check it is connected and not in use"
         if self._kind == "url":
             return "stream cannot be opened: check the URL, network and credentials"
+        if self._kind == "pipe":
+            return ("OpenCV cannot read a video from this pipe: MP4 and MOV need a seekable file; send "
+                    "MJPEG/AVI, MKV or MPEG-TS through a pipe")
         return "OpenCV cannot open it as a video: is it a video file (mp4, avi, mkv, mov)?"
 
     def _read_pass(self) -> Iterator[Item]:
@@ -91,7 +108,7 @@ class VideoSource(Source):
             if self._cap is not None:
                 self._release()
 
-    def _read_live(self, cap: cv2.VideoCapture) -> Iterator[Item]:
+    def _read_live(self, cap: ThreadedCapture) -> Iterator[Item]:
         position, failures = 0, 0
         while cap.isOpened():
             ok, picture = cap.read()
@@ -108,7 +125,7 @@ class VideoSource(Source):
             yield position, picture, None
             position += 1
 
-    def _read_file(self, cap: cv2.VideoCapture) -> Iterator[Item]:
+    def _read_file(self, cap: ThreadedCapture) -> Iterator[Item]:
         """A file's frames. A read fails at the end, but also at a damaged packet in the
         middle, after which FFmpeg reads on: so within the container's declared frame
         count a failed read is held, and becomes a skipped (counted) frame when a good one
@@ -150,3 +167,14 @@ class VideoSource(Source):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def _poke_fifo(path: str) -> None:
+    """Open a FIFO's write end once and close it: a reader blocked opening it (no writer
+    came) gets end-of-file and lets go."""
+    import os
+
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no reader waiting any more, or the pipe is gone
