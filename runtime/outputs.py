@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from medsam_edge.atomic import write_json, write_text
+from medsam_edge.atomic import json_text, write_json, write_text
 from medsam_edge.errors import InputError
 
 log = logging.getLogger("medsam_edge.run")
@@ -120,7 +120,7 @@ class RunOutputs:
 
         self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         self.summary = {"complete": False, "stopped": RUNNING, "last_frame": None, "started": self.started}
-        text = json.dumps(self.summary, indent=2)
+        text = json_text(self.summary, indent=2)
         try:
             write_text(self.out / SUMMARY, text + " " * max(0, FIRST_SUMMARY_BYTES - len(text) - 1) + "\n")
             sinks = open_sinks(self.out, video=video, masks=masks, jsonl=True, fps=fps)

@@ -17,7 +17,6 @@ Sinks do not time themselves: the caller measures the write stage.
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import shutil
@@ -296,7 +295,7 @@ class MaskNpzSink(Sink):
 
 
 class JsonlSink(Sink):
-    """One `json.dumps(result.record())` line per frame, flushed so a reader can tail it.
+    """One `json_text(result.record())` line per frame (finite numbers only), flushed so a reader can tail it.
 
     A line that fails to reach the disk raises; close() cuts the file back to the last
     whole line before renaming it, so every line of frames.jsonl is a whole record.
@@ -311,7 +310,7 @@ class JsonlSink(Sink):
         self._failed = False
 
     def _write(self, result: FrameResult) -> None:
-        line = (json.dumps(result.record()) + "\n").encode("utf-8")
+        line = (atomic.json_text(result.record()) + "\n").encode("utf-8")
         if self._failed:
             raise OSError(errno.EIO, f"{self.path}: an earlier line could not be written")
         try:
