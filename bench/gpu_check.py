@@ -181,10 +181,10 @@ def _inputs(md, n_frames: int, n_boxes: int) -> list:
 
 def _candidates(md, device: str, build: bool, report: dict):
     """(name, opener) per backend; an opener returns a backend or raises _Skip."""
-    from medsam_edge.engines.select import open_backend, probe
+    from medsam_edge.engines.select import open_backend, find_backends
 
-    found = {a.name: a for a in probe()}
-    report["probe"] = {a.name: {"available": a.available, "reason": a.reason} for a in found.values()}
+    found = {a.name: a for a in find_backends()}
+    report["backends_found"] = {a.name: {"available": a.available, "reason": a.reason} for a in found.values()}
     precisions = [p for p in ("fp32", "fp16", "int8") if md.onnx("encoder", p).is_file()]
     report["precisions_found"] = precisions
 

@@ -53,9 +53,9 @@ def parse(tokens: list[str] | None) -> list[str] | None:
 
 def plan(md, wanted: list[str] | None, checkpoint=None, threads: int | None = None) -> list[RowSpec]:
     """The reference first, then every requested row (runnable or skipped with its reason)."""
-    from medsam_edge.engines.select import probe
+    from medsam_edge.engines.select import find_backends
 
-    found = {a.name: a for a in probe()}
+    found = {a.name: a for a in find_backends()}
     present = [p for p in PRECISIONS if md.onnx("encoder", p).is_file()]
 
     def runs(family: str, precision: str) -> bool:

@@ -16,11 +16,11 @@ CPU_BACKENDS = ("onnxruntime-cpu", "openvino-cpu")
 
 def availability(name: str, precision: str) -> str | None:
     """None when backend `name` runs `precision` here, else the one-line reason it cannot."""
-    from medsam_edge.engines.select import probe
+    from medsam_edge.engines.select import find_backends
 
     if name.split("-")[0] not in PRECISIONS[precision].runs_on:
         return f"{name} does not run {precision} files"
-    found = {a.name: a for a in probe()}
+    found = {a.name: a for a in find_backends()}
     if not found[name].available:
         return found[name].reason
     if name == "openvino-cpu":

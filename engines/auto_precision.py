@@ -4,7 +4,7 @@ directory's report says meets its target on held-out frames, and why.
 Inputs, each passed in or read here, never assumed:
 - the CPU's instruction-set flags (/proc/cpuinfo on Linux): AVX-512 BF16 or AMX-BF16 make
   OpenVINO BF16 a candidate; a CPU with AVX2 only runs FP32;
-- the backends installed and usable here (engines.select.probe's, passed by the caller);
+- the backends installed and usable here (engines.select.find_backends's, passed by the caller);
 - the fidelity report (fidelity.json, written by `medsam-edge calibrate`): the bf16 row on
   openvino-cpu must meet its target, measured with the BF16 plan the manifest holds now.
 Order: BF16 on OpenVINO (LiteMedSAM's encoder with its plan about 1.9x OpenVINO FP32;
@@ -103,7 +103,7 @@ def choose(md, available: set[str], backend: str = AUTO,
     """The precision (and backend) `--precision auto` runs on this machine.
 
     backend: the user's --backend ("auto", or a name: then only precisions it runs count).
-    available: the backends usable here (engines.select.probe's).
+    available: the backends usable here (engines.select.find_backends's).
     flags: the CPU's flags ("detect": read them here; None: unreadable)."""
     if flags == "detect":
         flags = cpu_flags()

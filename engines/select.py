@@ -10,7 +10,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 
-from medsam_edge.contract import POINTS_MAX, PROMPTS_MAX
+from medsam_edge.contract import DECODER_BATCH_MAX, POINTS_MAX
 from medsam_edge.engines.base import Backend
 from medsam_edge.errors import InputError
 
@@ -77,7 +77,7 @@ def _open_tensorrt(md, precision: str, policy: str, fall_back: bool) -> Backend 
         old = ((status.manifest or {}).get("engines", {}).get(precision) or {}).get("decoder") or {}
         top = em.profile_maxima(old["profile"]) if old.get("profile") else {}
         # A rebuild keeps the profile the engines had (the user may have built for more prompts).
-        build_engines(md, (precision,), max_prompts=top.get("num_prompts", PROMPTS_MAX),
+        build_engines(md, (precision,), max_prompts=top.get("num_prompts", DECODER_BATCH_MAX),
                       max_points=top.get("num_points", POINTS_MAX))
         rebuilt = status.message() if not status.usable else f"rebuilt by policy {policy}"
     else:
@@ -88,7 +88,7 @@ def _open_tensorrt(md, precision: str, policy: str, fall_back: bool) -> Backend 
 
 
 def _available(name: str) -> bool:
-    return next(a for a in probe() if a.name == name).available
+    return next(a for a in find_backends() if a.name == name).available
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Availability:
     reason: str = ""
 
 
-def probe() -> list[Availability]:
+def find_backends() -> list[Availability]:
     out = []
     ort_providers: list[str] = []
     ort_reason = ""
@@ -156,7 +156,7 @@ def resolve(name: str, precision: str | None = None) -> str:
 
     if name.startswith("triton://"):  # a server, checked when it is opened (engines/triton_backend.py)
         return name
-    found = {a.name: a for a in probe()}
+    found = {a.name: a for a in find_backends()}
     if name == "auto":
         runs = PRECISIONS[precision].runs_on if precision in PRECISIONS else None
         for n in auto_order(precision):
@@ -245,7 +245,7 @@ def _open_auto(md, name: str, threads, decoder_threads, release_memory: bool, re
     here (a plan that no longer fits the file) falls back to fp32 and the log says why."""
     from medsam_edge.engines.auto_precision import Choice, choose
 
-    usable = {a.name for a in probe() if a.available}
+    usable = {a.name for a in find_backends() if a.available}
     choice = choose(md, usable, name, "detect" if cpu_flags is None else cpu_flags)
     log.info("precision auto: %s on %s: %s", choice.precision, choice.backend, choice.reason)
     args = (threads, decoder_threads, release_memory, rebuild)

@@ -24,7 +24,6 @@ PROMPTS_RANGE = (1, 1, 16)
 POINTS_RANGE = (1, 2, 10)
 DECODER_BATCH_MAX = PROMPTS_RANGE[2]  # prompts per decoder call (runtime.prompts caps them per frame)
 # The old name, kept until engines/select.py (another branch) imports DECODER_BATCH_MAX.
-PROMPTS_MAX = DECODER_BATCH_MAX
 POINTS_MAX = POINTS_RANGE[2]
 AXES = {"num_prompts": PROMPTS_RANGE, "num_points": POINTS_RANGE}
 

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def collect() -> dict:
-    from medsam_edge.engines.select import probe
+    from medsam_edge.engines.select import find_backends
 
     versions = {}
     for d in _DISTS:
@@ -37,7 +37,7 @@ def collect() -> dict:
         "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}",
         "versions": versions,
-        "backends": [{"name": a.name, "available": a.available, "reason": a.reason} for a in probe()],
+        "backends": [{"name": a.name, "available": a.available, "reason": a.reason} for a in find_backends()],
         "torch_cuda": _torch_cuda(versions.get("torch")),
     }
 

@@ -183,9 +183,9 @@ def test_records_name_the_backend_and_precision_that_ran(calibrated, tmp_path, c
     """The CLI's default is auto: what it picks follows this machine's own flags."""
     from medsam_edge.cli import main
 
-    from medsam_edge.engines.select import probe, resolve
+    from medsam_edge.engines.select import find_backends, resolve
 
-    expected = choose(load_model_dir(calibrated), {a.name for a in probe() if a.available})
+    expected = choose(load_model_dir(calibrated), {a.name for a in find_backends() if a.available})
     out = tmp_path / "out"
     rc = main(["run", str(calibrated), DICOM, "--box", "160,60,210,125", "--max-frames", "3", "--no-video",
                "--threads", "1", "--out", str(out)])

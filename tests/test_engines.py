@@ -19,7 +19,7 @@ from medsam_edge.cli import main
 from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, DECODER_BATCH_MAX, box_tokens
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines import select
-from medsam_edge.engines.select import AUTO_ORDER, probe, resolve
+from medsam_edge.engines.select import AUTO_ORDER, find_backends, resolve
 from medsam_edge.engines.trt_build import errors_line, network_flags
 from medsam_edge.errors import InputError
 from medsam_edge.manifest import load_model_dir, sha256_file
@@ -214,7 +214,7 @@ def test_tensorrt_errors_are_summarised_on_one_line():
 def test_probe_reflects_the_installed_backends():
     import onnxruntime as ort
 
-    found = {a.name: a for a in probe()}
+    found = {a.name: a for a in find_backends()}
     providers = ort.get_available_providers()
     assert found["onnxruntime-cpu"].available
     assert found["onnxruntime-cuda"].available == ("CUDAExecutionProvider" in providers)
@@ -225,7 +225,7 @@ def test_probe_reflects_the_installed_backends():
 
 
 def _only(*available: str):
-    """A probe() that finds exactly these backends."""
+    """A find_backends() that finds exactly these backends."""
     return lambda: [select.Availability(n, n in available, "" if n in available else f"{n} is not here")
                     for n in AUTO_ORDER]
 
@@ -235,15 +235,15 @@ def test_auto_tries_the_backends_in_a_fixed_order_and_falls_through(monkeypatch)
     assert select.auto_order("fp32") == (*gpu, "onnxruntime-cpu", "openvino-cpu")
     assert select.auto_order("int8") == select.auto_order("int8dyn") == select.auto_order(None) == AUTO_ORDER
     assert select.auto_order("fp16") == select.auto_order("bf16") == (*gpu, "openvino-cpu", "onnxruntime-cpu")
-    monkeypatch.setattr(select, "probe", _only(*AUTO_ORDER))
+    monkeypatch.setattr(select, "find_backends", _only(*AUTO_ORDER))
     assert resolve("auto") == resolve("auto", "fp16") == "tensorrt"
     assert resolve("auto", "int8dyn") == "onnxruntime-trt"  # dynamic INT8 runs on onnxruntime only
-    monkeypatch.setattr(select, "probe", _only("onnxruntime-cuda", "onnxruntime-cpu", "openvino-cpu"))
+    monkeypatch.setattr(select, "find_backends", _only("onnxruntime-cuda", "onnxruntime-cpu", "openvino-cpu"))
     assert resolve("auto", "fp32") == resolve("auto", "fp16") == "onnxruntime-cuda"
-    monkeypatch.setattr(select, "probe", _only("onnxruntime-cpu", "openvino-cpu"))
+    monkeypatch.setattr(select, "find_backends", _only("onnxruntime-cpu", "openvino-cpu"))
     assert resolve("auto", "fp32") == resolve("auto", "int8") == resolve("auto", "int8dyn") == "onnxruntime-cpu"
     assert resolve("auto", "fp16") == resolve("auto", "bf16") == "openvino-cpu"
-    monkeypatch.setattr(select, "probe", _only("onnxruntime-cpu"))
+    monkeypatch.setattr(select, "find_backends", _only("onnxruntime-cpu"))
     assert resolve("auto", "fp16") == "onnxruntime-cpu"
     with pytest.raises(InputError, match="--precision bf16: no backend here runs it .*openvino-cpu is not here"):
         resolve("auto", "bf16")

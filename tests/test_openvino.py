@@ -22,7 +22,7 @@ ov = pytest.importorskip("openvino", reason="openvino is not installed (pip inst
 
 from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend  # noqa: E402
 from medsam_edge.engines.openvino_backend import OpenvinoBackend, has_bf16  # noqa: E402
-from medsam_edge.engines.select import OPENVINO_FIRST, auto_order, open_backend, probe, resolve  # noqa: E402
+from medsam_edge.engines.select import OPENVINO_FIRST, auto_order, open_backend, find_backends, resolve  # noqa: E402
 from medsam_edge.manifest import sha256_file  # noqa: E402
 
 HAS_BF16 = has_bf16(ov.Core())
@@ -237,7 +237,7 @@ def test_threads_are_read_back_from_the_compiled_models(md):
 
 
 def test_selection_with_the_installed_set(md):
-    found = {a.name: a for a in probe()}
+    found = {a.name: a for a in find_backends()}
     assert found["openvino-cpu"].available and found["openvino-cpu"].reason == ""
     # Only OpenVINO runs bf16; int8dyn is onnxruntime's own.
     assert resolve("auto", "bf16") == "openvino-cpu"
@@ -283,7 +283,7 @@ def test_without_openvino_info_and_selection_say_why(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(select.importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
-    found = {a.name: a for a in probe()}
+    found = {a.name: a for a in find_backends()}
     assert not found["openvino-cpu"].available
     assert found["openvino-cpu"].reason == ("the openvino Python package is not installed "
                                             "(pip install 'medsam-edge[openvino]')")
