@@ -232,10 +232,10 @@ def test_near_repeats_compare_with_the_embeddings_own_frame_so_drift_cannot_pile
     cache = EmbeddingCache(policy)
     kinds = []
     for k, img in enumerate(frames):
-        enc, kind, keys = cache.lookup(img)
-        if enc is None:
-            cache.store(img, Encoded(None, img.shape[:2], img.shape[:2], k), keys)
-        kinds.append(kind)
+        looked = cache.lookup(img)
+        if looked.enc is None:
+            cache.store(img, Encoded(None, img.shape[:2], img.shape[:2], k), looked)
+        kinds.append(looked.kind)
     # Fresh at 0, reused while within 3.5 levels of frame 0, fresh at 4, and so on.
     assert kinds == ["fresh", "near-repeat", "near-repeat", "near-repeat"] * 3
 
