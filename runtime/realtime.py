@@ -106,7 +106,7 @@ class RealtimeSession:
         self._newest_frame: Frame | None = None
         self._generation = 0  # embeddings finished so far
         self._held: list[Taken] = []  # frames taken up, waiting for an embedding that reaches them
-        self._tried = (-1, 0)  # (embeddings, frames held) when the held frames were last tried
+        self._tried = -1  # embeddings finished when the held frames were last tried (-1: not since one was taken)
         self._latest: FrameResult | None = None
         self._ended = False
         self.closed = False
@@ -154,20 +154,21 @@ class RealtimeSession:
         later held frame is answered first, the older ones are passed over (counted)."""
         deadline = None if timeout is None else time.perf_counter() + timeout
         while True:
-            if self._held and self._tried != (self._generation, len(self._held)):
-                self._tried = (self._generation, len(self._held))
+            if self._held and self._tried != self._generation:
+                self._tried = self._generation
                 for k, taken in enumerate(self._held):
                     result = self.answerer.answer(taken)
                     if result is not None:
                         self.stats.passed += k
                         del self._held[:k + 1]
+                        self._tried = -1
                         with self._cond:
                             self._latest = result
                         return result
             with self._cond:
                 held = bool(self._held)
                 ready = lambda: (self._queue or self.closed or self._error or  # noqa: E731
-                                 (self._generation != self._tried[0] if held else self._ended))
+                                 (self._generation != self._tried if held else self._ended))
                 if not self._cond.wait_for(ready, None if deadline is None else max(0.0, deadline - time.perf_counter())):
                     return None
                 self._raise_error()
@@ -186,6 +187,7 @@ class RealtimeSession:
                 del self._held[0]
                 self.stats.passed += 1
             self._held.append(self.answerer.take(frame))
+            self._tried = -1  # a frame not tried yet
 
     def latest(self) -> FrameResult | None:
         """The newest answer so far (poll style), or None."""

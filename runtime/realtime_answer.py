@@ -56,6 +56,7 @@ class Decoded:
     timestamp: float
     ref: int
     ref_to_emb: list[np.ndarray]
+    newest: Kept | None = None  # the newest embedding when it was decoded: a newer one means decode again
 
 
 
@@ -98,8 +99,8 @@ class RealtimeAnswerer:
             taken.probe = Probe.of(frame.image)
             taken.broken = self._chain.step(frame.index, taken.probe, prompts)
             taken.timings["motion"] = (time.perf_counter() - t0) * 1e3
-            if taken.broken is not None and self._chain.links and len(self._chain.links) == 1 and self._decoded:
-                self._decoded = None  # its frames are out of reach now
+            if taken.broken is not None:
+                self._decoded = None  # its frame is out of reach now
         return taken
 
     def _reach(self, kept: Kept, t: Taken) -> list[np.ndarray] | None:
@@ -134,16 +135,17 @@ class RealtimeAnswerer:
         hw = t.frame.image.shape[:2]
         newest = self.cache.newest(hw)
         if not self.motion:
-            return None if newest is None else self._decode(t, newest, [EYE] * len(t.prompts), None)
-        d, why = self._decoded, t.broken
-        reach_newest = None if newest is None else self._reach(newest, t)
+            return None if newest is None else self._decode(t, newest, newest, [EYE] * len(t.prompts), None)
+        d, why, fallback = self._decoded, t.broken, None
+        landed = newest is not None and (d is None or newest is not d.newest)
+        reach_newest = self._reach(newest, t) if landed else None
         if d is not None and why is None:
             to_d = self._to_decoded(d, t)
             if d.version != t.version or len(d.mapped) != len(t.prompts):
                 why = f"the prompts changed (version {t.version})"
             elif to_d is None:
                 why = "the motion to the decoded frame is not known"
-            elif newest is not None and newest is not d.kept and reach_newest is not None:
+            elif reach_newest is not None:
                 why = f"a new embedding (frame {newest.enc.frame_index})"
             else:
                 motion = as_motion(to_d, [])
@@ -153,25 +155,30 @@ class RealtimeAnswerer:
                     return self._result(t, d, to_d, None)
                 why = f"the prompts moved {share:.1%} of their size in the embedding's frame"
                 if self.segmenter.backend.embedding_valid(d.kept.enc.embedding):
-                    result = self._decode(t, d.kept, to_d, why)
-                    if result is not None:
-                        return result
+                    fallback = (d.kept, to_d)
         elif d is None and why is None:
-            why = "the first answer" if self.stats.frames == 0 else why
-        candidates = [] if newest is None else [(newest, reach_newest)]
+            why = "the first answer"
+        # The kept embedding whose frame is closest where the prompts are (the reuse cache's
+        # judgement: a heartbeat's phase, a view come back), else the newest it reaches.
+        candidates = []
         kept = self.cache.kept(hw)
-        if t.probe is not None and t.prompts and len(kept) > 1:
+        if t.probe is not None and t.prompts and kept:
             choice = self.cache.judge(t.probe, t.prompts, kept, follow=True)
-            if choice.kept is not None and choice.kept is not newest and choice.motion is not None:
+            if choice.kept is not None and choice.motion is not None:
                 candidates.append((choice.kept, [homogeneous(p.matrix) for p in choice.motion.prompts]))
-        for kept, to_emb in candidates:
+        if newest is not None:
+            candidates.append((newest, reach_newest if landed else self._reach(newest, t)))
+        if fallback is not None:
+            candidates.append(fallback)
+        for chosen, to_emb in candidates:
             if to_emb is not None:
-                result = self._decode(t, kept, to_emb, why)
+                result = self._decode(t, chosen, newest, to_emb, why)
                 if result is not None:
                     return result
         return None
 
-    def _decode(self, t: Taken, kept: Kept, to_emb: list[np.ndarray], why: str | None) -> FrameResult | None:
+    def _decode(self, t: Taken, kept: Kept, newest: Kept | None, to_emb: list[np.ndarray], why: str | None
+                ) -> FrameResult | None:
         """Decode this frame's prompts, mapped into the kept embedding's frame; None if it expired."""
         enc, hw = kept.enc, t.frame.image.shape[:2]
         seg = self.segmenter
@@ -190,7 +197,7 @@ class RealtimeAnswerer:
             return None
         t.timings["decode"] = t.timings.get("decode", 0.0) + (time.perf_counter() - t0) * 1e3
         d = Decoded(kept, t.version, mapped, logits, scores, refined, t.frame.index, t.frame.timestamp,
-                    t.frame.index, to_emb)
+                    t.frame.index, to_emb, newest)
         self._decoded = d if self.motion else None
         return self._result(t, d, to_emb, why)
 
@@ -243,6 +250,6 @@ class RealtimeAnswerer:
             frame=frame, prompts=list(t.prompts), masks=masks, scores=d.scores.copy(), reuse=kind, embedding=enc,
             staleness=max(0, frame.index - enc.frame_index), lost=lost, refined=list(d.refined),
             logits=logits if self.keep_logits else None, latency_ms=timings, backend=seg.backend.name,
-            motion=None if own and motion.still else motion.record(), made=made, why=why,
+            motion=None if (own and motion.still) or not self.motion else motion.record(), made=made, why=why,
             decode_frame=d.frame, embedding_ms=max(0.0, (frame.timestamp - then) * 1e3),
             decode_ms=max(0.0, (frame.timestamp - d.timestamp) * 1e3), prompts_version=t.version)
