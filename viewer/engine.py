@@ -194,7 +194,7 @@ class Engine:
                 if result.blank or is_blank(result.frame.image):
                     continue
                 result.measurements = measurements(result.masks, self.calibration)
-                entry = entry_of(result, self.versions.match(result.prompts))
+                entry = entry_of(result, self.versions.match(result.prompts, result.prompts_version))
                 self.ring.add(entry)
                 self.hud.add(entry.record)
                 self.counters["answered"] += 1
@@ -223,8 +223,9 @@ class Engine:
 
     # -- prompts, freeze, scroll -----------------------------------------------------------------
     def _hand(self, version) -> None:
-        self.versions.handed(version)
-        self.session.set_prompts(list(version.prompts))
+        # The session's tag for these prompts: answers carrying it are this version's (an
+        # answer published before the tag is recorded falls back to matching its prompts).
+        self.versions.handed(version, self.session.set_prompts(list(version.prompts)))
 
     def edit(self, cmd: dict) -> dict:
         """A checked edit command from a page (protocol.parse): applied, then answered."""
