@@ -52,14 +52,14 @@ def clip(n: int, step=(1.0, 0.5), seed: int = 0, size=(240, 320)) -> np.ndarray:
 class GatedBackend(OnnxruntimeBackend):
     """Encodes the first `free` frames at once, later ones only after `gate` is set."""
 
-    def __init__(self, md, free: int = 1) -> None:
+    def __init__(self, md, free: int = 1, hold: float = 120.0) -> None:
         super().__init__(md.onnx("encoder"), md.onnx("decoder"))
-        self.gate, self.free, self.calls, self.decodes = threading.Event(), free, 0, 0
+        self.gate, self.free, self.hold, self.calls, self.decodes = threading.Event(), free, hold, 0, 0
 
     def encode(self, image):
         self.calls += 1
         if self.calls > self.free:
-            self.gate.wait(timeout=120)
+            self.gate.wait(timeout=self.hold)
         return super().encode(image)
 
     def decode(self, embedding, coords, labels):
@@ -112,7 +112,7 @@ def test_a_30_fps_clip_is_answered_frame_by_frame_mostly_by_warping(tiny_model_d
     from medsam_edge.runtime.predictor import Predictor
 
     frames = clip(60, step=(0.1, 0.05))
-    backend = GatedBackend(tiny_model_dir, free=10**6)  # counts decoder calls
+    backend = GatedBackend(tiny_model_dir, free=1, hold=5.0)  # one embedding for the 2 s clip; counts decodes
     with Predictor(tiny_model_dir.path, backend=backend) as p:
         stream = p.stream(ArraySource(frames, fps=30), prompts=[BOX], realtime=True, pace=True)
         results = list(stream)
@@ -120,11 +120,14 @@ def test_a_30_fps_clip_is_answered_frame_by_frame_mostly_by_warping(tiny_model_d
     assert len(results) + stats.dropped + stats.passed + stats.blank == 60
     assert [r.frame.index for r in results] == sorted({r.frame.index for r in results})
     # How many frames keep up is the bench's to measure (no timing here, on a shared machine):
-    # what makes them keep up is that a warped answer calls no decoder.
+    # what makes them keep up is that a warped answer calls no decoder, and that the decoder
+    # runs only when an embedding lands or the box has moved 1 % of its size on the anatomy
+    # (the clip moves it 6.7 px in all, 8 % of the box: at most 8 such decodes).
     made = [r.made for r in results]
-    assert set(made) <= MADE and made.count("warped") > len(made) / 2, made
-    assert backend.decodes == len(made) - made.count("warped")  # one call per decoded answer, none per warped
-    assert stats.made["warped"] == made.count("warped")
+    assert set(made) <= MADE and backend.decodes == len(made) - made.count("warped") <= 1 + 8 + 1, made
+    assert all(r.why == "the first answer" or r.why.startswith(("the prompts moved", "a new embedding"))
+               for r in results if r.made != "warped")
+    assert stats.made["warped"] == made.count("warped") and (len(made) < 12 or "warped" in made)
     for r in results:
         rec = json.loads(json.dumps(r.record()))
         assert rec["made"] == r.made and rec["embedding_age_frames"] == max(0, r.frame.index - r.embedding_frame)
