@@ -257,3 +257,20 @@ def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
         rt.close()
     assert counts[1]["Link"] <= HISTORY + 1 and counts[1]["Decoded"] <= 2 and counts[1]["FrameResult"] <= 2
     assert counts[1]["Probe"] <= counts[0]["Probe"] + 2, counts
+
+
+def test_the_viewer_tells_answers_to_old_prompts_from_new_ones_by_the_version_tag():
+    from medsam_edge.runtime.prompts import Prompt
+    from medsam_edge.viewer.objects import Version
+    from medsam_edge.viewer.publish import Versions
+
+    a, b = Prompt.of(box=[1, 1, 9, 9]), Prompt.of(box=[20, 20, 40, 40])
+    old, new, cleared = Version(1, (1, 2), (a, b), 1), Version(2, (2,), (b,), 2), Version(3, (), (), 3)
+    tracked = Versions(track=True)
+    tracked.handed(old, tag=1)
+    tracked.handed(new, tag=2)
+    moved = [Prompt.of(box=[22, 21, 41, 40])]  # the tracker moved it: prompts alone could not tell
+    assert tracked.match([Prompt.of(box=[2, 1, 10, 9]), b], tag=1) is old
+    assert tracked.match(moved, tag=2) is new
+    tracked.handed(cleared, tag=3)
+    assert tracked.match(moved, tag=2) is new and tracked.match([], tag=3) is None
