@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "start in seconds; auto falls back to the next backend and the log says how to build), "
                         "if-stale (build first: minutes of the GPU), always")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; real-time mode gives the "
-                   "decoder one of them and the encoder the rest)")
+                   "encoder all of them and the decoder, which runs far less often, one)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output directory (default ./out)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--masks", choices=("none", "png", "npz"), default="none", help="also write masks")

@@ -51,13 +51,15 @@ KEPT = 16
 def split_threads(threads: int | None = None, cores: int | None = None) -> tuple[int, int]:
     """(encoder, decoder) CPU threads for real-time mode out of `threads` (default: every core).
 
-    In real-time mode encoder and decoder run at the same time. With onnxruntime's default
-    each session takes every core and the two spin against each other: LiteMedSAM on 2
-    cores gave 7.5 masks/s that way and 12.6 with one thread each (BENCHMARKS.md). The
-    decoder is small, so it gets one core and the encoder the rest.
+    Encoder and decoder run at the same time. When the decoder answered every frame, two
+    sessions each taking every core spun against each other (LiteMedSAM on 2 cores: 7.5
+    masks/s that way, 12.6 with one thread each; BENCHMARKS.md), so the decoder had a core of
+    its own. Now most frames are warped and the decoder runs once per embedding or prompt
+    change, on the answering thread with one thread: the encoder gets every core
+    (docs/decisions.md).
     """
     total = max(1, threads or cores or usable_cores())
-    return max(1, total - 1), 1
+    return total, 1
 
 
 def usable_cores() -> int:

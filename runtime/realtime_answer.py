@@ -85,6 +85,7 @@ class RealtimeAnswerer:
         self.motion, self.refine, self.keep_logits, self.gap = motion, refine, keep_logits, gap
         self.chain = MotionChain(MotionEstimator(), cache.policy.scene_threshold) if motion else None
         self._decoded: Decoded | None = None
+        self._broken: str | None = None  # why the last decode's frames went out of reach, until the next
 
     def blank(self) -> None:
         if self.chain is not None:
@@ -101,6 +102,7 @@ class RealtimeAnswerer:
             taken.timings["motion"] = (time.perf_counter() - t0) * 1e3
             if taken.broken is not None:
                 self._decoded = None  # its frame is out of reach now
+                self._broken = f"frame {frame.index}: {taken.broken}"
         return taken
 
     def _reach(self, kept: Kept, t: Taken) -> list[np.ndarray] | None:
@@ -157,7 +159,7 @@ class RealtimeAnswerer:
                 if self.segmenter.backend.embedding_valid(d.kept.enc.embedding):
                     fallback = (d.kept, to_d)
         elif d is None and why is None:
-            why = "the first answer"
+            why = self._broken or "the first answer"
         # The kept embedding whose frame is closest where the prompts are (the reuse cache's
         # judgement: a heartbeat's phase, a view come back), else the newest it reaches.
         candidates = []
@@ -199,6 +201,7 @@ class RealtimeAnswerer:
         d = Decoded(kept, t.version, mapped, logits, scores, refined, t.frame.index, t.frame.timestamp,
                     t.frame.index, to_emb, newest)
         self._decoded = d if self.motion else None
+        self._broken = None
         return self._result(t, d, to_emb, why)
 
     @staticmethod

@@ -303,18 +303,18 @@ def test_realtime_predictor_gives_encoder_and_decoder_their_own_threads(tiny_mod
     from medsam_edge.runtime.predictor import Predictor
     from medsam_edge.runtime.realtime import split_threads
 
-    assert split_threads(8) == (7, 1) and split_threads(2) == (1, 1) and split_threads(1) == (1, 1)
-    assert split_threads(None, cores=4) == (3, 1)
+    assert split_threads(8) == (8, 1) and split_threads(2) == (2, 1) and split_threads(1) == (1, 1)
+    assert split_threads(None, cores=4) == (4, 1)
     live = Predictor(tiny_model_dir.path, backend="onnxruntime-cpu", threads=3, realtime=True)
     plain = Predictor(tiny_model_dir.path, backend="onnxruntime-cpu", threads=3)
     try:
         sessions = lambda b: [s.get_session_options().intra_op_num_threads for s in (b.encoder, b.decoder)]  # noqa: E731
-        assert sessions(live.backend) == [2, 1]
+        assert sessions(live.backend) == [3, 1]
         assert sessions(plain.backend) == [3, 3]
-        assert live.backend.describe()["threads"] == {"encoder": 2, "decoder": 1}
+        assert live.backend.describe()["threads"] == {"encoder": 3, "decoder": 1}
         # Asking the plain predictor for a real-time session splits its threads: said once, not twice.
         plain.session(prompts=[[1, 1, 9, 9]], realtime=True).close()
-        assert sessions(plain.backend) == [2, 1]
+        assert sessions(plain.backend) == [3, 1]
         plain.set_image(np.zeros((8, 8), np.uint8) + 9)
         assert sessions(plain.backend) == [3, 3]
     finally:
