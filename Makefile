@@ -19,7 +19,7 @@ DATA ?= ../shared/data
 MEDSAM_CKPT ?=
 BENCH_FLAGS ?= --quick
 
-.PHONY: setup test test-fast typecheck demo bench clean
+.PHONY: setup test test-fast typecheck demo bench docs clean
 
 setup: $(VENV)/.setup-done
 
@@ -60,6 +60,11 @@ $(MODELS)/medsam_vit_b/manifest.json: | setup
 # Measures, then regenerates BENCHMARKS.md (about 11 min with --quick on 2 cores).
 bench: setup $(MODELS)/lite_medsam/manifest.json $(MODELS)/medsam_vit_b/manifest.json
 	$(PY) -m medsam_edge.bench.standard --lite $(MODELS)/lite_medsam --vitb $(MODELS)/medsam_vit_b --data $(DATA) $(BENCH_FLAGS)
+
+# The flag tables in README.md and docs/*.md, rewritten from each subcommand's --help
+# (tests/test_docs.py fails until this has run after a flag changes).
+docs: setup
+	$(PY) -m medsam_edge.docs_flags
 
 clean:
 	rm -rf $(MODELS) out .pytest_cache

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from medsam_edge.bench import truth_md
 from medsam_edge.bench.cells import ratio
 
 
@@ -47,13 +48,26 @@ def render(reports: list[dict], command: str) -> str:
              "", "## Targets (issues 10 and 17)", "", "| target | measured | verdict | report |", "|---|---|---|---|"]
     lines += targets(reports)
     lines += repeatability(reports)
+    lines += truth_targets(reports)
     lines += ["", "## Duration", "", "| report | this run, s | a full (not --quick) run, estimated from it, s |",
               "|---|---|---|"]
     for r in reports:
         lines.append(f"| {_title(r)} | {r.get('wall_s')} | {r.get('estimate_full_s') or '-'} |")
     for r in reports:
-        lines += ["", markdown(r, heading="##")]
+        lines += ["", truth_md.render(r, heading="##") if r.get("kind") == "truth" else markdown(r, heading="##")]
     return "\n".join(lines) + "\n"
+
+
+def truth_targets(reports: list[dict]) -> list[str]:
+    """Issue 24's targets from ground-truth reports (bench/truth_run.py), each with its report."""
+    out = []
+    for rep in reports:
+        if rep.get("kind") == "truth":
+            out += [f"{line} {_title(rep)} |" for line in truth_md.target_rows(rep)]
+    if not out:
+        return []
+    return ["", "## Targets of issue 24 (ground truth, tracking, real time)", "",
+            "| target | measured | verdict | report |", "|---|---|---|---|", *out]
 
 
 def targets(reports: list[dict]) -> list[str]:

@@ -19,6 +19,8 @@ def describe() -> dict:
         "memory_gb": _memory_gb(),
         # Another job on a 2-core machine changes every figure: the load says if one ran.
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        # Which arithmetic the CPU has (AVX2 only, AVX-512 BF16/VNNI, AMX) decides the fastest precision.
+        "cpu_flags": cpu_flags(),
         "env": collect(),
     }
     out["gpu"] = _gpu()
@@ -33,6 +35,23 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# The instruction sets that decide which precisions and kernels run fast.
+RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+                  "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's flags among RELEVANT_FLAGS, as /proc/cpuinfo lists them (empty where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in RELEVANT_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def _memory_gb() -> float | None:

@@ -86,6 +86,7 @@ def markdown(report: dict, heading: str = "##") -> str:
              f"- machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('memory_gb', '?')} GB, "
              f"GPU: {mach.get('gpu') or 'none'}; load average at start {mach.get('load_average')}, "
              f"at end {report.get('load_average_end')}",
+             f"- CPU flags: {' '.join(mach.get('cpu_flags') or []) or 'not recorded'}",
              f"- frames: {s.get('frames', 0)} ({', '.join(s.get('sources', []))}), {s.get('runs')} run(s) each after "
              f"{s.get('warmup')} warm-up; rows run round-robin per frame in one process" if s.get("frames") else
              "- no backend comparison in this run (streaming only)"]

@@ -7,16 +7,19 @@
    of the same command agree within their spread.
 2. LiteMedSAM streaming: reuse off / on / real-time on busi_sweep.mp4 and
    echo_apical_loop.mp4; a long real-time run looping the echo clip.
-3. ViT-B (MedSAM): every backend against the reference on a few real frames, also
+3. LiteMedSAM against ground truth (bench/truth_run.py; --no-truth skips it): clips with
+   known motion, tracking on annotated endoscopy, 2,000-frame real-time rows.
+4. ViT-B (MedSAM): every backend against the reference on a few real frames, also
    `--repeat` times.
-4. BENCHMARKS.md, written by bench/benchmarks_md.py from the reports.
+5. BENCHMARKS.md, written by bench/benchmarks_md.py from the reports.
 
 Each scenario is its own `medsam-edge bench` process, so peak memory is per model.
 Duration on the 2-core development CPU, measured (2026-11-23): --quick about 10.5 min
 (LiteMedSAM rows 67-73 s a run; streams and the 2,000-frame long run 199 s; ViT-B rows
 with FP32, Q/DQ INT8 and dynamic INT8 146-151 s a run). A full run is estimated at about
 45 min from the reports' `estimate_full_s` (LiteMedSAM rows 9-10 min a run, streams 6 min,
-ViT-B rows 10 min a run).
+ViT-B rows 10 min a run). The ground-truth step adds about 6-7 min to --quick and 25 min to a
+full run (estimates for an idle machine: bench/truth_run.py).
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ def scenarios(args) -> list[tuple[str, list[str]]]:
         out.append(("lite_stream", ["bench", str(args.lite), *quick, "--stream", d(BUSI), "--stream", d(ECHO),
                                     "--long-run", d(ECHO), "--long-frames", str(args.long_frames),
                                     "--out", str(args.out / "lite_stream")]))
+        if args.truth:
+            # --quick keeps truth_run's own 300-frame real-time rows: seven 2,000-frame rows take 7 min.
+            longer = [] if args.quick else ["--long-frames", str(args.long_frames)]
+            out.append(("truth", ["-m", "medsam_edge.bench.truth_run", str(args.lite), "--data", str(args.data),
+                                  *quick, *longer, "--out", str(args.out / "truth")]))
     if args.vitb:
         for k in runs:
             out.append((f"vitb_run{k}", ["bench", str(args.vitb), "--frames", d(BUSI), d(ECHO), *quick,
@@ -61,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data (default ../shared/data)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--long-frames", type=int, default=2000)
+    ap.add_argument("--no-truth", dest="truth", action="store_false",
+                    help="skip the ground-truth step (bench/truth_run.py)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each comparison command (default 2)")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
@@ -69,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --lite and/or --vitb model directories")
     reports = []
     for name, cmd in scenarios(args):
-        full = [sys.executable, "-m", "medsam_edge.cli", *cmd]
-        print(f"== {name}: {shlex.join(['medsam-edge', *cmd])}", flush=True)
+        # The ground-truth step is its own module; the others are `medsam-edge` commands.
+        full = [sys.executable, *cmd] if cmd[0] == "-m" else [sys.executable, "-m", "medsam_edge.cli", *cmd]
+        print(f"== {name}: {shlex.join(['python', *cmd] if cmd[0] == '-m' else ['medsam-edge', *cmd])}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call(full)
         print(f"== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)

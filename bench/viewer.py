@@ -11,7 +11,7 @@
 2. Live for --seconds: the share of the source's captured frames the page drew with
    masks made for that very frame, masks/s and capture-to-mask from the HUD, the bytes
    the page received per second, the server's memory sampled every few seconds.
-3. --screenshot: the page as it shows the clip, for the README.
+3. --screenshot: the page as it shows the clip, for docs/viewer.md.
 Prints one JSON object (with the machine, CPU flags, load) and a line per figure.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam_edge.bench import viewer_browser as vb
-from medsam_edge.bench.timing import summarize
+from medsam_edge.bench.timing import latency_stats
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 
@@ -94,7 +94,7 @@ def _time_decode(segmenter, image, box, repeats: int) -> dict:
         t: dict = {}
         segmenter.decode(enc, [box], t)
         samples.append(t["decode"] + t["postprocess"])
-    return summarize(samples)
+    return latency_stats(samples)
 
 
 def rss_mb(pid: int) -> float:
@@ -124,7 +124,7 @@ def edits(tab, srv, box: list[float], n: int) -> dict:
         tab.mouse("mouseReleased", cx + step, cy)
         tab.wait_for(f"medsamView.stats.editLatencies.length > {done}", timeout=60)
         cx += step
-    return summarize(tab.evaluate("medsamView.stats.editLatencies"))
+    return latency_stats(tab.evaluate("medsamView.stats.editLatencies"))
 
 
 def live(tab, srv, seconds: float) -> dict:

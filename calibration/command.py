@@ -17,11 +17,9 @@ from medsam_edge.contract import parse_precisions
 from .backends import CPU_BACKENDS
 from .int8 import MAX_TRIALS, METHODS, SEARCH_MARGIN
 
-CALIBRATED = ("fp16", "int8")  # what calibrate writes files for
 FRAMES_SMALL, FRAMES_LARGE = 48, 12
-# The searches judge every calibration frame of a small model: on 12 of LiteMedSAM's 48 the
-# search picked an exclusion that met its bound there and missed it on the other 36 (Dice
-# 0.988 against 0.9925). A big model's frame costs seconds a trial: 12 of them.
+# The searches judge every calibration frame of a small model (a subset let an exclusion
+# pass that missed on the rest), 12 of a big one's (docs/decisions.md#calibration-frames).
 SEARCH_FRAMES_LARGE = 12
 
 
@@ -88,9 +86,9 @@ def default_cache_dir() -> Path:
 def run(args: argparse.Namespace) -> int:
     from medsam_edge.manifest import load_model_dir
 
-    from .run import FrameOptions, Options, SearchOptions, calibrate
+    from .run import MADE_HERE, FrameOptions, Options, SearchOptions, calibrate
 
-    precisions = parse_precisions(args.precision, CALIBRATED)
+    precisions = parse_precisions(args.precision, MADE_HERE)
     if not 0.0 < args.search_margin <= 1.0:
         raise InputError(f"--search-margin {args.search_margin}: must be in (0, 1]; {SEARCH_MARGIN} is the default")
     for name in ("frames_count", "search_frames", "max_trials"):

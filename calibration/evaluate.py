@@ -187,14 +187,14 @@ def judge(scorer: Scorer, part: str, fp32_decoder, target: dict, threads: int | 
 
     loss: 1 - mean Dice, plus a thousandth of the embedding and logits relative errors so
     that candidates with equal masks are still told apart.
-    passed: meets_summary. LiteMedSAM's Q/DQ file passed a pooled search whose worst
-    source was at 0.977 and gave 0.943 on an unseen vendor's clip.
+    passed: meets_summary, per source as well as pooled (a pool hid a hard source:
+    docs/decisions.md#int8-search-margin-and-backends).
     also: more backends for the candidate (path -> a context-managed backend running both
     parts), each scored once the ones before have passed it: a candidate passes only where
-    every backend's arithmetic meets the target. OpenVINO's integer kernels on LiteMedSAM's
-    Q/DQ file lost more than onnxruntime's fake quantization (one unseen source's mean
-    0.9686 against 0.9853). The verdict is the failing backend's, else the one with the
-    highest loss; figures["backend"] names it, figures["judged"] has every backend's.
+    every backend's arithmetic meets the target (OpenVINO's integer kernels lost more than
+    onnxruntime's fake quantization, same section). The verdict is the failing backend's,
+    else the one with the highest loss; figures["backend"] names it, figures["judged"] has
+    every backend's.
     """
 
     def run(path: Path) -> Verdict:

@@ -56,8 +56,8 @@ def measuring_options(threads: int | None = None):
     opts.log_severity_level = 3
     # Fusions would hide the very tensors being measured.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # Measured on LiteMedSAM: 5.5 GB peak with the defaults, 0.6 GB with these three (the
-    # default order runs the probes late and keeps every tensor alive until then).
+    # These three keep the peak memory of a range sweep low: the default order runs the peak
+    # outputs late and keeps every tensor alive until then (docs/decisions.md#range-sweep-memory).
     opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     opts.enable_cpu_mem_arena = False
     opts.enable_mem_pattern = False
@@ -69,7 +69,7 @@ def measuring_options(threads: int | None = None):
 def value_ranges(path: str | Path, feeds: Iterable[dict], threads: int | None = None) -> dict[str, float]:
     """Largest |value| (inf if any inf/NaN) each float tensor reaches over `feeds`, in FP32.
 
-    Each tensor gets an Abs -> ReduceMax probe inside the graph, so one run per frame
+    Each tensor gets an Abs -> ReduceMax output inside the graph, so one run per frame
     returns scalars: fetching the tensors themselves would need ~31 GB per frame for the
     full ViT-B (its global attention maps), more than the machine has.
     """
@@ -77,29 +77,29 @@ def value_ranges(path: str | Path, feeds: Iterable[dict], threads: int | None = 
 
     model = load_with_shapes(path)
     wanted = float_tensors(model)
-    names, probes, nodes = [], [], []
+    names, peak_outputs, nodes = [], [], []
     for node in model.graph.node:
         nodes.append(node)
         for name in node.output:
             if name not in wanted:
                 continue
             k = len(names)
-            nodes.append(onnx.helper.make_node("Abs", [name], [f"__abs_{k}"], name=f"__probe_abs_{k}"))
+            nodes.append(onnx.helper.make_node("Abs", [name], [f"__abs_{k}"], name=f"__peak_abs_{k}"))
             nodes.append(onnx.helper.make_node("ReduceMax", [f"__abs_{k}"], [f"__absmax_{k}"],
-                                               name=f"__probe_max_{k}", keepdims=0))
+                                               name=f"__peak_max_{k}", keepdims=0))
             model.graph.output.append(onnx.helper.make_tensor_value_info(f"__absmax_{k}", TensorProto.FLOAT, []))
             names.append(name)
-            probes.append(f"__absmax_{k}")
+            peak_outputs.append(f"__absmax_{k}")
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     opts = measuring_options(threads)
     peak: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / "probe.onnx"
+        f = Path(tmp) / "peaks.onnx"
         onnx.save(model, str(f))
         sess = ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
         for feed in feeds:
-            for name, val in zip(names, sess.run(probes, feed)):
+            for name, val in zip(names, sess.run(peak_outputs, feed)):
                 v = float(val)
                 peak[name] = max(peak.get(name, 0.0), v if np.isfinite(v) else float("inf"))
     return peak

@@ -48,16 +48,12 @@ CALIB_BYTES = 2 << 30
 # A full one-node-at-a-time pass above this many nodes would take too long on a CPU.
 MAX_TRIALS = 96
 # The share of the INT8 target's allowed Dice loss the searches may spend on calibration
-# frames. The smallest passing exclusion sits at the target's edge on frames like the
-# calibration set, and unseen sources lose more. LiteMedSAM (2026-12-01, held out: BUSI
-# images and clips of two other vendors' frames under motion): the plain target's search
-# passed at Dice 0.971 and gave 0.930 / 0.941 (Q/DQ / dynamic); margin 0.4 gave 0.964 /
-# 0.967; 0.25 gave 0.965 / 0.988 (dynamic met, Q/DQ's static ranges still missed).
+# frames: unseen sources lose more than the frames judged (docs/decisions.md#int8-search-margin-and-backends).
 SEARCH_MARGIN = 0.25
 # Frames on which every float tensor's peak is measured (fp16.py's range rule reads them).
 PEAK_FRAMES = 4
 PERCENTILE = 99.99
-Probe = Callable[[Path], float]
+Signal = Callable[[Path], float]  # a candidate file -> a cheap loss (evaluate.cosine_signal)
 
 
 def scheme() -> dict:
@@ -210,9 +206,9 @@ def _hushed():
         logging.disable(logging.NOTSET)
 
 
-def rank_nodes(src: Path, nodes: Sequence[str], method: str, cache: Path, probe: Probe,
+def rank_nodes(src: Path, nodes: Sequence[str], method: str, cache: Path, signal: Signal,
                max_trials: int = MAX_TRIALS, log: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Nodes by the damage each does quantized alone (largest first), measured by `probe`.
+    """Nodes by the damage each does quantized alone (largest first), measured by `signal`.
 
     With more nodes than `max_trials`, consecutive groups are measured first and only the
     worst groups are opened up node by node; the rest inherit their group's share.
@@ -224,7 +220,7 @@ def rank_nodes(src: Path, nodes: Sequence[str], method: str, cache: Path, probe:
         def alone(subset) -> float:
             keep = set(subset)
             quantize(src, trial, method, cache, [n for n in nodes if n not in keep])
-            return probe(trial)
+            return signal(trial)
 
         if len(nodes) <= max_trials:
             losses = {}

@@ -186,9 +186,9 @@ def _int8(md, fs: FrameSet, search: Scorer, staging: Path, written: dict, o: Opt
     judged_path = judge(search, "encoder", fp32_dec, o.search_target("int8"), o.threads, _also(md, "int8", o, log))
     trial = staging / "trial.int8.onnx"
     caches = {m: staging / f"ranges-{m}.json" for m in o.search.methods}
-    # Ranges cost a histogram pass over every calibrated tensor of every frame (LiteMedSAM:
-    # 2.1 GB of tensors, about 40 s a frame on 2 cores at percentile): at most RANGE_FRAMES,
-    # spread over the sources; the search and the report still use every frame.
+    # Ranges cost a histogram pass over every calibrated tensor of every frame
+    # (docs/decisions.md#calibration-frames): at most RANGE_FRAMES, spread over the sources;
+    # the search and the report still use every frame.
     ranged = fs.spread(fs.calibration, RANGE_FRAMES)
     if len(ranged) < len(fs.calibration):
         log(f"ranges: {len(ranged)} of the {len(fs.calibration)} calibration frames, spread over the sources")

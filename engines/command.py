@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsam_edge.contract import POINTS_MAX, PROMPTS_MAX
+from medsam_edge.contract import POINTS_MAX, DECODER_BATCH_MAX
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="directory written by `medsam-edge export`")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, int8 (default fp32)")
     p.add_argument("--workspace", type=float, default=4.0, metavar="GIB", help="builder workspace limit (default 4)")
-    p.add_argument("--max-prompts", type=int, default=PROMPTS_MAX,
-                   help=f"most prompts (objects) per decoder call; more run in chunks (default {PROMPTS_MAX})")
+    p.add_argument("--max-prompts", type=int, default=DECODER_BATCH_MAX,
+                   help=f"most prompts (objects) per decoder call; more run in chunks (default {DECODER_BATCH_MAX})")
     p.add_argument("--max-points", type=int, default=POINTS_MAX,
                    help=f"most tokens per prompt: clicks + 2 for a box, or + 1 padding (default {POINTS_MAX})")
     p.add_argument("--opt-prompts", type=int, default=None,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from medsam_edge.atomic import write_json
 from medsam_edge.contract import (
-    AXES, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, POINTS_MAX, PROMPTS_MAX, encoder_inputs,
+    AXES, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_OUTPUTS, POINTS_MAX, DECODER_BATCH_MAX, encoder_inputs,
 )
 from medsam_edge.contract import PRECISIONS as CONTRACT_PRECISIONS
 from medsam_edge.errors import InputError
@@ -95,7 +95,7 @@ def onnx_for(md: ModelDir, part: str, precision: str) -> Path:
     )
 
 
-def profiles(md: ModelDir, max_prompts: int = PROMPTS_MAX, max_points: int = POINTS_MAX,
+def profiles(md: ModelDir, max_prompts: int = DECODER_BATCH_MAX, max_points: int = POINTS_MAX,
              opt_prompts: int | None = None,
              opt_points: int | None = None) -> dict[str, dict[str, dict[str, list[int]]]]:
     """Optimisation profile shapes per part and input, from the contract and the model dir.

@@ -30,9 +30,8 @@ PROVIDERS = {
 }
 
 
-# Encoders whose input side is at least this keep GBs in onnxruntime's arena after a call
-# (ViT-B at 1024: measured 7 GB FP32, 15 GB with Q/DQ INT8, 6.6 GB dynamic INT8), more
-# than a 24 GB machine holds for three of them at once.
+# Encoders whose input side is at least this keep GBs in onnxruntime's arena after a call,
+# more than a 24 GB machine holds for three at once (docs/decisions.md#large-encoder-memory).
 LARGE_INPUT_SIDE = 1024
 
 

@@ -19,13 +19,8 @@ log = logging.getLogger(__name__)
 # "auto" tries these in order: native TensorRT, then onnxruntime's TensorRT and CUDA
 # providers, then the CPU, which always works.
 AUTO_ORDER = ("tensorrt", "onnxruntime-trt", "onnxruntime-cuda", "onnxruntime-cpu", "openvino-cpu")
-# Precisions for which "auto" tries OpenVINO before onnxruntime's CPU provider, because it
-# measured faster there at the same fidelity (LiteMedSAM, one thread, 2-core AMD EPYC
-# without AVX-512, openvino 2026.4, loaded machine: indicative). fp16: encoder 3.4 s
-# against 4.4 s, embedding cosine to FP32 0.99999 on both (onnxruntime has no FP16 CPU
-# kernels and pays for the casts). Not fp32: encoders tied (3.39 s, 3.28 s), decoder
-# 155 ms against 132 ms. Not int8: 3.98 s against 4.31 s is within the noise, and the
-# embedding moved further from FP32 (cosine 0.90 against 0.93). bf16 runs on OpenVINO only.
+# Precisions for which "auto" tries OpenVINO before onnxruntime's CPU provider: it measured
+# faster there at the same fidelity (figures: docs/decisions.md#openvino-first).
 OPENVINO_FIRST = frozenset({"bf16", "fp16"})
 
 

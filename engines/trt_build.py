@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medsam_edge.atomic import write_bytes
-from medsam_edge.contract import POINTS_MAX, PROMPTS_MAX
+from medsam_edge.contract import POINTS_MAX, DECODER_BATCH_MAX
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.errors import InputError, first_line
 from medsam_edge.manifest import ModelDir, load_model_dir
@@ -26,7 +26,7 @@ def build_engines(
     model_dir: str | Path | ModelDir,
     precisions: tuple[str, ...] = ("fp32",),
     workspace_gib: float = 4.0,
-    max_prompts: int = PROMPTS_MAX,
+    max_prompts: int = DECODER_BATCH_MAX,
     max_points: int = POINTS_MAX,
     timing_cache: bool = True,
     progress: bool = True,

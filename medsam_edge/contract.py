@@ -19,10 +19,12 @@ LOW_RES_HW = 256
 # The decoder's two dynamic axes, (min, opt, max): TensorRT optimisation profiles and the
 # Triton configs read them from here. A prompt is one object to segment; its points are
 # its clicks plus, for a box, the box's two corners. The runtime sends more prompts than
-# PROMPTS_MAX in chunks; more points than POINTS_MAX in one prompt is refused.
+# DECODER_BATCH_MAX in chunks; more points than POINTS_MAX in one prompt is refused.
 PROMPTS_RANGE = (1, 1, 16)
 POINTS_RANGE = (1, 2, 10)
-PROMPTS_MAX = PROMPTS_RANGE[2]
+DECODER_BATCH_MAX = PROMPTS_RANGE[2]  # prompts per decoder call (runtime.prompts caps them per frame)
+# The old name, kept until engines/select.py (another branch) imports DECODER_BATCH_MAX.
+PROMPTS_MAX = DECODER_BATCH_MAX
 POINTS_MAX = POINTS_RANGE[2]
 AXES = {"num_prompts": PROMPTS_RANGE, "num_points": POINTS_RANGE}
 

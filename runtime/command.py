@@ -94,10 +94,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--loop", action="store_true", help="loop a file source (with --max-frames)")
-    from medsam_edge.runtime import dicom_seg, spacing
+    from medsam_edge.runtime.cli_args import add_dicom_seg, add_pixel_spacing
 
-    dicom_seg.add_arguments(p)
-    spacing.add_arguments(p)
+    add_dicom_seg(p)
+    add_pixel_spacing(p)
     p.set_defaults(func=run)
 
 
@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from medsam_edge.runtime import spacing
+    from medsam_edge.runtime.measure import Measured
     from medsam_edge.runtime.outputs import RunOutputs
     from medsam_edge.runtime.predictor import Predictor
     from medsam_edge.runtime.sources import open_source
@@ -173,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=realtime,
                               rebuild=args.rebuild)
         # Before any sink exists: each of these can refuse the input, and nothing is written yet.
-        calibration = spacing.resolve_calibration(source, args.pixel_spacing)
+        pixel_calibration = spacing.resolve_pixel_calibration(source, args.pixel_spacing)
         extra = [_dicom_seg(source, args, predictor)] if args.dicom_seg else []
     except BaseException:
         source.close()
@@ -193,7 +194,8 @@ def _run(args: argparse.Namespace) -> int:
                    "source": getattr(source, "description", str(args.source))}
         outputs.open(video=not args.no_video, masks=None if args.masks == "none" else args.masks, fps=source.fps,
                      extra=extra)
-        outputs.run(stream, summary, total=total, live=source.is_live, calibration=calibration)
+        measured = Measured(stream, pixel_calibration)  # the mm sizes, a step before the outputs
+        outputs.run(measured, summary, total=total, live=source.is_live, pixel_calibration=pixel_calibration)
     _say_what_went_unused(args, stream, outputs.summary)
     print(json.dumps({k: outputs.summary.get(k) for k in ("complete", "frames", "fps", "reuse_rate", "dropped",
                                                            "bad_frames_skipped", "blank_skipped", "backend",

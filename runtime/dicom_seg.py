@@ -26,7 +26,6 @@ run leaves no file under the final name.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -50,12 +49,6 @@ if TYPE_CHECKING:  # pydicom and highdicom load when a sink is made, not for `--
 log = logging.getLogger(__name__)
 
 SEG_FILE = "segmentation.dcm"
-DICOM_SEG_HELP = (
-    f"for a DICOM source: also write {SEG_FILE}, a DICOM Segmentation (one segment per prompt, each "
-    "frame referencing its source frame) for PACS and viewers. PRIVACY: it carries the source's patient "
-    "and study identifiers (name, ID, birth date, accession number, UIDs), as the standard requires: "
-    "handle it like the source file"
-)
 # The identifiers a Segmentation must reference its source by.
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Rows", "Columns")
 LABEL_PREFIX = {False: "prompt", True: "track"}
@@ -294,11 +287,6 @@ class DicomSegSink(Sink):
     def _content_description(self) -> str:
         a = self.algorithm
         return f"{a.name} {a.precision} on {a.backend}, medsam-edge {a.version}"[:64]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `--dicom-seg` to the run command's parser."""
-    parser.add_argument("--dicom-seg", action="store_true", help=DICOM_SEG_HELP)
 
 
 def dicom_seg_sink(source, out_dir: str | os.PathLike, model_dir, described: dict, *,

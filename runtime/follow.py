@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medsam_edge.runtime.motion import Motion, MotionEstimator, Probe, PromptMotion, prompt_region
-from medsam_edge.runtime.motion import difference as region_difference
+from medsam_edge.runtime.motion import Motion, MotionEstimator, PromptMotion, prompt_region, region_difference
 from medsam_edge.runtime.motion import identity
 from medsam_edge.runtime.prompts import Prompt
+from medsam_edge.runtime.small_frame import SmallFrame
 
 # Links kept: 10 s at 30 fps, longer than an encode takes, so every embedding that lands
 # finds its frame in the chain; beyond it, a direct estimate is tried.
@@ -50,7 +50,7 @@ class Link:
     where no region of the frame before was)."""
 
     index: int
-    probe: Probe | None
+    probe: SmallFrame | None
     regions: list[tuple[float, float, float, float]]
     to_origin: list[np.ndarray | None]
 
@@ -82,7 +82,7 @@ class MotionChain:
         """A blank frame (probe lifted) came: what follows is not followed from before it."""
         self._blank_since = True
 
-    def step(self, index: int, probe: Probe, prompts: list[Prompt]) -> str | None:
+    def step(self, index: int, probe: SmallFrame, prompts: list[Prompt]) -> str | None:
         """Add the frame; returns why the chain broke here (None: followed from the last link)."""
         regions = [prompt_region(p, probe.original_hw, self.estimator.margin) for p in prompts]
         why = None
@@ -110,7 +110,7 @@ class MotionChain:
         self._blank_since = False
         return why
 
-    def _follow(self, prev: Link, probe: Probe, prompts, regions) -> tuple[str | None, list]:
+    def _follow(self, prev: Link, probe: SmallFrame, prompts, regions) -> tuple[str | None, list]:
         from medsam_edge.runtime.reuse import scene_difference
 
         if self._blank_since:

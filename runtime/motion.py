@@ -5,8 +5,8 @@ where it was on the embedding's frame. Instead of drawing the mask there, each p
 mapped into the embedding's frame, decoded, and its low-res logits are warped back to
 the frame being answered:
 
-    probe = Probe.of(image)                        # grey, longest side FLOW_SIZE
-    motion = MotionEstimator().estimate(emb_probe, probe, prompts)
+    small = SmallFrame.of(image)                   # grey, longest side FLOW_SIZE
+    motion = MotionEstimator().estimate(emb_small, small, prompts)
     if motion.applied:
         logits = decode(enc, motion.map_prompts(prompts))
         logits = motion.warp_logits(logits, enc.original_hw, enc.resized_hw, pre)
@@ -26,21 +26,25 @@ picture: those pixels are background.
 
 Coordinates: frame pixels as boxes use them (x from 0 at the left edge to W at the right
 edge); a transform maps a point of the frame being answered to the embedding's frame.
+It is fitted in frame pixels and applied in three grids (to_grid):
+
+    frame px --x 1/factor--> small-frame px        flow, region differences (SmallFrame)
+    frame px --x resized/original--> model px --x 256/size--> logits px   (warp_logits)
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from medsam_edge.contract import LOW_RES_HW, Preprocess
 from medsam_edge.runtime.prompts import Prompt
+from medsam_edge.runtime.small_frame import SmallFrame
 
-FLOW_SIZE = 160  # longest side of the pictures the flow and change detection look at
 REGION_CELLS = 32  # a region's difference is judged on at most this many cells a side
 MARGIN = 0.25  # a prompt's region: its box grown by this share of its size on each side...
 MIN_MARGIN = 0.04  # ...and by at least this share of the frame's shorter side
@@ -50,7 +54,7 @@ MAX_SCALE = 1.3  # most zoom between the two frames (and 1 / MAX_SCALE)
 MAX_ROTATION = 20.0  # degrees
 MIN_INSIDE = 0.9  # share of a region that must map inside the embedding's picture
 MIN_TEXTURE = 2.0  # grey-level spread a region needs for its flow to mean anything
-NEGLIGIBLE = 0.3  # probe pixels: a motion moving no corner of a region farther is none
+NEGLIGIBLE = 0.3  # small-frame pixels: a motion moving no corner of a region farther is none
 _OUTSIDE = -40.0  # logits given to what comes from outside the picture: surely background
 
 
@@ -59,95 +63,6 @@ def identity() -> np.ndarray:
 
 
 _IDENTITY = identity()
-
-
-@dataclass
-class Probe:
-    """A frame as motion estimation and change detection see it.
-
-    grey: (h, w) uint8, the frame's grey levels shrunk by a whole factor (`factor`) so its
-        longest side is at most FLOW_SIZE; it covers the frame's top-left
-        (h * factor, w * factor) pixels (at most factor - 1 columns and rows are left out).
-    original_hw: the frame's own size.
-    """
-
-    grey: np.ndarray
-    original_hw: tuple[int, int]
-    factor: int = 1
-    _area: np.ndarray | None = field(default=None, repr=False)
-    _smooth: np.ndarray | None = field(default=None, repr=False)
-    _spread: np.ndarray | None = field(default=None, repr=False)
-    _thumb: np.ndarray | None = field(default=None, repr=False)
-
-    @classmethod
-    def of(cls, image: np.ndarray, size: int = FLOW_SIZE) -> "Probe":
-        """image: HxWx3 uint8 RGB (or HxW grey)."""
-        h, w = image.shape[:2]
-        k = max(1, math.ceil(max(h, w) / size))
-        # Grey first, then averaging whole k x k blocks: OpenCV's fast path, a fifth of the
-        # time of shrinking by a fractional factor (0.4 ms for an 854x480 frame).
-        grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        if k > 1:
-            grey = cv2.resize(grey[: h // k * k, : w // k * k], (w // k, h // k), interpolation=cv2.INTER_AREA)
-        return cls(np.ascontiguousarray(grey), (h, w), k)
-
-    @property
-    def scale(self) -> tuple[float, float]:
-        """(sx, sy): probe pixels per frame pixel."""
-        return 1.0 / self.factor, 1.0 / self.factor
-
-    @property
-    def thumb(self) -> np.ndarray:
-        """(32, 32) float32: the whole probe, for ranking frames by how alike they look."""
-        if self._thumb is None:
-            self._thumb = cv2.resize(self.grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
-        return self._thumb
-
-    def area(self) -> np.ndarray:
-        """(h, w) bool: the image area (see image_area), computed once."""
-        if self._area is None:
-            self._area = image_area(self.grey)
-        return self._area
-
-    def spread(self, area: np.ndarray | None = None) -> np.ndarray:
-        """(16,) float: how the grey levels (lightly smoothed against speckle) are spread
-        over `area` (default this probe's own image area, computed once)."""
-        if self._smooth is None:
-            self._smooth = cv2.blur(self.grey, (3, 3))
-        if area is None and self._spread is not None:
-            return self._spread
-        h = cv2.calcHist([self._smooth], [0], (self.area() if area is None else area).astype(np.uint8), [16], [0, 256])
-        h = h.ravel() / max(1.0, float(h.sum()))
-        if area is None:
-            self._spread = h
-        return h
-
-
-def image_area(grey: np.ndarray) -> np.ndarray:
-    """(h, w) bool: where the picture is, as opposed to the screen around it.
-
-    An ultrasound screen shows the fan (or an endoscope its circle) on black, with text,
-    clocks, frame counters and ECG traces around it; those change without the anatomy
-    changing. The image area is the convex hull of the largest non-black connected
-    region once bands thinner than about 8% of the frame (text, traces, rulers) are opened away: fans and
-    scope circles are convex, and their dark insides (chambers, cysts) belong to them.
-    Where nothing stands out (a picture filling the frame), the whole frame.
-    """
-    h, w = grey.shape
-    lit = (cv2.blur(grey, (5, 5)) > 6).astype(np.uint8)
-    k = max(3, round(min(h, w) / 12) | 1)
-    opened = cv2.morphologyEx(lit, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
-    if n < 2:
-        return np.ones((h, w), bool)
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    if stats[biggest, cv2.CC_STAT_AREA] < 0.1 * h * w:
-        return np.ones((h, w), bool)
-    ys, xs = np.nonzero(labels == biggest)
-    hull = cv2.convexHull(np.stack([xs, ys], axis=1).astype(np.int32))
-    filled = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(filled, hull, 1)
-    return filled.astype(bool)
 
 
 def prompt_region(p: Prompt, hw: tuple[int, int], margin: float = MARGIN) -> tuple[float, float, float, float]:
@@ -302,7 +217,7 @@ class MotionEstimator:
         self.margin = margin
         self._dis = cv2.DISOpticalFlow_create(preset)
 
-    def estimate(self, emb: Probe, cur: Probe, prompts: list[Prompt], before: list[float] | None = None) -> Motion:
+    def estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before: list[float] | None = None) -> Motion:
         """emb: the embedding's frame; cur: the frame being answered (same original size).
         before: each prompt region's difference without motion, where already known."""
         t0 = time.perf_counter()
@@ -310,13 +225,13 @@ class MotionEstimator:
         motion.ms = (time.perf_counter() - t0) * 1e3
         return motion
 
-    def _estimate(self, emb: Probe, cur: Probe, prompts: list[Prompt], before) -> Motion:
+    def _estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before) -> Motion:
         hw = cur.original_hw
         regions = [prompt_region(p, hw, self.margin) for p in prompts]
         if emb.original_hw != hw or emb.grey.shape != cur.grey.shape:
             return Motion([], regions, False, "the frames differ in size", beyond=True)
         if before is None:
-            before = [difference(emb, cur, r, identity()) for r in regions]
+            before = [region_difference(emb, cur, r, identity()) for r in regions]
         if all(b is not None and b <= STILL for b in before):
             return Motion([PromptMotion(_IDENTITY, b, b) for b in before], regions, True, still=True)
         flow = self._dis.calc(cur.grey, emb.grey, None)
@@ -328,7 +243,7 @@ class MotionEstimator:
             fitted.append(m)
         return Motion(fitted, regions, True, still=all(m.matrix is _IDENTITY for m in fitted))
 
-    def _fit(self, flow: np.ndarray, emb: Probe, cur: Probe, region, before: float | None):
+    def _fit(self, flow: np.ndarray, emb: SmallFrame, cur: SmallFrame, region, before: float | None):
         """-> (PromptMotion or None, why not, whether the motion is beyond following)."""
         if before is None:
             return None, "the region is outside the picture", True
@@ -358,7 +273,7 @@ class MotionEstimator:
         if _largest_move(m.matrix, region) * min(sx, sy) < NEGLIGIBLE:
             # Less than the flow can resolve: warping would only blur.
             return PromptMotion(_IDENTITY, before, before, share), "", False
-        after = difference(emb, cur, region, m.matrix)
+        after = region_difference(emb, cur, region, m.matrix)
         if after is None or after > before:
             return None, "the motion does not explain the change", False
         m.residual = after
@@ -366,7 +281,7 @@ class MotionEstimator:
 
 
 def _cells(region, sx: float, sy: float, shape) -> tuple[int, int, int, int]:
-    """A region in frame pixels -> (c0, r0, c1, r1) probe pixels, rounded outwards."""
+    """A region in frame pixels -> (c0, r0, c1, r1) small-frame pixels, rounded outwards."""
     h, w = shape
     x0, y0, x1, y1 = region
     return (max(0, int(x0 * sx)), max(0, int(y0 * sy)), min(w, math.ceil(x1 * sx)), min(h, math.ceil(y1 * sy)))
@@ -390,10 +305,10 @@ def _inside(a: np.ndarray, region, hw: tuple[int, int]) -> float:
     return float(inter / max(1e-9, (bx1 - bx0) * (by1 - by0)))
 
 
-def difference(emb: Probe, cur: Probe, region, matrix: np.ndarray) -> float | None:
+def region_difference(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray) -> float | None:
     """Mean absolute grey difference (0..1) over `region` of this frame between this frame
     and the embedding's frame seen through `matrix`, judged on at most REGION_CELLS cells
-    a side (small regions at the probe's resolution). None when no cell of the region
+    a side (small regions at the small frame's resolution). None when no cell of the region
     has a counterpart inside the embedding's picture."""
     sx, sy = cur.scale
     c0, r0, c1, r1 = _cells(region, sx, sy, cur.grey.shape)
@@ -416,3 +331,7 @@ def difference(emb: Probe, cur: Probe, region, matrix: np.ndarray) -> float | No
     if not ok.any():
         return None
     return float(np.abs(a[ok] - b[ok] / valid[ok]).mean()) / 255.0
+
+
+# The old name, kept until runtime/realtime.py (another branch) imports SmallFrame.
+Probe = SmallFrame

@@ -37,7 +37,7 @@ SUMMARY = "summary.json"
 RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", "masks.npz", "masks", "segmentation.dcm")
 RUNNING = ("not finished: the run is still going, or its process was killed before it could say how it "
            "ended (SIGKILL, a crash, power)")
-PROBE_BYTES = 64 * 1024  # written and removed in --out before the run: a full disk shows here
+WRITE_TEST_BYTES = 64 * 1024  # written and removed in --out before the run: a full disk shows here
 # The first summary is padded to this size, so that on a disk full by the end a short
 # final summary can still be written over it in place, in blocks the file already has.
 FIRST_SUMMARY_BYTES = 2048
@@ -91,14 +91,14 @@ class RunOutputs:
             free = free_bytes(out)
             if free is not None and free < MIN_FREE_BYTES:
                 raise OSError(errno.ENOSPC, f"{free // 1024} KiB free")
-            probe = out / f".medsam-edge-write-test.{os.getpid()}"
+            test_file = out / f".medsam-edge-write-test.{os.getpid()}"
             try:
-                with open(probe, "wb") as f:
-                    f.write(b"\0" * PROBE_BYTES)
+                with open(test_file, "wb") as f:
+                    f.write(b"\0" * WRITE_TEST_BYTES)
                     f.flush()
                     os.fsync(f.fileno())
             finally:
-                probe.unlink(missing_ok=True)
+                test_file.unlink(missing_ok=True)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise InputError(f"--out {out}: the disk is full ({e.strerror}); free space or choose another "
@@ -130,12 +130,14 @@ class RunOutputs:
             raise _disk_error(e, self.out) from None
         self.sinks = MultiSink([*sinks.sinks, *extra]) if extra else sinks
 
-    def run(self, stream, summary: dict, total: int | None = None, live: bool = False, calibration=None) -> dict:
+    def run(self, stream, summary: dict, total: int | None = None, live: bool = False, pixel_calibration=None) -> dict:
         """Write every result of `stream`; summary.json on the way out, whatever the way.
 
-        calibration: runtime.spacing.Calibration (or None: pixels only): each record gains
-        its masks' sizes in mm, and the summary per-track statistics."""
-        from medsam_edge.runtime.spacing import TrackStatistics, measurements
+        Results arrive measured (runtime.measure.Measured, the step before the outputs):
+        this only writes them, and sums their sizes up per track for the summary, which
+        says where pixel_calibration (runtime.spacing.PixelCalibration, or None: pixels
+        only) came from."""
+        from medsam_edge.runtime.measure import TrackStatistics
 
         tracks = TrackStatistics()
         latencies, writes = [], []
@@ -146,8 +148,7 @@ class RunOutputs:
         with StopRequest() as stop:
             try:
                 for result in stream:
-                    result.measurements = measurements(result.masks, calibration)
-                    tracks.add(result.record())
+                    tracks.add_result(result)
                     t0 = time.perf_counter()
                     self.sinks.write(result)
                     writes.append((time.perf_counter() - t0) * 1e3)
@@ -186,7 +187,7 @@ class RunOutputs:
                     "fps": round(len(latencies) / wall, 3) if wall > 0 else 0.0,
                     **stream.stats.summary(getattr(stream.source, "skipped", 0)),
                     "source_truncated": getattr(stream.source, "truncated", None),
-                    "measurements": tracks.summary(calibration),
+                    "measurements": tracks.summary(pixel_calibration),
                     "latency_ms": percentiles(latencies),
                     "write_ms": percentiles(writes),
                     "outputs": [str(p) for p in self.sinks.outputs],

@@ -21,7 +21,7 @@ from medsam_edge.errors import InputError
 log = logging.getLogger(__name__)
 
 # Prompts (objects) per frame at most: each costs a decoder pass and its masks' memory.
-MAX_PROMPTS = 64
+MAX_OBJECTS_PER_FRAME = 64
 
 
 def _no_points() -> np.ndarray:
@@ -156,8 +156,8 @@ def validate_prompts(prompts, height: int, width: int, where: str = "prompt", wa
     """Check prompts against an image: boxes as validate_boxes does, clicks finite, inside
     the image (a click outside it has no pixel to point at) and labelled 0 or 1."""
     prompts = list(prompts)
-    if len(prompts) > MAX_PROMPTS:
-        raise InputError(f"{where}: {len(prompts)} prompts on one frame; at most {MAX_PROMPTS} "
+    if len(prompts) > MAX_OBJECTS_PER_FRAME:
+        raise InputError(f"{where}: {len(prompts)} prompts on one frame; at most {MAX_OBJECTS_PER_FRAME} "
                          "(split the objects over several runs)")
     out = []
     for k, p in enumerate(prompts):

@@ -36,13 +36,13 @@ from typing import Callable
 
 from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import Frame, is_blank
-from medsam_edge.runtime.motion import Probe
 from medsam_edge.runtime.prompts import Prompter
 from medsam_edge.runtime.realtime_answer import RealtimeAnswerer, Taken
 from medsam_edge.runtime.result import FrameResult
 from medsam_edge.runtime.reuse import EmbeddingCache, ReusePolicy
 from medsam_edge.runtime.segmenter import Segmenter
 from medsam_edge.runtime.session import Stats, as_frame
+from medsam_edge.runtime.small_frame import SmallFrame
 
 log = logging.getLogger(__name__)
 # Embeddings kept for answering, where the backend can keep them valid: about 16 s of
@@ -56,7 +56,7 @@ def split_threads(threads: int | None = None, cores: int | None = None) -> tuple
     masks/s that way, 12.6 with one thread each; BENCHMARKS.md), so the decoder had a core of
     its own. Now most frames are warped and the decoder runs once per embedding or prompt
     change, on the answering thread with one thread: the encoder gets every core
-    (docs/decisions.md).
+    (docs/decisions.md#real-time-at-the-capture-rate-prompt-tolerance-and-the-thread-split).
     """
     total = max(1, threads or cores or usable_cores())
     return total, 1
@@ -233,7 +233,7 @@ class RealtimeSession:
                     frame = last = self._newest_frame
                 enc = self.segmenter.encode(frame.image, frame.index)
                 enc.timestamp = frame.timestamp
-                self.cache.store(frame.image, enc, probe=Probe.of(frame.image))
+                self.cache.store(frame.image, enc, probe=SmallFrame.of(frame.image))
                 with self._cond:
                     self._generation += 1
                     self.stats.encoded += 1

@@ -20,12 +20,13 @@ import numpy as np
 from medsam_edge.engines.base import ExpiredEmbedding
 from medsam_edge.runtime.follow import EYE, MotionChain, as_motion, homogeneous, moved_share
 from medsam_edge.runtime.frame import Frame
-from medsam_edge.runtime.motion import MotionEstimator, Probe, prompt_region
+from medsam_edge.runtime.motion import MotionEstimator, prompt_region
 from medsam_edge.runtime.prompts import Prompt, Prompter
 from medsam_edge.runtime.result import DECODED, FRESH, NEAR, NEWEST, WARPED, FrameResult
 from medsam_edge.runtime.reuse import EmbeddingCache, Kept
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
 from medsam_edge.runtime.session import Stats
+from medsam_edge.runtime.small_frame import SmallFrame
 from medsam_edge.runtime.tracker import centroid_click
 
 # A prompt mapped into the embedding's frame may move this share of its box's longer side
@@ -67,7 +68,7 @@ class Taken:
     frame: Frame
     prompts: list[Prompt]
     version: int
-    probe: Probe | None
+    probe: SmallFrame | None
     timings: dict
     broken: str | None = None  # why the motion chain broke at this frame
 
@@ -97,7 +98,7 @@ class RealtimeAnswerer:
         taken = Taken(frame, prompts, self.prompter.version, None, {})
         if self.chain is not None:
             t0 = time.perf_counter()
-            taken.probe = Probe.of(frame.image)
+            taken.probe = SmallFrame.of(frame.image)
             taken.broken = self.chain.step(frame.index, taken.probe, prompts)
             taken.timings["motion"] = (time.perf_counter() - t0) * 1e3
             if taken.broken is not None:
@@ -165,7 +166,7 @@ class RealtimeAnswerer:
         candidates = []
         kept = self.cache.kept(hw)
         if t.probe is not None and t.prompts and kept:
-            choice = self.cache.judge(t.probe, t.prompts, kept, follow=True)
+            choice = self.cache.choose(t.probe, t.prompts, kept, follow=True)
             if choice.kept is not None and choice.motion is not None:
                 candidates.append((choice.kept, [homogeneous(p.matrix) for p in choice.motion.prompts]))
         if newest is not None:

@@ -46,7 +46,7 @@ class FrameResult:
     notes: what the record should say beyond the fields (e.g. "re-encoded: expired").
     blank: the frame was blank (probe lifted): nothing was segmented.
     measurements: physical sizes per prompt where the pixel spacing is known
-        (runtime.spacing.measurements: "mask_area_mm2", "equivalent_diameter_mm").
+        (runtime.measure.measurements: "mask_area_mm2", "equivalent_diameter_mm").
     motion: the motion compensated between the embedding's frame and this one
         (runtime.motion.Motion.record(): per prompt shift, scale, rotation), or why none
         was ({"applied": false, "why": ...}); None where none was attempted (a fresh

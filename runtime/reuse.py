@@ -34,11 +34,11 @@ import cv2
 import numpy as np
 
 from medsam_edge.engines.base import Backend, max_kept_embeddings
-from medsam_edge.runtime.motion import MARGIN, Motion, MotionEstimator, Probe, identity, prompt_region
-from medsam_edge.runtime.motion import difference as region_difference
+from medsam_edge.runtime.motion import MARGIN, Motion, MotionEstimator, identity, prompt_region, region_difference
 from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.result import EXACT, FRESH, NEAR
 from medsam_edge.runtime.segmenter import Encoded
+from medsam_edge.runtime.small_frame import SmallFrame
 
 THUMB = 32
 # Kept embeddings judged where the prompts are, per frame: the newest and the closest others.
@@ -62,11 +62,8 @@ class ReusePolicy:
 
     exact: bool = True
     near: bool = True
-    # Chosen from Dice-vs-reuse curves on the nine shared moving clips with LiteMedSAM
-    # (bench.reuse; the curve is in the issue 17 report and every bench report): 0.006 with
-    # 3 in a row gives Dice vs fresh >= 0.98 over all frames at >= 50 % reuse on six of
-    # them; on the other three the fresh masks themselves flicker (consecutive fresh masks
-    # agree to Dice 0.83-0.89), so no threshold gets both there.
+    # Chosen from Dice-vs-reuse curves on the shared moving clips (bench.reuse; figures:
+    # docs/decisions.md#reuse-threshold).
     threshold: float = 0.006
     scene_threshold: float = 0.15
     max_consecutive: int = 3
@@ -91,13 +88,13 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def difference(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+def thumb_difference(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
     """Mean absolute difference of two thumbnails (over `where` if given), 0..1."""
     d = np.abs(a - b)
     return float(d[where].mean() if where is not None and where.any() else d.mean()) / 255.0
 
 
-def scene_difference(emb: Probe, cur: Probe) -> float:
+def scene_difference(emb: SmallFrame, cur: SmallFrame) -> float:
     """How differently the grey levels of the image area are spread: the total variation
     distance (0..1) of 16-bin histograms over the embedding frame's image area.
 
@@ -112,7 +109,7 @@ class Kept:
     """A fresh embedding kept for near repeats, with what its frame looked like."""
 
     enc: Encoded
-    probe: Probe
+    probe: SmallFrame
     thumb: np.ndarray | None = None  # (32, 32) float32 grey of the whole frame, for lookups without prompts
 
 
@@ -143,18 +140,18 @@ class Lookup:
     motion: Motion | None = None
     note: str = ""
     digest: bytes | None = None
-    probe: Probe | None = None
+    probe: SmallFrame | None = None
     thumb: np.ndarray | None = None
 
 
-def closest(kept: list[Kept], probe: Probe, prompts: list[Prompt], margin: float = MARGIN,
+def closest(kept: list[Kept], probe: SmallFrame, prompts: list[Prompt], margin: float = MARGIN,
             scene_threshold: float | None = None) -> ReuseChoice:
     """The kept embedding (kept: newest last, all of the frame's size) whose frame is
     closest to this one where the prompts are, judged among the newest and the
     CANDIDATES - 1 others whose whole frames look most like this one (a looping cine, a
     heartbeat, a probe back where it was). Candidates whose picture changed beyond
     scene_threshold are passed over. ReuseChoice.kept is None when none qualifies."""
-    ranked = sorted(kept[:-1], key=lambda k: difference(probe.thumb, k.probe.thumb))[:CANDIDATES - 1]
+    ranked = sorted(kept[:-1], key=lambda k: thumb_difference(probe.thumb, k.probe.thumb))[:CANDIDATES - 1]
     regions = [prompt_region(q, probe.original_hw, margin) for q in prompts]
     best = ReuseChoice(None)
     for k in [kept[-1], *ranked]:
@@ -220,12 +217,12 @@ class EmbeddingCache:
         if not prompts:
             out.thumb = thumbnail(image)
             newest = kept[-1]
-            if newest is self._near[-1] and difference(out.thumb, newest.thumb) <= p.threshold:
+            if newest is self._near[-1] and thumb_difference(out.thumb, newest.thumb) <= p.threshold:
                 self._consecutive += 1
                 out.enc, out.kind = newest.enc, NEAR
             return out
-        out.probe = Probe.of(image)
-        choice = self.judge(out.probe, prompts, kept)
+        out.probe = SmallFrame.of(image)
+        choice = self.choose(out.probe, prompts, kept)
         out.note = choice.note
         if choice.kept is not None:
             self._consecutive += 1
@@ -242,7 +239,7 @@ class EmbeddingCache:
         kept = self.kept(hw)
         return kept[-1] if kept else None
 
-    def judge(self, probe: Probe, prompts: list[Prompt], kept: list[Kept], follow: bool = False) -> ReuseChoice:
+    def choose(self, probe: SmallFrame, prompts: list[Prompt], kept: list[Kept], follow: bool = False) -> ReuseChoice:
         """Which kept embedding, if any, may answer this frame (its probe and prompts): the
         closest where the prompts are, if close enough, and not when compensation is on
         and the flow finds a motion it cannot follow. follow: the answer will be warped by
@@ -267,13 +264,13 @@ class EmbeddingCache:
     def _valid(self, enc: Encoded) -> bool:
         return self.backend is None or self.backend.embedding_valid(enc.embedding)
 
-    def store(self, image: np.ndarray, enc: Encoded, looked: Lookup | None = None, probe: Probe | None = None) -> Kept:
+    def store(self, image: np.ndarray, enc: Encoded, looked: Lookup | None = None, probe: SmallFrame | None = None) -> Kept:
         """Remember a fresh embedding of `image` (looked: its lookup, whose digest and
         probe are reused); returns what is kept of it."""
         p = self.policy
         looked = looked or Lookup(None, FRESH)
         self._consecutive = 0
-        kept = Kept(enc, probe or looked.probe or Probe.of(image),
+        kept = Kept(enc, probe or looked.probe or SmallFrame.of(image),
                     looked.thumb if looked.thumb is not None else thumbnail(image))
         with self._lock:
             if p.exact and self.capacity:

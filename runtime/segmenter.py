@@ -2,9 +2,9 @@
 
 It owns the model's geometry (preprocess, prompt mapping, mask postprocess) so nothing
 else needs to know which model it is. Prompts of one layout (same number of clicks,
-with or without a box) share a decoder call, at most PROMPTS_MAX at a time (CPU_PROMPTS
-on a CPU): no prompt is ever padded, so a box-only prompt is exactly what the MedSAM
-reference decodes, and a frame with many objects costs bounded memory.
+with or without a box) share a decoder call, at most DECODER_BATCH_MAX at a time
+(CPU_DECODER_BATCH on a CPU): no prompt is ever padded, so a box-only prompt is exactly
+what the MedSAM reference decodes, and a frame with many objects costs bounded memory.
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from medsam_edge.contract import LOW_RES_HW, PROMPTS_MAX, Preprocess, prompt_tokens
+from medsam_edge.contract import LOW_RES_HW, DECODER_BATCH_MAX, Preprocess, prompt_tokens
 from medsam_edge.engines.base import Backend
 from medsam_edge.runtime.geometry import boxes_to_model, points_to_model
 from medsam_edge.runtime.postprocess import masks_from_logits
 from medsam_edge.runtime.preprocess import Prepared, preprocess
 from medsam_edge.runtime.prompts import Prompt, as_prompts
 
-# Prompts per decoder call on a CPU. Each prompt in a call holds the decoder's own
-# intermediates (its copy of the embedding, 32x256x256 upscaled features: ~28 MB), and a
-# CPU gains nothing from a bigger batch (measured: 300 ms a prompt at 4 and at 16), so 4
-# keeps a frame with many objects at ~120 MB of decoder memory instead of ~450 MB.
-CPU_PROMPTS = 4
+# Prompts per decoder call on a CPU: each prompt holds its own copy of the decoder's
+# intermediates and a CPU gains nothing from a bigger batch (docs/decisions.md#cpu-decoder-batch).
+CPU_DECODER_BATCH = 4
 
 
 @dataclass
@@ -95,7 +93,7 @@ class Segmenter:
             tokens = [self._tokens(enc, prompts[i]) for i in members]
             coords = np.stack([c for c, _ in tokens])
             labels = np.stack([lab for _, lab in tokens])
-            chunk = CPU_PROMPTS if self.backend.device == "cpu" else PROMPTS_MAX
+            chunk = CPU_DECODER_BATCH if self.backend.device == "cpu" else DECODER_BATCH_MAX
             for start in range(0, len(members), chunk):
                 part = members[start:start + chunk]
                 lg, iou = self.backend.decode(enc.embedding, coords[start:start + chunk],

@@ -59,12 +59,9 @@ class PromptTracker:
 
     margin: the box grows by this share of its size on each side, at least `min_margin`
         pixels, so the object's motion stays inside it.
-    max_growth: the box is never wider or taller than this times the starting box. Without
-        it a box regrown with a margin from a mask that fills it grows every frame, and the
-        track is "lost" to area drift within 6-16 frames on the shared BUSI sweep and echo
-        loop; margin 0.1, min_margin 3, max_growth 1.3, leaving 0.5 and predict lost none
-        of their 150 and 120 frames (LiteMedSAM, issue 15's sweep; 0.15/5/no cap lost 142
-        and 104).
+    max_growth: the box is never wider or taller than this times the starting box: a box
+        regrown with a margin from a mask that fills it would grow every frame (the defaults'
+        sweep: docs/decisions.md#tracker-box-growth).
     leaving: a mask touching the border below this share of the first mask's area is
         leaving the picture.
     predict: move the box by the mask's last motion (constant velocity, at most half its size).

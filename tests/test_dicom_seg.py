@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from medsam_edge.errors import InputError
-from medsam_edge.runtime import dicom_seg, spacing
+from medsam_edge.runtime import cli_args, dicom_seg, measure, spacing
 from medsam_edge.runtime.dicom_seg import Algorithm, DicomSegSink
 from medsam_edge.runtime.frame import Frame
 from medsam_edge.runtime.prompts import Prompt
@@ -179,8 +179,8 @@ def test_a_file_without_spacing_writes_a_segmentation_and_reports_pixels_only(tm
     from medsam_edge.runtime.sources import open_source
 
     with open_source(path) as source, caplog.at_level(logging.INFO):
-        calibration = spacing.resolve_calibration(source)
-    assert calibration is None and spacing.measurements(written[1], calibration) == {}
+        calibration = spacing.resolve_pixel_calibration(source)
+    assert calibration is None and measure.measurements(written[1], calibration) == {}
     assert "pixel spacing unknown" in caplog.text and "areas are in pixels only" in caplog.text
 
 
@@ -251,15 +251,15 @@ def test_a_run_on_a_cine_with_a_bad_frame_leaves_it_out_and_logs_no_patient_data
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         source = open_source(path)
-        calibration = spacing.resolve_calibration(source)
+        calibration = spacing.resolve_pixel_calibration(source)
         seg_sink = dicom_seg.dicom_seg_sink(source, out, tiny_model_dir, backend.describe())
         prompter = Prompter(PromptSchedule.constant([[10, 10, 60, 50], [90, 10, 150, 50]]), None)
-        stats = spacing.TrackStatistics()
+        stats = measure.TrackStatistics()
+        stream = Stream(Session(Segmenter(backend, tiny_model_dir.preprocess), prompter), source, owns_source=False)
         with source, MultiSink([seg_sink, JsonlSink(tmp_path / "frames.jsonl")]) as sinks:
-            for r in Stream(Session(Segmenter(backend, tiny_model_dir.preprocess), prompter), source,
-                            owns_source=False):
-                record = r.record() | spacing.measurements(r.masks, calibration)
-                stats.add(record)
+            for r in measure.Measured(stream, calibration):
+                record = r.record()
+                stats.add_result(r)
                 records.append((r.frame.index, r.masks.copy(), record))
                 sinks.write(r)
         summary = stats.summary(calibration)
@@ -355,8 +355,8 @@ def test_the_options_and_their_help(capsys):
     import argparse
 
     parser = argparse.ArgumentParser()
-    dicom_seg.add_arguments(parser)
-    spacing.add_arguments(parser)
+    cli_args.add_dicom_seg(parser)
+    cli_args.add_pixel_spacing(parser)
     args = parser.parse_args(["--dicom-seg", "--pixel-spacing", "0.2,0.3"])
     assert args.dicom_seg and args.pixel_spacing == spacing.PixelSize(0.2, 0.3, "--pixel-spacing")
     assert parser.parse_args([]).pixel_spacing is None

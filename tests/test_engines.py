@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from medsam_edge.cli import main
-from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, PROMPTS_MAX, box_tokens
+from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, DECODER_BATCH_MAX, box_tokens
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines import select
 from medsam_edge.engines.select import AUTO_ORDER, probe, resolve
@@ -37,7 +37,7 @@ def md(tiny_model_dir, tmp_path):
     return load_model_dir(tmp_path / "m")
 
 
-def _fake_build(md, gpu=H100, trt=TRT, precision="fp32", max_prompts=PROMPTS_MAX) -> Path:
+def _fake_build(md, gpu=H100, trt=TRT, precision="fp32", max_prompts=DECODER_BATCH_MAX) -> Path:
     """Write an engine set as trt_build does, with stand-in plan bytes."""
     out = em.engine_dir(md.path, gpu, trt)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,8 +74,8 @@ def test_profiles_come_from_the_contract_and_match_the_exported_onnx(tiny_model_
     p = em.profiles(tiny_model_dir)
     assert p["encoder"] == {IMAGE: {k: [1, 3, 1024, 1024] for k in ("min", "opt", "max")}}
     # Opt is one box: one prompt of two corner tokens.
-    assert p["decoder"][POINT_COORDS] == {"min": [1, 1, 2], "opt": [1, 2, 2], "max": [PROMPTS_MAX, POINTS_MAX, 2]}
-    assert p["decoder"][POINT_LABELS] == {"min": [1, 1], "opt": [1, 2], "max": [PROMPTS_MAX, POINTS_MAX]}
+    assert p["decoder"][POINT_COORDS] == {"min": [1, 1, 2], "opt": [1, 2, 2], "max": [DECODER_BATCH_MAX, POINTS_MAX, 2]}
+    assert p["decoder"][POINT_LABELS] == {"min": [1, 1], "opt": [1, 2], "max": [DECODER_BATCH_MAX, POINTS_MAX]}
     assert p["decoder"][EMBEDDING]["max"] == [1, 256, 64, 64]
     big = em.profiles(tiny_model_dir, max_prompts=64, max_points=3)["decoder"]
     assert big[POINT_COORDS]["max"] == [64, 3, 2] and em.profile_maxima(big) == {"num_prompts": 64, "num_points": 3}

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from medsam_edge.calibration import fp16, int8
 from medsam_edge.calibration.plan import GPUS, plan, plan_model, predict
 from medsam_edge.cli import main
-from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, PROMPTS_MAX, box_tokens
+from medsam_edge.contract import EMBEDDING, IMAGE, POINT_COORDS, POINT_LABELS, POINTS_MAX, DECODER_BATCH_MAX, box_tokens
 from medsam_edge.engines import engine_manifest as em
 from medsam_edge.engines.trt_check import model_problems, problems
 from medsam_edge.errors import InputError
@@ -360,8 +360,9 @@ def test_tensorrt_provider_gets_profiles_and_caches_under_the_model_dir(tiny_mod
     opts = trt_profile_options(shapes["decoder"])
     assert opts["trt_profile_min_shapes"] == f"{EMBEDDING}:1x256x64x64,{POINT_COORDS}:1x1x2,{POINT_LABELS}:1x1"
     assert opts["trt_profile_opt_shapes"] == f"{EMBEDDING}:1x256x64x64,{POINT_COORDS}:1x2x2,{POINT_LABELS}:1x2"
-    assert opts["trt_profile_max_shapes"] == (f"{EMBEDDING}:1x256x64x64,{POINT_COORDS}:{PROMPTS_MAX}x{POINTS_MAX}x2,"
-                                              f"{POINT_LABELS}:{PROMPTS_MAX}x{POINTS_MAX}")
+    batch = DECODER_BATCH_MAX
+    assert opts["trt_profile_max_shapes"] == (f"{EMBEDDING}:1x256x64x64,{POINT_COORDS}:{batch}x{POINTS_MAX}x2,"
+                                              f"{POINT_LABELS}:{batch}x{POINTS_MAX}")
     cache = tmp_path / "engines" / "ort_trt_cache"
     name, dec = OnnxruntimeBackend._provider_options("TensorrtExecutionProvider", cache, shapes["decoder"])
     assert name == "TensorrtExecutionProvider" and cache.is_dir()

@@ -74,13 +74,13 @@ def test_many_prompts_on_one_frame_cost_bounded_memory(tiny_model_dir):
     """)
     assert out["n"] == 13
     # 13 prompts in one decoder call held ~360 MB more than one prompt; in calls of
-    # CPU_PROMPTS, a few prompts' worth.
+    # CPU_DECODER_BATCH, a few prompts' worth.
     assert out["thirteen"] - out["one"] < 150, out
 
 
 def test_cpu_decoder_calls_hold_at_most_cpu_prompts(tiny_model_dir):
     from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
-    from medsam_edge.runtime.segmenter import CPU_PROMPTS, Segmenter
+    from medsam_edge.runtime.segmenter import CPU_DECODER_BATCH, Segmenter
 
     calls = []
 
@@ -92,16 +92,16 @@ def test_cpu_decoder_calls_hold_at_most_cpu_prompts(tiny_model_dir):
     md = tiny_model_dir
     seg = Segmenter(Counting(md.onnx("encoder"), md.onnx("decoder")), md.preprocess)
     enc = seg.encode(__import__("numpy").full((64, 64, 3), 100, "uint8"))
-    masks, _, _ = seg.decode(enc, [[5, 5, 40, 40]] * (2 * CPU_PROMPTS + 1))
-    assert calls == [CPU_PROMPTS, CPU_PROMPTS, 1] and len(masks) == 2 * CPU_PROMPTS + 1
+    masks, _, _ = seg.decode(enc, [[5, 5, 40, 40]] * (2 * CPU_DECODER_BATCH + 1))
+    assert calls == [CPU_DECODER_BATCH, CPU_DECODER_BATCH, 1] and len(masks) == 2 * CPU_DECODER_BATCH + 1
 
 
 def test_prompts_per_frame_are_capped_with_one_line():
     import pytest
 
-    from medsam_edge.runtime.prompts import MAX_PROMPTS, Prompt, validate_prompts
+    from medsam_edge.runtime.prompts import MAX_OBJECTS_PER_FRAME, Prompt, validate_prompts
 
-    assert len(validate_prompts([Prompt.of([1, 1, 9, 9])] * MAX_PROMPTS, 20, 20)) == MAX_PROMPTS
-    with pytest.raises(InputError, match=f"at most {MAX_PROMPTS}") as e:
-        validate_prompts([Prompt.of([1, 1, 9, 9])] * (MAX_PROMPTS + 1), 20, 20)
+    assert len(validate_prompts([Prompt.of([1, 1, 9, 9])] * MAX_OBJECTS_PER_FRAME, 20, 20)) == MAX_OBJECTS_PER_FRAME
+    with pytest.raises(InputError, match=f"at most {MAX_OBJECTS_PER_FRAME}") as e:
+        validate_prompts([Prompt.of([1, 1, 9, 9])] * (MAX_OBJECTS_PER_FRAME + 1), 20, 20)
     assert "\n" not in str(e.value)

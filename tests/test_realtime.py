@@ -233,8 +233,7 @@ def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
     """2,000 frames pushed and answered: the motion chain, the kept embeddings and the
     decoder answers the session holds stop growing once full."""
     from medsam_edge.runtime.follow import Link
-    from medsam_edge.runtime.motion import Probe
-
+    
     backend = GatedBackend(tiny_model_dir, free=KEPT + 4)  # more embeddings than are kept, then no more
     rt = _session(tiny_model_dir, backend, prompts=(BOX,))
     frames = clip(100, step=(0.02, 0.01), size=(120, 160))
@@ -247,7 +246,7 @@ def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
             rt.submit(frames[k % 100] if (k // 100) % 2 == 0 else frames[99 - k % 100])
             rt.next_result(timeout=120)
             if k in (600, 1999):
-                counts.append(_count(Link, Probe, Decoded, FrameResult))
+                counts.append(_count(Link, SmallFrame, Decoded, FrameResult))
         chain = rt.answerer.chain
         assert rt.encoded == KEPT + 4
         assert len(chain.links) <= HISTORY and len(rt.cache.kept()) <= KEPT
@@ -256,7 +255,7 @@ def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
         backend.gate.set()
         rt.close()
     assert counts[1]["Link"] <= HISTORY + 1 and counts[1]["Decoded"] <= 2 and counts[1]["FrameResult"] <= 2
-    assert counts[1]["Probe"] <= counts[0]["Probe"] + 2, counts
+    assert counts[1]["SmallFrame"] <= counts[0]["SmallFrame"] + 2, counts
 
 
 def test_the_viewer_tells_answers_to_old_prompts_from_new_ones_by_the_version_tag():

@@ -18,10 +18,10 @@ import pytest
 
 from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
 from medsam_edge.metrics import dice
-from medsam_edge.runtime.motion import Probe, image_area
+from medsam_edge.runtime.small_frame import SmallFrame, image_area
 from medsam_edge.runtime.prompts import Prompt, Prompter
 from medsam_edge.runtime.realtime import RealtimeSession
-from medsam_edge.runtime.reuse import EmbeddingCache, ReusePolicy, difference, thumbnail
+from medsam_edge.runtime.reuse import EmbeddingCache, ReusePolicy, thumb_difference, thumbnail
 from medsam_edge.runtime.schedule import PromptSchedule
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
 from medsam_edge.runtime.session import Session
@@ -240,12 +240,12 @@ def test_a_change_inside_the_prompt_forces_a_fresh_embedding_and_an_overlay_outs
         kinds.append(looked.kind)
     assert kinds == ["fresh"] + ["near-repeat"] * 4 + ["fresh"]
     # The whole-frame rule (no prompts to judge by) is fooled by the clock and the trace.
-    assert difference(thumbnail(frames[1]), thumbnail(f0)) > policy.threshold
+    assert thumb_difference(thumbnail(frames[1]), thumbnail(f0)) > policy.threshold
     legacy = EmbeddingCache(policy)
     legacy.store(f0, Encoded(None, f0.shape[:2], f0.shape[:2], 0))
     assert legacy.lookup(frames[1]).kind == "fresh"
     # The image area is the fan: the clock and the trace lie outside it.
-    area = image_area(Probe.of(frames[1]).grey)
+    area = image_area(SmallFrame.of(frames[1]).grey)
     assert not area[118 // 2, 20 // 2] and not area[212 // 2, 40 // 2] and area[100 // 2, 160 // 2]
 
 

@@ -220,14 +220,14 @@ def test_near_repeats_compare_with_the_embeddings_own_frame_so_drift_cannot_pile
     """Each frame is a little brighter than the one before (every step under the threshold),
     so comparing with the previous frame would reuse forever; comparing with the frame the
     embedding came from re-encodes once the drift adds up."""
-    from medsam_edge.runtime.reuse import EmbeddingCache, difference, thumbnail
+    from medsam_edge.runtime.reuse import EmbeddingCache, thumb_difference, thumbnail
     from medsam_edge.runtime.segmenter import Encoded
 
     rng = np.random.default_rng(0)
     base = rng.integers(40, 120, (64, 64, 3)).astype(np.int32)
     frames = [np.clip(base + k, 0, 255).astype(np.uint8) for k in range(12)]  # +1 grey level per frame
     policy = ReusePolicy(exact=False, near=True, threshold=3.5 / 255, max_consecutive=100)
-    step = difference(thumbnail(frames[1]), thumbnail(frames[0]))
+    step = thumb_difference(thumbnail(frames[1]), thumbnail(frames[0]))
     assert step < policy.threshold  # any two neighbours look alike
     cache = EmbeddingCache(policy)
     kinds = []

@@ -33,7 +33,7 @@ once in the URL, of the page, the API and the socket."""
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from medsam_edge.contract import PRECISIONS
-    from medsam_edge.runtime import spacing
+    from medsam_edge.runtime.cli_args import add_pixel_spacing
     from medsam_edge.runtime.command import SOURCE_HELP
 
     p = sub.add_parser("view", help="a live web page: draw boxes on the stream, see masks follow",
@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rebuild", choices=("never", "if-stale", "always"), default="never",
                    help="TensorRT engines missing or stale: never (default), if-stale, always")
     p.add_argument("--threads", type=int, help="CPU threads (default all; the decoder gets one)")
-    spacing.add_arguments(p)
+    add_pixel_spacing(p)
     p.set_defaults(func=run)
 
 
@@ -165,11 +165,11 @@ def run(args: argparse.Namespace) -> int:
         prompts = starting_prompts(args, source)
         predictor = Predictor(args.model_dir, args.backend, args.precision, threads=args.threads, realtime=True,
                               rebuild=args.rebuild)
-        calibration = spacing.resolve_calibration(source, args.pixel_spacing)
+        pixel_calibration = spacing.resolve_pixel_calibration(source, args.pixel_spacing)
         objects = Objects()
         if prompts:
             objects.set_prompts(validate_prompts(prompts, *_size(source), "--box/--prompts"))
-        engine = Engine(predictor, source, objects, track=args.track, calibration=calibration,
+        engine = Engine(predictor, source, objects, track=args.track, pixel_calibration=pixel_calibration,
                         buffer_seconds=args.buffer_seconds, stale_ms=args.stale_ms, jpeg_quality=args.jpeg_quality,
                         record_dir=args.record_dir, dicom_seg=_dicom_seg(source, predictor, args.track))
         token = None if args.host in LOOPBACK else secrets.token_urlsafe(24)

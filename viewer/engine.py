@@ -21,7 +21,7 @@ from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import is_blank
 from medsam_edge.runtime.prompts import validate_prompts
 from medsam_edge.runtime.result import FRESH, FrameResult
-from medsam_edge.runtime.spacing import measurements
+from medsam_edge.runtime.measure import measurements
 from medsam_edge.viewer import recorder
 from medsam_edge.viewer.hud import Hud
 from medsam_edge.viewer.objects import Objects
@@ -35,12 +35,12 @@ WAITING_ANSWERS = 64  # answers waiting for the publisher at most; older ones ar
 
 
 class Engine:
-    def __init__(self, predictor, source, objects: Objects, *, track: bool = False, calibration=None,
+    def __init__(self, predictor, source, objects: Objects, *, track: bool = False, pixel_calibration=None,
                  buffer_seconds: float = 3.0, stale_ms: float = 1000.0, jpeg_quality: int = 80,
                  record_dir: Path = Path("recordings"), dicom_seg: Callable | None = None) -> None:
         self.predictor, self.source, self.objects = predictor, source, objects
         self.segmenter = predictor.segmenter
-        self.track, self.calibration, self.quality = track, calibration, jpeg_quality
+        self.track, self.pixel_calibration, self.quality = track, pixel_calibration, jpeg_quality
         self.record_dir, self._dicom_seg = Path(record_dir), dicom_seg
         self.source_info = source_info(source)
         self.hud = Hud(predictor.backend.describe(), stale_ms)
@@ -193,7 +193,7 @@ class Engine:
             for result in batch:
                 if result.blank or is_blank(result.frame.image):
                     continue
-                result.measurements = measurements(result.masks, self.calibration)
+                result.measurements = measurements(result.masks, self.pixel_calibration)
                 entry = entry_of(result, self.versions.match(result.prompts, result.prompts_version))
                 self.ring.add(entry)
                 self.hud.add(entry.record)
@@ -333,7 +333,7 @@ class Engine:
         result = FrameResult(frame=frame, prompts=prompts, masks=masks, scores=scores, reuse=FRESH, embedding=own,
                              lost=[False] * len(prompts), latency_ms=timings, backend=self.segmenter.backend.name,
                              notes=["decoded on the frozen frame's own embedding"])
-        result.measurements = measurements(masks, self.calibration)
+        result.measurements = measurements(masks, self.pixel_calibration)
         edited = entry_of(result, version, made="frozen")
         with self._cond:
             entry.masks, entry.record, entry.prompts = edited.masks, edited.record, edited.prompts
@@ -354,7 +354,8 @@ class Engine:
                    "source": getattr(self.source, "description", "viewer")}
         try:
             extra = [self._dicom_seg(out)] if self._dicom_seg is not None else []
-            self.recording = recorder.Recording(out, self.source, summary, self.source.fps, self.calibration, extra)
+            self.recording = recorder.Recording(out, self.source, summary, self.source.fps, self.pixel_calibration,
+                                                extra)
         except InputError as e:
             raise Refused(f"record: {e}") from None
         log.info("recording into %s", out)

@@ -64,7 +64,7 @@ class Feed:
 
 
 class Recording:
-    def __init__(self, out: Path, source, summary: dict, fps: float | None, calibration, extra_sinks) -> None:
+    def __init__(self, out: Path, source, summary: dict, fps: float | None, pixel_calibration, extra_sinks) -> None:
         from medsam_edge.runtime.outputs import RunOutputs
 
         self.out = out
@@ -76,13 +76,13 @@ class Recording:
         # RunOutputs spreads this dict into summary.json at the end: how the span ended goes in.
         self._described = summary
         self.outputs.open(video=True, masks="npz", fps=fps, extra=extra_sinks)
-        self._thread = threading.Thread(target=self._write, args=(summary, calibration), name="medsam-record",
+        self._thread = threading.Thread(target=self._write, args=(summary, pixel_calibration), name="medsam-record",
                                         daemon=True)
         self._thread.start()
 
-    def _write(self, summary: dict, calibration) -> None:
+    def _write(self, summary: dict, pixel_calibration) -> None:
         try:
-            self.summary = self.outputs.run(self.feed, summary, live=True, calibration=calibration)
+            self.summary = self.outputs.run(self.feed, summary, live=True, pixel_calibration=pixel_calibration)
         except BaseException as e:  # the summary says it; the viewer goes on
             self.error = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
             self.summary = self.outputs.summary

@@ -41,7 +41,7 @@ def build(engine, viewers: dict, masks: bool = False) -> dict:
             "area_px": m["area_px"], "area_mm2": m["area_mm2"], "score": m["score"], "lost": m["lost"],
             "made": m["made"], **({"bbox": m["bbox"], "rle": m["rle"]} if masks else {})}
         prompts.append(obj)
-    calibration = engine.calibration
+    pixel_calibration = engine.pixel_calibration
     frozen = engine.frozen
     return {
         "schema": SCHEMA,
@@ -58,8 +58,8 @@ def build(engine, viewers: dict, masks: bool = False) -> dict:
         "buffer": engine.ring.span(),
         "prompts": prompts,
         "hud": engine.hud.snapshot(None if entry is None else entry.record),
-        "spacing": {"known": bool(calibration is not None and calibration.known),
-                    "source": None if calibration is None else calibration.source},
+        "spacing": {"known": bool(pixel_calibration is not None and pixel_calibration.known),
+                    "source": None if pixel_calibration is None else pixel_calibration.source},
         "recording": None if engine.recording is None else engine.recording.describe(),
         "last_recording": engine.last_recording,
         "counters": dict(engine.counters),

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # A live capture that fails this many reads in a row has ended (cable pulled, stream
 # closed); fewer are dropped frames. Opening gives up sooner: nobody waits 30 timeouts.
 MAX_LIVE_FAILURES = 30
-MAX_LIVE_PROBE_FAILURES = 5
+MAX_LIVE_OPEN_FAILURES = 5
 # Skipped frames logged one by one; after these, they are only counted (summary.json has
 # the count), so a badly damaged input cannot flood the log.
 MAX_LOGGED_SKIPS = 10
@@ -112,7 +112,7 @@ class Source:
         self.loop = loop
         self.skipped = 0
         self.closed = False
-        self._probed: tuple[list[Item], Iterator[Item]] | None = None
+        self._first_read: tuple[list[Item], Iterator[Item]] | None = None
 
     def _read_pass(self) -> Iterator[Item]:
         """One pass over the input from its start. Subclasses implement this."""
@@ -131,16 +131,16 @@ class Source:
     def _stamp(self, position: int) -> float:
         return position / self.fps if self.fps else float(position)
 
-    def _probe(self) -> None:
+    def _check_first_frame(self) -> None:
         """Read up to the first good frame so a useless input fails at open, naming why."""
         items = self._read_pass()
         seen: list[Item] = []
         for item in items:
             seen.append(item)
             if not isinstance(item[1], str) and frame_problem(item[1]) is None:
-                self._probed = (seen, items)
+                self._first_read = (seen, items)
                 return
-            if self.is_live and len(seen) >= MAX_LIVE_PROBE_FAILURES:
+            if self.is_live and len(seen) >= MAX_LIVE_OPEN_FAILURES:
                 break
         problems = [p if isinstance(p, str) else frame_problem(p) for _, p, _ in seen]
         detail = f"{len(seen)} unreadable, first: {problems[0]}" if problems else "it is empty"
@@ -153,10 +153,10 @@ class Source:
         index, offset, passes = 0, 0.0, 0
         started = time.perf_counter()
         while True:
-            if self._probed is not None:
-                seen, rest = self._probed
-                self._probed = None
-                # A live source's probe frame is stale by now: check only, never replay.
+            if self._first_read is not None:
+                seen, rest = self._first_read
+                self._first_read = None
+                # A live source's first frame is stale by now: check only, never replay.
                 items: Iterator[Item] = rest if self.is_live else itertools.chain(seen, rest)
             else:
                 items = self._read_pass()

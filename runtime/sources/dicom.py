@@ -45,7 +45,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.pixels.utils import get_expected_length
 
 from medsam_edge.errors import InputError
-from medsam_edge.runtime.spacing import Calibration, calibration_from_dataset
+from medsam_edge.runtime.dicom_regions import pixel_calibration_from_dataset
+from medsam_edge.runtime.spacing import PixelCalibration
 
 from .base import Item, Source, to_uint8
 from .encapsulated import ends_whole, has_end_marker, read_fragments
@@ -133,7 +134,7 @@ def _scale_bits(picture: np.ndarray, bits: int) -> np.ndarray:
 class DicomGeometry:
     """What measurements and a Segmentation writer need from the header; no patient data.
 
-    calibration: mm per pixel (ultrasound regions, PixelSpacing), see runtime.spacing.
+    pixel_calibration: mm per pixel (ultrasound regions, PixelSpacing), see runtime.spacing.
     sop_instance_uid: kept out of repr() so no log line can print it by accident.
     """
 
@@ -141,14 +142,14 @@ class DicomGeometry:
     columns: int
     frames: int
     has_frame_of_reference: bool
-    calibration: Calibration
+    pixel_calibration: PixelCalibration
     sop_instance_uid: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_dataset(cls, ds: Dataset, frames: int, name: str) -> DicomGeometry:
         uid = ds.get("SOPInstanceUID")
         return cls(int(ds.Rows), int(ds.Columns), frames, "FrameOfReferenceUID" in ds,
-                   calibration_from_dataset(ds, name), str(uid) if uid else None)
+                   pixel_calibration_from_dataset(ds, name), str(uid) if uid else None)
 
 
 class DicomSource(Source):
@@ -177,7 +178,7 @@ class DicomSource(Source):
         self.geometry = DicomGeometry.from_dataset(ds, self.frame_count, self.description)
         self._times, self.fps, self.time_source = frame_times(ds, self.frame_count)
         self._window = self._find_window(ds)
-        self._probe()
+        self._check_first_frame()
 
     def _find_decoder(self, ds: Dataset):  # -> pydicom.pixels.decoders.base.Decoder
         syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")

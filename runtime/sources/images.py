@@ -36,7 +36,7 @@ class ArraySource(Source):
         self._frames = list(frames)
         self.frame_count = len(self._frames)
         self._set_rate(fps)
-        self._probe()
+        self._check_first_frame()
 
     def _read_pass(self) -> Iterator[Item]:
         for position, picture in enumerate(self._frames):
@@ -58,7 +58,7 @@ class ImageSource(Source):
                          loop=loop)
         self.frame_count = len(self.paths)
         self._set_rate(fps)
-        self._probe()
+        self._check_first_frame()
 
     def _read_pass(self) -> Iterator[Item]:
         for position, path in enumerate(self.paths):

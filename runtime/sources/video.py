@@ -45,7 +45,7 @@ class VideoSource(Source):
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if not self.is_live and count > 0 else None
         self.time_source = "wall_clock" if self.is_live else self.time_source
-        self._probe()
+        self._check_first_frame()
 
     def _open(self) -> cv2.VideoCapture:
         if self._kind == "gstreamer":
