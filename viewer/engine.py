@@ -144,10 +144,10 @@ class Engine:
         stats = self.session.stats
         deadline = time.monotonic() + timeout
         with self._cond:
-            # Polled: the session counts what it drops or skips as blank without telling.
+            # Polled: the session counts what it drops, passes over or skips as blank without telling.
             while not (self._closed or time.monotonic() > deadline or (
                     not self._answers and not self._publishing
-                    and self._received + stats.dropped + stats.blank >= self.counters["captured"])):
+                    and self._received + stats.dropped + stats.passed + stats.blank >= self.counters["captured"])):
                 self._cond.wait(0.2)
 
     def _ended(self, status: str, message: str) -> None:
