@@ -233,7 +233,8 @@ def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
     """2,000 frames pushed and answered: the motion chain, the kept embeddings and the
     decoder answers the session holds stop growing once full."""
     from medsam_edge.runtime.follow import Link
-    
+    from medsam_edge.runtime.small_frame import SmallFrame
+
     backend = GatedBackend(tiny_model_dir, free=KEPT + 4)  # more embeddings than are kept, then no more
     rt = _session(tiny_model_dir, backend, prompts=(BOX,))
     frames = clip(100, step=(0.02, 0.01), size=(120, 160))
