@@ -171,7 +171,8 @@ class RealtimeSession:
                 held = bool(self._held)
                 ready = lambda: (self._queue or self.closed or self._error or  # noqa: E731
                                  (self._generation != self._tried if held else self._ended))
-                if not self._cond.wait_for(ready, None if deadline is None else max(0.0, deadline - time.perf_counter())):
+                left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+                if not self._cond.wait_for(ready, left):
                     return None
                 self._raise_error()
                 if self.closed:

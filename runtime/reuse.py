@@ -239,7 +239,8 @@ class EmbeddingCache:
         kept = self.kept(hw)
         return kept[-1] if kept else None
 
-    def choose(self, probe: SmallFrame, prompts: list[Prompt], kept: list[Kept], follow: bool = False) -> ReuseChoice:
+    def choose(self, probe: SmallFrame, prompts: list[Prompt], kept: list[Kept], follow: bool = False
+               ) -> ReuseChoice:
         """Which kept embedding, if any, may answer this frame (its probe and prompts): the
         closest where the prompts are, if close enough, and not when compensation is on
         and the flow finds a motion it cannot follow. follow: the answer will be warped by
@@ -264,7 +265,8 @@ class EmbeddingCache:
     def _valid(self, enc: Encoded) -> bool:
         return self.backend is None or self.backend.embedding_valid(enc.embedding)
 
-    def store(self, image: np.ndarray, enc: Encoded, looked: Lookup | None = None, probe: SmallFrame | None = None) -> Kept:
+    def store(self, image: np.ndarray, enc: Encoded, looked: Lookup | None = None,
+              probe: SmallFrame | None = None) -> Kept:
         """Remember a fresh embedding of `image` (looked: its lookup, whose digest and
         probe are reused); returns what is kept of it."""
         p = self.policy
