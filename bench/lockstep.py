@@ -142,13 +142,16 @@ def play(predictor, frame_at: Callable[[int], np.ndarray], n: int, fps: float, p
             s.latest()  # raises an error of the session's threads here
             with lock:
                 done = len(answers)
-            if done + s.stats.dropped + s.stats.blank >= n:
+            if done + s.stats.dropped + s.stats.passed + s.stats.blank >= n:
                 break
             time.sleep(0.01)
         seconds = time.perf_counter() - start
         stats = s.stats.summary()
         encoded = s.stats.encoded
     answers.sort(key=lambda a: a.index)
-    return Played(fps=fps, submitted=n, answers=answers, dropped=stats["dropped"], blank=stats["blank_skipped"],
+    # Frames the session passed over while they waited for an embedding they could reach
+    # were not answered either: dropped, for these rows.
+    return Played(fps=fps, submitted=n, answers=answers, dropped=stats["dropped"] + stats.get("passed_over", 0),
+                  blank=stats["blank_skipped"],
                   encoded=encoded, seconds=seconds, late_submits=late, stats=stats,
                   submitted_at=submitted_at)

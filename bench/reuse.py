@@ -245,8 +245,8 @@ def measure(predictor: Predictor, clip: str, boxes, n_frames: int = 150, thresho
             res, t = _timed(rt)
             what = f", {count} frames back and forth" if looped else ""
             rows.append(_row(f"real-time at {fps:g} fps{what}, motion {'on' if motion else 'off'}", res, t, fresh,
-                             position=bounce(len(frames)) if looped else None, dropped=rt.stats.dropped,
-                             encoded=rt.stats.encoded))
+                             position=bounce(len(frames)) if looped else None,
+                             dropped=rt.stats.dropped + rt.stats.passed, encoded=rt.stats.encoded))
     return {"clip": str(clip), "frames": len(frames), "clip_fps": fps, "boxes": np.asarray(boxes).tolist(),
             "model": predictor.model_dir.model_id, "backend": predictor.backend.name,
             "default_policy": _policy_json(default), "rows": rows, "curve": points,

@@ -53,7 +53,7 @@ def _streams(md, precision, frames, boxes) -> dict:
 
     cudart = runtime()
     with TensorrtBackend(md, precision) as b:
-        flags = [int(cudart.cudaStreamGetFlags(s)[1]) for s in b._streams]
+        flags = [int(cudart.cudaStreamGetFlags(s)[1]) for s in b.streams]
     want = int(cudart.cudaStreamNonBlocking)
     return _verdict(all(f & want for f in flags), flags=flags, non_blocking=want)
 

@@ -266,6 +266,11 @@ class TensorrtBackend(Backend):
                 self._slot_generation[slot] = generation
         return DeviceEmbedding(id(self), generation, slot)
 
+    @property
+    def streams(self) -> list:
+        """The CUDA streams (encoder, decoder) this backend launches on, for checks of their flags."""
+        return list(self._streams)
+
     def embedding_valid(self, embedding) -> bool:
         return (isinstance(embedding, DeviceEmbedding) and embedding.owner == id(self)
                 and self._slot_generation[embedding.slot] == embedding.generation)

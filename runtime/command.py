@@ -73,8 +73,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-motion", action="store_true",
                    help="do not compensate the motion between a reused embedding's frame and the frame answered")
     p.add_argument("--realtime", action="store_true",
-                   help="threads; encoder on the newest frame, decoder on every frame; drops when behind "
-                        "(default for live sources; files replay at their frame rate)")
+                   help="threads: the encoder on the newest frame; every frame answered at the capture rate by "
+                        "warping the last decoder answer along the motion, the decoder only for a new embedding, "
+                        "new prompts or a cut (docs/realtime.md); drops when behind (default for live sources; "
+                        "files replay at their frame rate)")
     p.add_argument("--deterministic", action="store_true", help="every frame in order, even for a live source")
     p.add_argument("--backend", default="auto",
                    help="auto, or a backend `medsam-edge info` lists (default auto)")
@@ -87,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "start in seconds; auto falls back to the next backend and the log says how to build), "
                         "if-stale (build first: minutes of the GPU), always")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; real-time mode gives the "
-                   "decoder one of them and the encoder the rest)")
+                   "encoder all of them and the decoder, which runs far less often, one)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output directory (default ./out)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--masks", choices=("none", "png", "npz"), default="none", help="also write masks")

@@ -161,7 +161,7 @@ class Predictor:
         prompt from its last mask (lost tracks reported), with the mask centroid as a click
         when track_centroid; reuse: a ReusePolicy, "on", "exact" or "off" (default on;
         deterministic mode only); refine: a second decoder pass with each mask's centroid;
-        on_result: real-time mode's callback (runs in the session's decoder thread);
+        on_result: real-time mode's callback (runs in the session's answering thread);
         motion: compensate the motion between a reused embedding's frame and the frame
         answered (runtime.motion; False: masks as the embedding's frame shows them).
         """

@@ -227,8 +227,11 @@ class Prompter:
 
     `set_prompts()` may be called from another thread at any time: the new prompts take
     effect at the next frame whose prompts are asked for (a frame being decoded keeps
-    the prompts it started with), and a running tracker restarts from them. Prompts a
-    schedule names for exactly this frame override propagation likewise.
+    the prompts it started with), and a running tracker restarts from them (none: the
+    tracker stops). Prompts a schedule names for exactly this frame override propagation
+    likewise. Every such change is a new version (a number counting up from 0, the
+    prompts the session started with): `version` is the one the last prompts_for() used,
+    so an answer can say which prompts it is for.
     """
 
     def __init__(self, schedule=None, tracker=None) -> None:
@@ -236,38 +239,55 @@ class Prompter:
         self.schedule = schedule
         self.tracker = tracker
         self._lock = threading.Lock()
-        self._pending: list[Prompt] | None = None
+        self._pending: tuple[list[Prompt], int] | None = None
         self._given: list[Prompt] | None = None  # the caller's prompts, once set
+        self._versions = 0  # versions handed out so far
+        self.version = 0  # the version of the prompts the last prompts_for() returned
         # The schedule's current entry, validated: a box clipped to the picture is said
         # once, when its entry first applies (or the frame size changes), not every frame.
         self._checked: tuple[tuple, list[Prompt]] | None = None
 
-    def set_prompts(self, prompts) -> None:
-        """Prompt objects or (N, 4) boxes; numbers checked now, the rest against the next frame."""
+    def set_prompts(self, prompts) -> int:
+        """Prompt objects or (N, 4) boxes; numbers checked now, the rest against the next frame.
+        Returns the version the answers with these prompts will carry."""
         pending = as_prompts(prompts)
         for k, p in enumerate(pending):  # a NaN is wrong on any frame: said at the call, not a frame later
             values = np.concatenate([p.box if p.box is not None else np.zeros(0, np.float32), p.points.ravel()])
             if not np.isfinite(values).all():
                 raise InputError(f"set_prompts: prompt {k} holds a number that is not finite ({_show(values.tolist())})")
         with self._lock:
-            self._pending = pending
+            self._versions += 1
+            self._pending = (pending, self._versions)
+            return self._versions
+
+    def current(self) -> list[Prompt] | None:
+        """The prompts in use: a tracker's current ones, else the caller's; None before any."""
+        tracked = self.tracker.current() if self.tracker is not None else None
+        return tracked if tracked is not None else self._given
 
     def prompts_for(self, frame) -> list[Prompt]:
         where = f"{frame.source} frame {frame.index} prompt"
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
-            self._given = validate_prompts(pending, frame.height, frame.width, where)
+            self._given = validate_prompts(pending[0], frame.height, frame.width, where)
+            self.version = pending[1]
         if self._given is not None:
             given, restart = self._given, pending is not None
         elif self.schedule is not None:
             given = self._scheduled(frame, where)
             restart = self.schedule.starts_at(frame.index)
+            if restart and frame.index > 0:
+                with self._lock:
+                    self._versions += 1
+                    self.version = self._versions
         else:
             given, restart = [], False
         if self.tracker is None:
             return given
-        if restart or self.tracker.current() is None:
+        if restart and not given:
+            self.tracker.clear()  # no prompts: no track goes on with the old ones
+        elif restart or self.tracker.current() is None:
             if given:
                 self.tracker.reset(given)
         current = self.tracker.current()

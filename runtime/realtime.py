@@ -1,24 +1,27 @@
-"""Real-time mode: the encoder works in the background on the newest frame; every frame is
-answered by the decoder with the newest embedding finished so far; nothing queues.
+"""Real-time mode: every captured frame answered at the capture rate; the encoder works in
+the background on the newest frame; nothing queues.
 
     with predictor.session(prompts=[box], realtime=True, on_result=show) as s:
         def on_frame(image):            # your SDK's capture callback
             s.submit(image)             # never blocks; an older waiting frame is dropped
-        ...                             # show(result) runs in the session's decoder thread
+        ...                             # show(result) runs in the session's answering thread
 
-When the encoder is slower than the video it skips frames (their masks come from a
-slightly older embedding, marked "newest" with its staleness). The anatomy has moved
-since that embedding's frame: with `motion` on (the default) each newest answer maps
-its prompts into the embedding's frame and warps the masks to where the anatomy is now
-(runtime.motion); where the flow explains nothing the answer is left uncompensated and
-its record says why. Anatomy also comes back (a heartbeat, breathing, a looping cine):
-with motion on, the session keeps the last few embeddings and answers each frame with
-the one whose frame is closest where the prompts are (reuse "near-repeat" when that is
-not the newest), so a frame is answered from the same phase of the cycle when one was
-encoded. With motion off, every frame is answered from the newest embedding as it is.
+The decoder runs once per (embedding, prompts as mapped into the embedding's frame). Every
+frame in between is answered by warping those low-res logits with the motion from the
+embedding's frame to this one, composed from consecutive-frame motions (runtime.follow):
+a few ms, so the frame rate never waits for the decoder and the encoder gets the cores.
+The decoder runs again only when a new embedding lands, when the prompts change (the
+caller's: always; a tracker's or the motion's: beyond PROMPT_TOLERANCE of their size in
+the embedding's frame), or when the motion cannot be followed (a cut, a probe lift, a
+blank frame between, flow that explains nothing): such a frame is not warped; it waits
+for an embedding it can reach (the newest frames are encoded next), and its answer's
+record says why. Frames passed over while waiting are counted (Stats.passed).
 
-When even the decoder falls behind, the oldest waiting frame is dropped and counted:
-capture-to-mask latency stays flat. Without on_result, the caller pulls: next_result()
+Each FrameResult says how its masks were made (made: "fresh", "decoded" on a kept
+embedding, "warped"), how old its embedding and its decode are (frames and source ms),
+and which prompts version it answers; prompts changed mid-stream are never answered with
+logits decoded for the old ones. With motion off, every frame is decoded on the newest
+embedding as it is (no warping). Without on_result, the caller pulls: next_result()
 answers the oldest waiting frame in the caller's thread, latest() returns the newest answer.
 """
 
@@ -31,34 +34,32 @@ import time
 from collections import deque
 from typing import Callable
 
-from medsam_edge.engines.base import ExpiredEmbedding, max_kept_embeddings
 from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import Frame, is_blank
-from medsam_edge.runtime.motion import MotionEstimator, Probe
 from medsam_edge.runtime.prompts import Prompter
-from medsam_edge.runtime.result import FRESH, NEAR, NEWEST, FrameResult
-from medsam_edge.runtime.reuse import Kept, closest
-from medsam_edge.runtime.segmenter import Encoded, Segmenter
-from medsam_edge.runtime.session import Answerer, Stats, as_frame
+from medsam_edge.runtime.realtime_answer import RealtimeAnswerer, Taken
+from medsam_edge.runtime.result import FrameResult
+from medsam_edge.runtime.reuse import EmbeddingCache, ReusePolicy
+from medsam_edge.runtime.segmenter import Segmenter
+from medsam_edge.runtime.session import Stats, as_frame
+from medsam_edge.runtime.small_frame import SmallFrame
 
 log = logging.getLogger(__name__)
-# Attempts at a frame whose newest embedding expired before the decoder read it.
-_EXPIRY_RETRIES = 3
-# Embeddings kept for answering (motion on), where the backend can keep them valid: about
-# 16 s of encodes at 1 s each on two cores, enough to find a heartbeat's phase again.
+# Embeddings kept for answering, where the backend can keep them valid: about 16 s of
+# encodes at 1 s each, enough to find a view again after a cut.
 KEPT = 16
-
-
 def split_threads(threads: int | None = None, cores: int | None = None) -> tuple[int, int]:
     """(encoder, decoder) CPU threads for real-time mode out of `threads` (default: every core).
 
-    In real-time mode encoder and decoder run at the same time; with onnxruntime's default
-    each session takes every core and the two spin against each other
-    (docs/decisions.md#real-time-thread-split). The decoder is small, so it gets one core
-    and the encoder the rest.
+    Encoder and decoder run at the same time. When the decoder answered every frame, two
+    sessions each taking every core spun against each other (LiteMedSAM on 2 cores: 7.5
+    masks/s that way, 12.6 with one thread each; BENCHMARKS.md), so the decoder had a core of
+    its own. Now most frames are warped and the decoder runs once per embedding or prompt
+    change, on the answering thread with one thread: the encoder gets every core
+    (docs/decisions.md#real-time-at-the-capture-rate-prompt-tolerance-and-the-thread-split).
     """
     total = max(1, threads or cores or usable_cores())
-    return max(1, total - 1), 1
+    return total, 1
 
 
 def usable_cores() -> int:
@@ -69,13 +70,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+
+
 class RealtimeSession:
     """Real-time push API: submit() from the producer, results by callback or pull.
 
     Safe for one producer thread (submit, end) and one consumer (next_result or the
     callback, latest); set_prompts() from any thread takes effect at the next frame the
-    decoder starts. An error in the encoder or decoder thread is raised in the caller's
-    next submit(), next_result() or latest().
+    session takes up, and returns the version its answers will carry. An error in the
+    encoder or answering thread is raised in the caller's next submit(), next_result()
+    or latest().
     """
 
     realtime = True
@@ -87,36 +91,40 @@ class RealtimeSession:
             raise InputError(f"queue_size {queue_size}: at least one frame must be able to wait")
         self.segmenter = segmenter
         self.prompter = prompter
-        self.answerer = Answerer(segmenter, prompter, refine, keep_logits)
         self.stats = Stats()
         self.source = source
         self.image_format = image_format
         self.on_result = on_result
+        self.motion = motion
+        # The embeddings answers may come from: the same cache and policy as deterministic
+        # reuse (its scene threshold and refusals), stored from the encoder's thread.
+        self.cache = EmbeddingCache(ReusePolicy(exact=False, motion=motion, cache_size=KEPT if motion else 1),
+                                    segmenter.backend)
+        self.answerer = RealtimeAnswerer(segmenter, prompter, self.cache, self.stats, motion, refine, keep_logits,
+                                         gap=queue_size + 1)
         self._queue: deque[Frame] = deque()
         self._queue_size = queue_size
         self._cond = threading.Condition()
         self._newest_frame: Frame | None = None
-        self._newest_enc: Encoded | None = None
-        self.motion = motion
-        self._estimator = MotionEstimator() if motion else None
-        # The embeddings answers may come from, newest last, with their frames as the
-        # motion estimate and change detection see them.
-        self._kept: deque[Kept] = deque(maxlen=max(1, max_kept_embeddings(segmenter.backend, KEPT)) if motion else 1)
         self._generation = 0  # embeddings finished so far
+        self._held: list[Taken] = []  # frames taken up, waiting for an embedding that reaches them
+        self._tried = -1  # embeddings finished when the held frames were last tried (-1: not since one was taken)
         self._latest: FrameResult | None = None
-        self._ended = self._closed = False
+        self._ended = False
+        self.closed = False
         self._error: BaseException | None = None
         self._next_index = 0
         self._threads: list[threading.Thread] = []
 
     # -- producer ------------------------------------------------------------------------
-    def set_prompts(self, prompts) -> None:
-        self.prompter.set_prompts(prompts)
+    def set_prompts(self, prompts) -> int:
+        """New prompts from the next frame on; returns the version their answers carry."""
+        return self.prompter.set_prompts(prompts)
 
     def submit(self, image, timestamp: float | None = None) -> None:
         """Hand over a frame; returns at once. An older frame still waiting is dropped (counted)."""
         self._raise_error()
-        if self._closed or self._ended:
+        if self.closed or self._ended:
             raise InputError("this real-time session is closed (or ended); open a new one with predictor.session()")
         frame = as_frame(image, self._next_index, timestamp, self.source, self.image_format)
         self._next_index = frame.index + 1
@@ -141,25 +149,48 @@ class RealtimeSession:
     # -- consumer ------------------------------------------------------------------------
     def next_result(self, timeout: float | None = None) -> FrameResult | None:
         """Answer the oldest waiting frame (in this thread); None once ended and drained, or
-        on timeout. Blank frames are counted, not answered."""
+        on timeout. Blank frames are counted, not answered.
+
+        Frames are taken up (prompts chosen, motion followed) in order. One that no
+        embedding reaches yet is held (at most queue_size of them) until one does; when a
+        later held frame is answered first, the older ones are passed over (counted)."""
         deadline = None if timeout is None else time.perf_counter() + timeout
         while True:
+            if self._held and self._tried != self._generation:
+                self._tried = self._generation
+                for k, taken in enumerate(self._held):
+                    result = self.answerer.answer(taken)
+                    if result is not None:
+                        self.stats.passed += k
+                        del self._held[:k + 1]
+                        self._tried = -1
+                        with self._cond:
+                            self._latest = result
+                        return result
             with self._cond:
-                if not self._cond.wait_for(lambda: self._queue or self._ended or self._closed or self._error,
-                                           None if deadline is None else max(0.0, deadline - time.perf_counter())):
+                held = bool(self._held)
+                ready = lambda: (self._queue or self.closed or self._error or  # noqa: E731
+                                 (self._generation != self._tried if held else self._ended))
+                left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+                if not self._cond.wait_for(ready, left):
                     return None
                 self._raise_error()
+                if self.closed:
+                    return None
                 if not self._queue:
+                    if held:
+                        continue  # a new embedding: try the held frames again
                     return None
                 frame = self._queue.popleft()
             if is_blank(frame.image):
                 self.stats.blank += 1
+                self.answerer.blank()
                 continue
-            result = self._answer(frame)
-            if result is not None:
-                with self._cond:
-                    self._latest = result
-                return result
+            if len(self._held) >= self._queue_size:
+                del self._held[0]
+                self.stats.passed += 1
+            self._held.append(self.answerer.take(frame))
+            self._tried = -1  # a frame not tried yet
 
     def latest(self) -> FrameResult | None:
         """The newest answer so far (poll style), or None."""
@@ -177,7 +208,7 @@ class RealtimeSession:
             return
         loops = [(self._encode_loop, "medsam-encoder")]
         if self.on_result is not None:
-            loops.append((self._decode_loop, "medsam-decoder"))
+            loops.append((self._answer_loop, "medsam-answer"))
         self._threads = [threading.Thread(target=f, name=n, daemon=True) for f, n in loops]
         for t in self._threads:
             t.start()
@@ -196,24 +227,22 @@ class RealtimeSession:
         try:
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._closed or self._error or (
+                    self._cond.wait_for(lambda: self.closed or self._error or (
                         self._newest_frame is not None and self._newest_frame is not last))
-                    if self._closed or self._error:
+                    if self.closed or self._error:
                         return
                     frame = last = self._newest_frame
                 enc = self.segmenter.encode(frame.image, frame.index)
-                kept = Kept(enc, Probe.of(frame.image)) if self._estimator else None
+                enc.timestamp = frame.timestamp
+                self.cache.store(frame.image, enc, probe=SmallFrame.of(frame.image))
                 with self._cond:
-                    self._newest_enc = enc
-                    if kept is not None:
-                        self._kept.append(kept)
                     self._generation += 1
                     self.stats.encoded += 1
                     self._cond.notify_all()
         except BaseException as e:  # surfaced in the caller's thread
             self._fail(e)
 
-    def _decode_loop(self) -> None:
+    def _answer_loop(self) -> None:
         try:
             while True:
                 result = self.next_result()
@@ -223,57 +252,10 @@ class RealtimeSession:
         except BaseException as e:
             self._fail(e)
 
-    def _answer(self, frame: Frame) -> FrameResult | None:
-        notes: list[str] = []
-        prompts = self.prompter.prompts_for(frame)
-        probe = None
-        for attempt in range(_EXPIRY_RETRIES):
-            with self._cond:
-                # The first frames wait for the first embedding; a frame of another size than
-                # the newest embedding's waits for one of its own size.
-                self._cond.wait_for(lambda: self._closed or self._error or (
-                    self._newest_enc is not None and self._newest_enc.original_hw == frame.image.shape[:2]))
-                self._raise_error()
-                if self._closed:
-                    return None
-                enc = newest = self._newest_enc
-                generation = self._generation
-                kept = [k for k in self._kept if k.enc.original_hw == frame.image.shape[:2]]
-            timings: dict = {}
-            motion = None
-            if enc.frame_index != frame.index and self._estimator is not None and prompts and kept:
-                t0 = time.perf_counter()
-                probe = probe or Probe.of(frame.image)
-                valid = [k for k in kept if self.segmenter.backend.embedding_valid(k.enc.embedding)] or kept[-1:]
-                verdict = closest(valid, probe, prompts)
-                chosen = verdict.kept or valid[-1]
-                enc = chosen.enc
-                timings["reuse_check"] = (time.perf_counter() - t0) * 1e3
-                if enc.frame_index != frame.index:
-                    motion = self._estimator.estimate(chosen.probe, probe, prompts,
-                                                      verdict.regions if verdict.kept is chosen else None)
-                    timings["motion"] = motion.ms
-                    if not motion.applied:
-                        notes.append(f"motion not compensated: {motion.why}")
-            kind = FRESH if enc.frame_index == frame.index else NEWEST if enc is newest else NEAR
-            try:
-                result = self.answerer.answer(frame, enc, kind, timings, notes, prompts, motion)
-            except ExpiredEmbedding:
-                # Its slot was taken by an encode that finished since: wait for that one.
-                self.stats.reencoded += 1
-                notes.append("newest embedding expired before decoding; took the next one")
-                with self._cond:
-                    self._cond.wait_for(lambda: self._closed or self._error or self._generation != generation)
-                continue
-            self.stats.frames += 1
-            self.stats.embeddings[kind] += 1
-            return result
-        raise ExpiredEmbedding(f"frame {frame.index}: every embedding expired before the decoder could read it")
-
     def close(self) -> None:
         """Stop the threads (a frame being encoded finishes first); safe to call twice."""
         with self._cond:
-            self._closed = True
+            self.closed = True
             self._cond.notify_all()
         for t in self._threads:
             if t is not threading.current_thread():

@@ -19,6 +19,10 @@ EXACT = "exact-repeat"  # a cached embedding of a byte-identical frame (frozen i
 NEAR = "near-repeat"  # the embedding of a recent, nearly identical frame
 NEWEST = "newest"  # real-time mode: the newest one the background encoder has finished
 REUSE_KINDS = (FRESH, EXACT, NEAR, NEWEST)
+# How the frame's masks were made (FrameResult.made):
+DECODED = "decoded"  # the decoder ran for this frame, on a kept (older) embedding
+WARPED = "warped"  # the logits of an earlier decode on the same embedding and prompts, moved by the motion since
+MADE_KINDS = (FRESH, DECODED, WARPED)  # FRESH: decoded on this frame's own embedding
 
 
 @dataclass
@@ -48,6 +52,14 @@ class FrameResult:
         (runtime.motion.Motion.record(): per prompt shift, scale, rotation), or why none
         was ({"applied": false, "why": ...}); None where none was attempted (a fresh
         embedding, motion compensation off).
+    made: one of MADE_KINDS; why: what made the session decode (real-time mode: a new
+        embedding, new prompts, prompts moved beyond the tolerance, motion that could not
+        be followed), None where nothing needs saying.
+    decode_frame: the frame whose answer ran the decoder these masks' logits came from
+        (this frame unless warped); embedding_ms / decode_ms: the source-time age (ms) of
+        the embedding's frame and of decode_frame. prompts_version: the Prompter's version
+        of the prompts answered (0: those the session started with; set_prompts returns
+        each new one).
     """
 
     frame: Frame
@@ -67,6 +79,16 @@ class FrameResult:
     blank: bool = False
     measurements: dict = field(default_factory=dict)
     motion: dict | None = None
+    made: str = FRESH
+    why: str | None = None
+    decode_frame: int = -1
+    embedding_ms: float = 0.0
+    decode_ms: float = 0.0
+    prompts_version: int = 0
+
+    def __post_init__(self) -> None:
+        if self.decode_frame < 0:
+            self.decode_frame = self.frame.index
 
     @property
     def fresh(self) -> bool:
@@ -99,6 +121,14 @@ class FrameResult:
             "embedding_frame": self.embedding_frame,
             "staleness": int(self.staleness),
             "motion": self.motion,
+            "made": self.made,
+            "why": self.why,
+            "embedding_age_frames": int(self.staleness),
+            "embedding_age_ms": round(float(self.embedding_ms), 3),
+            "decode_frame": int(self.decode_frame),
+            "decode_age_frames": max(0, self.frame.index - int(self.decode_frame)),
+            "decode_age_ms": round(float(self.decode_ms), 3),
+            "prompts_version": int(self.prompts_version),
             "latency_ms": {k: round(float(v), 3) for k, v in self.latency_ms.items()},
             "backend": self.backend,
             "precision": self.precision,

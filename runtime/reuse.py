@@ -26,6 +26,7 @@ The cache keeps no more embeddings than the backend can keep valid at once
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -114,8 +115,9 @@ class Kept:
 
 @dataclass
 class ReuseChoice:
-    """Whether a near repeat may reuse a kept embedding: which, the motion to apply to the
-    answer, a note for the frame's record, and the differences judged."""
+    """Whether a kept embedding may answer a frame: which, the motion to apply to the
+    answer (from the embedding's frame to this one), a note for the frame's record, and
+    the differences judged."""
 
     kept: Kept | None
     motion: Motion | None = None
@@ -123,6 +125,23 @@ class ReuseChoice:
     region: float | None = None  # the largest prompt-region difference
     scene: float | None = None
     regions: list[float] | None = None  # each prompt region's difference
+
+
+@dataclass
+class Lookup:
+    """The cache's answer for one frame. enc: the embedding to use, or None (encode it,
+    then hand this Lookup to store()); kind: result.EXACT, NEAR or FRESH; motion: for a
+    near repeat, from the embedding's frame to this one; note: for the frame's record.
+    digest, probe, thumb: what the lookup computed of the frame, so store() does not
+    compute it again."""
+
+    enc: Encoded | None
+    kind: str
+    motion: Motion | None = None
+    note: str = ""
+    digest: bytes | None = None
+    probe: SmallFrame | None = None
+    thumb: np.ndarray | None = None
 
 
 def closest(kept: list[Kept], probe: SmallFrame, prompts: list[Prompt], margin: float = MARGIN,
@@ -156,6 +175,9 @@ class EmbeddingCache:
     Near repeats are looked for among the kept embeddings, not only the newest: the
     frames of a looping cine (or a probe back where it was) come back, and the video
     coding that made them differ in bytes does not make them differ in anatomy.
+    Deterministic sessions call lookup()/store(); real-time sessions store() from the
+    encoder's thread and ask newest()/choose() from the answering one (a lock keeps the
+    kept list whole between them).
     """
 
     def __init__(self, policy: ReusePolicy, backend: Backend | None = None) -> None:
@@ -167,62 +189,70 @@ class EmbeddingCache:
         # Newest last. At least the newest is kept (it is checked for validity before use).
         self._near: list[Kept] = []
         self._consecutive = 0
+        self._lock = threading.Lock()
 
-    def lookup(self, image: np.ndarray, prompts: list[Prompt] | None = None
-               ) -> tuple[Encoded | None, str, dict]:
-        """-> (embedding or None, reason, keys to pass to store() if it was None).
+    def lookup(self, image: np.ndarray, prompts: list[Prompt] | None = None) -> Lookup:
+        """The embedding this frame may reuse, or Lookup.enc None (then store() the fresh one).
 
         prompts: this frame's prompts (frame pixels), judged where they are; None or none
-        at all: the whole frame decides against the newest embedding. keys may hold
-        "motion" (a runtime.motion.Motion for the answer to a near repeat: from the
-        embedding's frame to this one) and "note" (for the frame's record)."""
-        keys: dict = {}
+        at all: the whole frame decides against the newest embedding."""
         p = self.policy
+        out = Lookup(None, FRESH)
         if p.exact and self.capacity:
-            keys["digest"] = digest(image)
-            hit = self._by_digest.get(keys["digest"])
+            out.digest = digest(image)
+            hit = self._by_digest.get(out.digest)
             if hit is not None and not self._valid(hit):
-                del self._by_digest[keys["digest"]]
+                del self._by_digest[out.digest]
                 hit = None
             if hit is not None and hit.original_hw == image.shape[:2]:
-                self._by_digest.move_to_end(keys["digest"])
+                self._by_digest.move_to_end(out.digest)
                 self._consecutive = 0
-                return hit, EXACT, keys
+                out.enc, out.kind = hit, EXACT
+                return out
         if not p.near:
-            return None, FRESH, keys
-        self._near = [k for k in self._near if self._valid(k.enc)]
-        kept = [k for k in self._near if k.enc.original_hw == image.shape[:2]]
+            return out
+        kept = self.kept(image.shape[:2])
         if not kept or self._consecutive >= p.max_consecutive:
-            return None, FRESH, keys
+            return out
         if not prompts:
-            keys["thumb"] = thumbnail(image)
-            newest = self._near[-1]
-            if (newest.enc.original_hw == image.shape[:2]
-                    and thumb_difference(keys["thumb"], newest.thumb) <= p.threshold):
+            out.thumb = thumbnail(image)
+            newest = kept[-1]
+            if newest is self._near[-1] and thumb_difference(out.thumb, newest.thumb) <= p.threshold:
                 self._consecutive += 1
-                return newest.enc, NEAR, keys
-            return None, FRESH, keys
-        keys["probe"] = SmallFrame.of(image)
-        choice = self.choose(keys["probe"], prompts, kept)
-        if choice.note:
-            keys["note"] = choice.note
-        if choice.kept is None:
-            return None, FRESH, keys
-        self._consecutive += 1
-        keys["motion"] = choice.motion
-        return choice.kept.enc, NEAR, keys
+                out.enc, out.kind = newest.enc, NEAR
+            return out
+        out.probe = SmallFrame.of(image)
+        choice = self.choose(out.probe, prompts, kept)
+        out.note = choice.note
+        if choice.kept is not None:
+            self._consecutive += 1
+            out.enc, out.kind, out.motion = choice.kept.enc, NEAR, choice.motion
+        return out
 
-    def choose(self, probe: SmallFrame, prompts: list[Prompt], kept: list[Kept]) -> ReuseChoice:
+    def kept(self, hw: tuple[int, int] | None = None) -> list[Kept]:
+        """The kept embeddings still valid (of frames of size hw), newest last."""
+        with self._lock:
+            self._near = [k for k in self._near if self._valid(k.enc)]
+            return [k for k in self._near if hw is None or k.enc.original_hw == hw]
+
+    def newest(self, hw: tuple[int, int] | None = None) -> Kept | None:
+        kept = self.kept(hw)
+        return kept[-1] if kept else None
+
+    def choose(self, probe: SmallFrame, prompts: list[Prompt], kept: list[Kept], follow: bool = False
+               ) -> ReuseChoice:
         """Which kept embedding, if any, may answer this frame (its probe and prompts): the
         closest where the prompts are, if close enough, and not when compensation is on
-        and the flow finds a motion it cannot follow."""
+        and the flow finds a motion it cannot follow. follow: the answer will be warped by
+        the motion (real time), so a motion that is not applied refuses too."""
         p = self.policy
         best = closest(kept, probe, prompts, p.margin, p.scene_threshold)
         if best.kept is None or best.region > p.threshold:
-            return ReuseChoice(None, note=best.note if best.kept is None else "", region=best.region, scene=best.scene)
+            return ReuseChoice(None, note=best.note if best.kept is None else "", region=best.region,
+                               scene=best.scene)
         if self.estimator is not None:
             best.motion = m = self.estimator.estimate(best.kept.probe, probe, prompts, best.regions)
-            if not m.applied and m.beyond:
+            if not m.applied and (m.beyond or follow):
                 # The anatomy moved in a way no transform follows (off the picture, a zoom or
                 # turn too large): encode afresh rather than answer where it no longer is.
                 return ReuseChoice(None, m, f"fresh: {m.why}", best.region, best.scene)
@@ -235,14 +265,21 @@ class EmbeddingCache:
     def _valid(self, enc: Encoded) -> bool:
         return self.backend is None or self.backend.embedding_valid(enc.embedding)
 
-    def store(self, image: np.ndarray, enc: Encoded, keys: dict) -> None:
+    def store(self, image: np.ndarray, enc: Encoded, looked: Lookup | None = None,
+              probe: SmallFrame | None = None) -> Kept:
+        """Remember a fresh embedding of `image` (looked: its lookup, whose digest and
+        probe are reused); returns what is kept of it."""
         p = self.policy
+        looked = looked or Lookup(None, FRESH)
         self._consecutive = 0
-        if p.exact and self.capacity:
-            self._by_digest[keys.get("digest") or digest(image)] = enc
-            while len(self._by_digest) > self.capacity:
-                self._by_digest.popitem(last=False)
-        if p.near:
-            self._near.append(Kept(enc, keys["probe"] if "probe" in keys else SmallFrame.of(image),
-                                   keys["thumb"] if "thumb" in keys else thumbnail(image)))
-            del self._near[:-max(1, self.capacity)]
+        kept = Kept(enc, probe or looked.probe or SmallFrame.of(image),
+                    looked.thumb if looked.thumb is not None else thumbnail(image))
+        with self._lock:
+            if p.exact and self.capacity:
+                self._by_digest[looked.digest or digest(image)] = enc
+                while len(self._by_digest) > self.capacity:
+                    self._by_digest.popitem(last=False)
+            if p.near:
+                self._near.append(kept)
+                del self._near[:-max(1, self.capacity)]
+        return kept

@@ -34,12 +34,14 @@ class Encoded:
     embedding: the backend's own handle (a host array, a device slot, a server key).
     original_hw / resized_hw: the frame's size and its size inside the model's input.
     frame_index: the frame the embedding was computed from (-1: not from a stream).
+    timestamp: that frame's source time (s), where a session knows it.
     """
 
     embedding: Any
     original_hw: tuple[int, int]
     resized_hw: tuple[int, int]
     frame_index: int = -1
+    timestamp: float | None = None
 
 
 class OpenCVProcessing:

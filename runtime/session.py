@@ -26,8 +26,8 @@ from medsam_edge.errors import InputError
 from medsam_edge.runtime.frame import Frame, is_blank
 from medsam_edge.runtime.motion import Motion
 from medsam_edge.runtime.prompts import Prompt, Prompter
-from medsam_edge.runtime.result import FRESH, FrameResult
-from medsam_edge.runtime.reuse import EmbeddingCache, ReusePolicy
+from medsam_edge.runtime.result import DECODED, FRESH, FrameResult
+from medsam_edge.runtime.reuse import EmbeddingCache, Lookup, ReusePolicy
 from medsam_edge.runtime.segmenter import Encoded, Segmenter
 from medsam_edge.runtime.tracker import centroid_click
 
@@ -41,7 +41,9 @@ class Stats:
     dropped: int = 0
     encoded: int = 0
     reencoded: int = 0  # embeddings that expired under the session and were computed again
+    passed: int = 0  # real time: frames passed over while waiting for an embedding they could reach
     embeddings: Counter = field(default_factory=Counter)
+    made: Counter = field(default_factory=Counter)  # FrameResult.made of the frames answered
 
     def summary(self, skipped: int = 0) -> dict:
         fresh = self.embeddings.get(FRESH, 0)
@@ -56,6 +58,8 @@ class Stats:
             "blank_skipped": self.blank,
             "bad_frames_skipped": skipped,
             "dropped": self.dropped,
+            "passed_over": self.passed,
+            "by_made": dict(self.made),
         }
 
 
@@ -108,6 +112,8 @@ class Answerer:
             logits=logits if self.keep_logits else None, latency_ms=timings,
             backend=self.segmenter.backend.name, notes=notes, motion=None if motion is None else motion.record(),
             precision=self.segmenter.backend.precision,
+            made=FRESH if enc.frame_index == frame.index else DECODED, prompts_version=self.prompter.version,
+            embedding_ms=0.0 if enc.timestamp is None else max(0.0, (frame.timestamp - enc.timestamp) * 1e3),
         )
 
     def decode(self, enc: Encoded, prompts: list[Prompt], motion: Motion | None, timings: dict):
@@ -171,9 +177,10 @@ class Session:
         self._next_index = 0
         self.closed = False
 
-    def set_prompts(self, prompts) -> None:
-        """New prompts (Prompt objects or (N, 4) boxes) from the next frame on; a tracker restarts from them."""
-        self.prompter.set_prompts(prompts)
+    def set_prompts(self, prompts) -> int:
+        """New prompts (Prompt objects or (N, 4) boxes) from the next frame on; a tracker
+        restarts from them (none: it stops). Returns the version their answers carry."""
+        return self.prompter.set_prompts(prompts)
 
     def process(self, image, timestamp: float | None = None, read_ms: float = 0.0) -> FrameResult:
         """image: HxWx3 uint8 (RGB unless the session's image_format is "BGR"), HxW grey,
@@ -195,15 +202,15 @@ class Session:
         # The prompts first: where they are decides whether the last embedding still serves.
         prompts = self.prompter.prompts_for(frame)
         t0 = time.perf_counter()
-        enc, kind, keys = self.cache.lookup(frame.image, prompts)
-        motion: Motion | None = keys.get("motion")
+        looked = self.cache.lookup(frame.image, prompts)
+        enc, kind, motion = looked.enc, looked.kind, looked.motion
         timings["reuse_check"] = (time.perf_counter() - t0) * 1e3 - (motion.ms if motion else 0.0)
         if motion is not None:
             timings["motion"] = motion.ms
-        if keys.get("note"):
-            notes.append(keys["note"])
+        if looked.note:
+            notes.append(looked.note)
         if enc is None:
-            enc = self._encode(frame, keys, timings)
+            enc = self._encode(frame, looked, timings)
         try:
             result = self.answerer.answer(frame, enc, kind, timings, notes, prompts, motion)
         except ExpiredEmbedding:
@@ -211,24 +218,25 @@ class Session:
             # restarted): compute it again, once, and say so in the record.
             self.stats.reencoded += 1
             notes.append("re-encoded: the embedding had expired")
-            enc, kind = self._encode(frame, {}, timings), FRESH
+            enc, kind = self._encode(frame, None, timings), FRESH
             timings.pop("motion", None)
             result = self.answerer.answer(frame, enc, kind, timings, notes, prompts)
         self.stats.frames += 1
         self.stats.embeddings[kind] += 1
+        self.stats.made[result.made] += 1
         return result
 
-    def _encode(self, frame: Frame, keys: dict, timings: dict) -> Encoded:
+    def _encode(self, frame: Frame, looked: Lookup | None, timings: dict) -> Encoded:
         enc = self.segmenter.encode(frame.image, frame.index, timings)
+        enc.timestamp = frame.timestamp
         self.stats.encoded += 1
-        self.cache.store(frame.image, enc, keys)
+        self.cache.store(frame.image, enc, looked)
         return enc
 
     @property
     def prompts(self) -> list[Prompt] | None:
         """The prompts in use (a tracker's current ones), or None before the first frame."""
-        current = self.prompter.tracker.current() if self.prompter.tracker else None
-        return current if current is not None else self.prompter._given
+        return self.prompter.current()
 
     def close(self) -> None:
         self.closed = True

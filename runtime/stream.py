@@ -14,19 +14,21 @@ from itertools import islice
 from typing import Iterator
 
 from medsam_edge.runtime.result import FrameResult
+from medsam_edge.runtime.session_protocol import AnySession, ProcessingSession, SubmittingSession
 
 
 class Stream:
     """Iterate for FrameResults; close() (or leaving a with block, or breaking out of the
     loop) stops the session's threads and closes the source if this stream opened it.
 
-    session: runtime.session.Session or runtime.realtime.RealtimeSession.
+    session: a ProcessingSession (runtime.session.Session) or a SubmittingSession
+        (runtime.realtime.RealtimeSession), as runtime.session_protocol describes them.
     source: a runtime.sources.Source (or any iterable of Frames).
     pace: real-time mode only: deliver frames at their timestamps (default: unless live).
     max_frames: stop after this many frames of the source.
     """
 
-    def __init__(self, session, source, *, owns_source: bool = True, pace: bool | None = None,
+    def __init__(self, session: AnySession, source, *, owns_source: bool = True, pace: bool | None = None,
                  max_frames: int | None = None) -> None:
         self.session = session
         self.source = source
@@ -54,6 +56,7 @@ class Stream:
             self.close()
 
     def _deterministic(self) -> Iterator[FrameResult]:
+        session: ProcessingSession = self.session
         frames = self._frames()
         while True:
             t0 = time.perf_counter()
@@ -61,15 +64,16 @@ class Stream:
             if frame is None:
                 return
             self.frames_read += 1
-            result = self.session.process(frame, read_ms=(time.perf_counter() - t0) * 1e3)
+            result = session.process(frame, read_ms=(time.perf_counter() - t0) * 1e3)
             if not result.blank:
                 yield result
 
     def _realtime(self) -> Iterator[FrameResult]:
+        session: SubmittingSession = self.session
         capture = threading.Thread(target=self._capture, name="medsam-capture", daemon=True)
         capture.start()
         while True:
-            result = self.session.next_result()
+            result = session.next_result()
             if result is None:
                 break
             yield result
@@ -78,10 +82,11 @@ class Stream:
             raise self._error
 
     def _capture(self) -> None:
+        session: SubmittingSession = self.session
         start = time.perf_counter()
         try:
             for frame in self._frames():
-                if self.session._closed:
+                if session.closed:
                     return
                 if self.pace:
                     delay = start + frame.timestamp - time.perf_counter()
@@ -89,11 +94,11 @@ class Stream:
                         time.sleep(delay)
                 frame.captured_at = time.perf_counter()
                 self.frames_read += 1
-                self.session.submit(frame)
+                session.submit(frame)
         except BaseException as e:  # surfaced in the consumer's thread
             self._error = e
         finally:
-            self.session.end()
+            session.end()
 
     def close(self) -> None:
         self.session.close()

@@ -90,6 +90,10 @@ class PromptTracker:
         self.tracks = [_Track(p, size=None if p.box is None else (float(p.box[2] - p.box[0]), float(p.box[3] - p.box[1])))
                        for p in prompts]
 
+    def clear(self) -> None:
+        """No tracks: current() is None until reset()."""
+        self.tracks = None
+
     def current(self) -> list[Prompt] | None:
         return None if self.tracks is None else [t.prompt for t in self.tracks]
 

@@ -179,13 +179,26 @@ def test_motion_that_cannot_be_followed_means_a_fresh_embedding(lite, echo_frame
     assert [r.reuse for r in _deterministic(lite, [f0, cut], [list(VENTRICLE)] * 2, ReusePolicy())] == ["fresh"] * 2
 
 
-def test_realtime_cut_is_answered_uncompensated(lite_model_dir, echo_frames):
-    """The newest embedding is frame 0's; the cut frame's masks are not moved anywhere."""
+def test_realtime_cut_waits_for_an_embedding_of_its_own(lite_model_dir, echo_frames):
+    """The newest embedding is frame 0's; no motion leads from it to the cut frame, so the
+    cut frame gets no mask from it (warped or not) until its own embedding lands."""
     f0 = echo_frames[0]
     cut = np.ascontiguousarray(f0[::-1, ::-1])
-    seg, (r0, r1) = _realtime(lite_model_dir, [f0, cut], [list(VENTRICLE)] * 2, motion=True)
-    assert r1.reuse == "newest" and r1.motion is not None and not r1.motion["applied"], r1.motion
-    assert any(n.startswith("motion not compensated: ") for n in r1.notes)
+    backend = GatedBackend(lite_model_dir)
+    seg = Segmenter(backend, lite_model_dir.preprocess)
+    rt = RealtimeSession(seg, Prompter(PromptSchedule.constant([list(VENTRICLE)]), None))
+    try:
+        rt.submit(f0)
+        assert rt.next_result(timeout=120).made == "fresh"
+        rt.submit(cut)
+        assert rt.next_result(timeout=2) is None
+        backend.gate.set()
+        r1 = rt.next_result(timeout=120)
+    finally:
+        backend.gate.set()
+        rt.close()
+    assert r1.frame.index == 1 and r1.made == "fresh" and r1.embedding_frame == 1 and r1.motion is None
+    assert "not followed" in r1.why or "picture changed" in r1.why, r1.why
     assert np.array_equal(r1.masks, seg.decode(r1.embedding, r1.prompts)[0])
 
 
@@ -221,16 +234,16 @@ def test_a_change_inside_the_prompt_forces_a_fresh_embedding_and_an_overlay_outs
     cv2.circle(blob, (160, 100), 10, (200, 200, 200), -1)  # something appears in the ventricle
     frames.append(blob)
     for k, img in enumerate(frames):
-        enc, kind, keys = cache.lookup(img, prompts)
-        if enc is None:
-            cache.store(img, Encoded(None, img.shape[:2], img.shape[:2], k), keys)
-        kinds.append(kind)
+        looked = cache.lookup(img, prompts)
+        if looked.enc is None:
+            cache.store(img, Encoded(None, img.shape[:2], img.shape[:2], k), looked)
+        kinds.append(looked.kind)
     assert kinds == ["fresh"] + ["near-repeat"] * 4 + ["fresh"]
     # The whole-frame rule (no prompts to judge by) is fooled by the clock and the trace.
     assert thumb_difference(thumbnail(frames[1]), thumbnail(f0)) > policy.threshold
     legacy = EmbeddingCache(policy)
-    legacy.store(f0, Encoded(None, f0.shape[:2], f0.shape[:2], 0), {})
-    assert legacy.lookup(frames[1])[1] == "fresh"
+    legacy.store(f0, Encoded(None, f0.shape[:2], f0.shape[:2], 0))
+    assert legacy.lookup(frames[1]).kind == "fresh"
     # The image area is the fan: the clock and the trace lie outside it.
     area = image_area(SmallFrame.of(frames[1]).grey)
     assert not area[118 // 2, 20 // 2] and not area[212 // 2, 40 // 2] and area[100 // 2, 160 // 2]
@@ -242,10 +255,9 @@ def test_a_probe_lift_is_a_change_of_the_whole_picture(echo_frames):
     lifted = f0.copy()
     lifted[:, :160] //= 5  # the fan's left half goes dark
     cache = EmbeddingCache(ReusePolicy(exact=False))
-    _, kind, keys = cache.lookup(f0, [Prompt.of([175, 60, 215, 150])])
-    cache.store(f0, Encoded(None, f0.shape[:2], f0.shape[:2], 0), keys)
-    enc, kind, keys = cache.lookup(lifted, [Prompt.of([175, 60, 215, 150])])
-    assert kind == "fresh" and keys["note"].startswith("fresh: the picture changed"), keys
+    cache.store(f0, Encoded(None, f0.shape[:2], f0.shape[:2], 0), cache.lookup(f0, [Prompt.of([175, 60, 215, 150])]))
+    looked = cache.lookup(lifted, [Prompt.of([175, 60, 215, 150])])
+    assert looked.kind == "fresh" and looked.note.startswith("fresh: the picture changed"), looked
 
 
 def test_a_looping_cine_is_answered_from_the_same_phase(echo_frames):
@@ -258,10 +270,11 @@ def test_a_looping_cine_is_answered_from_the_same_phase(echo_frames):
     prompts = [Prompt.of(VENTRICLE)]
     used = []
     for k, img in enumerate(first + again):
-        enc, kind, keys = cache.lookup(img, prompts)
+        looked = cache.lookup(img, prompts)
+        enc = looked.enc
         if enc is None:
             enc = Encoded(None, img.shape[:2], img.shape[:2], k)
-            cache.store(img, enc, keys)
+            cache.store(img, enc, looked)
         used.append(enc.frame_index)
     assert used[len(first):] == list(range(len(first)))
 

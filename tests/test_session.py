@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -142,8 +143,14 @@ def test_realtime_submit_never_blocks_and_counts_what_it_drops(tiny_model_dir):
     assert not submitter.is_alive()
     assert session.stats.dropped == 8  # two wait; the eight older ones were dropped, and counted
     gate.set()
+    # Frame 8 cannot be reached from frame 0's embedding (the frames between were dropped):
+    # it waits for frame 9's, encoded next, which the motion from 8 to 9 reaches.
     results = [session.next_result(timeout=60), session.next_result(timeout=60)]
-    assert [r.frame.index for r in results] == [8, 9]
+    assert [r.frame.index for r in results] == [8, 9] and session.stats.passed == 0
+    assert {r.embedding_frame for r in results} == {9} and results[0].made == "decoded"
+    # The box stays where it is while the picture moves 3 px: in frame 9 it lies elsewhere on
+    # the anatomy than frame 8's box did, beyond the tolerance, so frame 9 is decoded too.
+    assert results[1].made == "fresh" and results[1].why.startswith("the prompts moved")
     session.close()
 
 
@@ -192,7 +199,8 @@ def test_neither_the_cache_nor_realtime_mode_uses_an_expired_embedding(tiny_mode
     session = RealtimeSession(_segmenter(tiny_model_dir, backend), Prompter(PromptSchedule.constant([BOX_A]), None))
     results = list(Stream(session, ArraySource(_frames(30, step=2.0), fps=200), pace=True))
     assert results and all(r.masks.shape[0] == 1 for r in results)
-    assert len(backend.decoded) >= len(results) and session.stats.reencoded == backend.refused
+    decoded = [r for r in results if r.made != "warped"]  # a warped answer reads no embedding
+    assert len(backend.decoded) >= len(decoded) >= 1 and session.stats.reencoded == backend.refused
 
 
 class RestartingServer(SlotBackend):
@@ -293,7 +301,14 @@ def test_predictor_stream_with_a_prompts_file_and_tracking_closes_its_source(lit
 
 
 class LiveArray(ArraySource):
+    """A live source: frames come at its rate, as a probe delivers them (not all at once)."""
+
     is_live = True
+
+    def __iter__(self):
+        for frame in super().__iter__():
+            time.sleep(1.0 / self.fps)
+            yield frame
 
 
 def test_a_live_source_streams_in_real_time_and_early_exit_stops_everything(tiny_model_dir):

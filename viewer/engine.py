@@ -144,10 +144,10 @@ class Engine:
         stats = self.session.stats
         deadline = time.monotonic() + timeout
         with self._cond:
-            # Polled: the session counts what it drops or skips as blank without telling.
+            # Polled: the session counts what it drops, passes over or skips as blank without telling.
             while not (self._closed or time.monotonic() > deadline or (
                     not self._answers and not self._publishing
-                    and self._received + stats.dropped + stats.blank >= self.counters["captured"])):
+                    and self._received + stats.dropped + stats.passed + stats.blank >= self.counters["captured"])):
                 self._cond.wait(0.2)
 
     def _ended(self, status: str, message: str) -> None:
@@ -194,7 +194,7 @@ class Engine:
                 if result.blank or is_blank(result.frame.image):
                     continue
                 result.measurements = measurements(result.masks, self.pixel_calibration)
-                entry = entry_of(result, self.versions.match(result.prompts))
+                entry = entry_of(result, self.versions.match(result.prompts, result.prompts_version))
                 self.ring.add(entry)
                 self.hud.add(entry.record)
                 self.counters["answered"] += 1
@@ -223,8 +223,9 @@ class Engine:
 
     # -- prompts, freeze, scroll -----------------------------------------------------------------
     def _hand(self, version) -> None:
-        self.versions.handed(version)
-        self.session.set_prompts(list(version.prompts))
+        # The session's tag for these prompts: answers carrying it are this version's (an
+        # answer published before the tag is recorded falls back to matching its prompts).
+        self.versions.handed(version, self.session.set_prompts(list(version.prompts)))
 
     def edit(self, cmd: dict) -> dict:
         """A checked edit command from a page (protocol.parse): applied, then answered."""

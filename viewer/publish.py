@@ -42,11 +42,25 @@ class Versions:
         self.track = track
         self._handed: deque[Version] = deque(maxlen=HISTORY)
         self._current: Version | None = None  # tracked: the version the answers have reached
+        self._tags: dict[int, Version] = {}  # the session's prompts version -> the objects' version
 
-    def handed(self, version: Version) -> None:
+    def handed(self, version: Version, tag: int | None = None) -> None:
+        """tag: the prompts version the session's answers to it carry (set_prompts' return)."""
         self._handed.append(version)
+        if tag is not None:
+            self._tags[tag] = version
+            for old in [t for t in self._tags if t <= tag - HISTORY]:
+                del self._tags[old]
 
-    def match(self, prompts) -> Version | None:
+    def match(self, prompts, tag: int | None = None) -> Version | None:
+        """The version an answer with these prompts (and the session's prompts version
+        `tag`, where the session tagged it) belongs to; None where unknown."""
+        tagged = self._tags.get(tag) if tag is not None else None
+        if tagged is not None:
+            if not tagged.prompts:
+                return None  # cleared: nothing of the old tracks is shown
+            self._current = tagged
+            return tagged if len(tagged.prompts) == len(prompts) else None
         handed = list(self._handed)
         exact = next((v for v in reversed(handed) if len(v.prompts) == len(prompts)
                       and all(same_prompt(a, b) for a, b in zip(v.prompts, prompts))), None)
