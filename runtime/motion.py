@@ -340,6 +340,3 @@ def region_difference(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarr
         return None
     return float(np.abs(a[ok] - b[ok] / valid[ok]).mean()) / 255.0
 
-
-# The old name, kept until runtime/realtime.py (another branch) imports SmallFrame.
-Probe = SmallFrame
