@@ -35,6 +35,7 @@ VIDEO = "ultrasound/video"
 # Boxes around the object in each clip (the lesion in busi_sweep, a chamber in the echo cine).
 BUSI = f"{VIDEO}/busi_sweep.mp4@100,160,240,300"
 ECHO = f"{VIDEO}/echo_apical_loop.mp4@160,60,210,125"
+LONG_FRAMES = 2000
 ENDO = "endoscopy/video/lap_cholec80_VID25_324_and_VID43_743_a.mp4"
 
 
@@ -48,11 +49,13 @@ def scenarios(args) -> list[tuple[str, list[str]]]:
             out.append((f"lite_run{k}", ["bench", str(args.lite), "--frames", d(BUSI), d(ECHO), d(ENDO), *quick,
                                          "--out", str(args.out / f"lite_run{k}")]))
         out.append(("lite_stream", ["bench", str(args.lite), *quick, "--stream", d(BUSI), "--stream", d(ECHO),
-                                    "--long-run", d(ECHO), "--long-frames", str(args.long_frames),
+                                    "--long-run", d(ECHO), "--long-frames", str(args.long_frames or LONG_FRAMES),
                                     "--out", str(args.out / "lite_stream")]))
         if args.truth:
-            # --quick keeps truth_run's own 300-frame real-time rows: seven 2,000-frame rows take 7 min.
-            longer = [] if args.quick else ["--long-frames", str(args.long_frames)]
+            # --quick keeps truth_run's own 300-frame real-time rows (seven 2,000-frame rows take
+            # minutes) unless --long-frames is given.
+            frames = args.long_frames or (None if args.quick else LONG_FRAMES)
+            longer = ["--long-frames", str(frames)] if frames else []
             out.append(("truth", ["-m", "medsam_edge.bench.truth_run", str(args.lite), "--data", str(args.data),
                                   *quick, *longer, "--out", str(args.out / "truth")]))
     if args.vitb:
@@ -68,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vitb", type=Path, help="MedSAM ViT-B model directory")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data (default ../shared/data)")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--long-frames", type=int, default=2000)
+    ap.add_argument("--long-frames", type=int,
+                    help=f"frames of each long real-time run (default {LONG_FRAMES}; the ground-truth step's "
+                         "real-time rows take it too, with --quick only when given)")
     ap.add_argument("--no-truth", dest="truth", action="store_false",
                     help="skip the ground-truth step (bench/truth_run.py)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each comparison command (default 2)")
