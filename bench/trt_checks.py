@@ -165,7 +165,7 @@ def _graphs(md, precision, frames, boxes) -> dict:
 
 def _timing_cache(md, precision, frames, boxes) -> dict:
     from medsam_edge.engines import engine_manifest as em
-    from medsam_edge.engines.tensorrt_backend import engine_status
+    from medsam_edge.engines.tensorrt_status import engine_status
     from medsam_edge.engines.trt_build import build_engines
 
     path = engine_status(md, precision).path / em.TIMING_CACHE
@@ -187,7 +187,7 @@ class _Records(logging.Handler):
 
 def _rebuild_policy(md, precision, frames, boxes) -> dict:
     from medsam_edge.engines.select import open_backend
-    from medsam_edge.engines.tensorrt_backend import StaleEngines, engine_status
+    from medsam_edge.engines.tensorrt_status import StaleEngines, engine_status
 
     logger, rec = logging.getLogger("medsam_edge.engines.select"), _Records()
     logger.addHandler(rec)

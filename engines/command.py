@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from medsam_edge.contract import parse_precisions
     from medsam_edge.engines import engine_manifest as em
-    from medsam_edge.engines.tensorrt_backend import usable
+    from medsam_edge.engines.tensorrt_status import usable
     from medsam_edge.engines.trt_build import build_engines
     from medsam_edge.engines.trt_check import check_build_inputs
     from medsam_edge.errors import InputError

@@ -57,7 +57,8 @@ def rebuild_decision(state: str, policy: str) -> str:
 def _open_tensorrt(md, precision: str, policy: str, fall_back: bool) -> Backend | None:
     """The TensorRT backend after the rebuild decision, logged; None: fall back (auto only)."""
     from medsam_edge.engines import engine_manifest as em
-    from medsam_edge.engines.tensorrt_backend import StaleEngines, TensorrtBackend, engine_status
+    from medsam_edge.engines.tensorrt_backend import TensorrtBackend
+    from medsam_edge.engines.tensorrt_status import StaleEngines, engine_status
 
     status = engine_status(md, precision)
     decision = rebuild_decision(status.state, policy)
@@ -111,9 +112,9 @@ def find_backends() -> list[Availability]:
     if importlib.util.find_spec("tensorrt") is None:
         out.append(Availability("tensorrt", False, "the tensorrt Python package is not installed"))
     else:
-        from medsam_edge.engines import tensorrt_backend
+        from medsam_edge.engines import tensorrt_status
 
-        ok, why = tensorrt_backend.usable()
+        ok, why = tensorrt_status.usable()
         out.append(Availability("tensorrt", ok, why))
     for name, provider in (
         ("onnxruntime-trt", "TensorrtExecutionProvider"),

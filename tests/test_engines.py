@@ -111,7 +111,7 @@ def test_missing_reduced_precision_encoder_says_to_calibrate(md, capsys):
     assert main(["build", str(md.path), "--precision", "fp32,int8"]) == 2
     err = capsys.readouterr().err
     # Without TensorRT, build says so before asking for a calibration of minutes (issue 15).
-    from medsam_edge.engines.tensorrt_backend import usable
+    from medsam_edge.engines.tensorrt_status import usable
 
     expected = ("encoder.int8.onnx", "medsam-edge calibrate") if usable()[0] else ("TensorRT is not usable here",)
     assert err.count("\n") == 1 and all(text in err for text in expected), err
@@ -119,7 +119,7 @@ def test_missing_reduced_precision_encoder_says_to_calibrate(md, capsys):
 
 def test_cuda_errors_become_one_line_input_errors():
     pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
-    from medsam_edge.engines.tensorrt_backend import current_gpu
+    from medsam_edge.engines.cuda import current_gpu
 
     # No such device anywhere; on this machine there is no driver at all. Either way: one line.
     with pytest.raises(InputError, match=r"^CUDA cudaGetDeviceProperties failed: \S"):
@@ -255,7 +255,7 @@ def test_auto_tries_the_backends_in_a_fixed_order_and_falls_through(monkeypatch)
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the no-TensorRT error paths do not apply")
 def test_without_tensorrt_usable_says_why_and_build_exits_2_with_one_line(tiny_model_dir, capsys):
-    from medsam_edge.engines.tensorrt_backend import usable
+    from medsam_edge.engines.tensorrt_status import usable
 
     ok, why = usable()
     assert not ok and why.startswith("tensorrt does not import (")
@@ -384,7 +384,7 @@ def test_gpu_check_runs_on_the_cpu_and_reports_skips(tiny_model_dir, tmp_path, c
 
 def _needs_tensorrt():
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be installed on these machines)")
-    from medsam_edge.engines.tensorrt_backend import usable
+    from medsam_edge.engines.tensorrt_status import usable
 
     ok, why = usable()
     if not ok:
@@ -412,7 +412,8 @@ def test_tensorrt_builds_and_matches_onnxruntime(md):
 def test_tensorrt_refuses_a_truncated_plan_with_rebuild_off(md):
     _needs_tensorrt()
     from medsam_edge.engines.select import open_backend
-    from medsam_edge.engines.tensorrt_backend import StaleEngines, TensorrtBackend
+    from medsam_edge.engines.tensorrt_backend import TensorrtBackend
+    from medsam_edge.engines.tensorrt_status import StaleEngines
     from medsam_edge.engines.trt_build import build_engines
 
     out = build_engines(md, ("fp32",), max_prompts=2, progress=False)

@@ -454,7 +454,7 @@ def test_type_stubs_on_the_path_are_not_taken_for_tensorrt(tmp_path, monkeypatch
     """tensorrt-stubs installs a bare tensorrt/ folder: it imports, as a namespace package."""
     import sys
 
-    from medsam_edge.engines.tensorrt_backend import usable
+    from medsam_edge.engines.tensorrt_status import usable
 
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("")

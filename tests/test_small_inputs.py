@@ -139,7 +139,7 @@ def test_a_run_of_only_blank_frames_says_nothing_was_segmented(tiny_model_dir, t
 
 
 def test_build_without_tensorrt_says_so_before_asking_for_a_calibration(tiny_model_dir):
-    from medsam_edge.engines.tensorrt_backend import usable
+    from medsam_edge.engines.tensorrt_status import usable
 
     if usable()[0]:
         pytest.skip("TensorRT is usable here: build goes on to look for the fp16 encoder")
