@@ -27,20 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from medsam_edge.bench import viewer_browser as vb
+from medsam_edge.bench.machine import cpu_flags
 from medsam_edge.bench.timing import latency_stats
-
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in FLAGS if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def retimed(source: str, fps: float | None, size: str | None, seconds: float) -> str:

@@ -35,7 +35,8 @@ FORMAT_2D, UNITS_CM = 1, 3
 _RANGE = f"{PIXEL_MM_RANGE[0]:g} to {PIXEL_MM_RANGE[1]:g} mm"
 
 
-def _number(value: object) -> float | None:
+def finite_number(value: object) -> float | None:
+    """A header value as a finite float, or None (missing, text, NaN, infinity)."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -46,7 +47,7 @@ def _number(value: object) -> float | None:
 def _spacing_pair(value: object) -> tuple[float, float] | None:
     """A PixelSpacing-like value -> (row_mm, col_mm) if it is two pixel sizes in range."""
     try:
-        pair = [_number(v) for v in value]  # type: ignore[union-attr]
+        pair = [finite_number(v) for v in value]  # type: ignore[union-attr]
     except TypeError:
         return None
     if len(pair) != 2 or not all(pixel_mm_ok(v) for v in pair):
@@ -55,7 +56,7 @@ def _spacing_pair(value: object) -> tuple[float, float] | None:
 
 
 def _region(number: int, item, rows: int, columns: int) -> UltrasoundRegion:
-    bounds = [_number(item.get(k)) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
+    bounds = [finite_number(item.get(k)) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
                                               "RegionLocationMaxX1", "RegionLocationMaxY1")]
     if any(b is None for b in bounds):
         return UltrasoundRegion(number, 0, 0, -1, -1, None, "has no usable location")
@@ -70,14 +71,14 @@ def _region(number: int, item, rows: int, columns: int) -> UltrasoundRegion:
     if x0 < 0 or y0 < 0 or x1 < x0 or y1 < y0 or x1 > columns or y1 > rows:
         return unusable(f"({region.bounds}) does not fit the {columns}x{rows} image: its "
                         "calibration is for a picture of another size")
-    fmt = int(_number(item.get("RegionSpatialFormat")) or 0)
-    units = [int(_number(item.get(k)) or 0) for k in ("PhysicalUnitsXDirection", "PhysicalUnitsYDirection")]
+    fmt = int(finite_number(item.get("RegionSpatialFormat")) or 0)
+    units = [int(finite_number(item.get(k)) or 0) for k in ("PhysicalUnitsXDirection", "PhysicalUnitsYDirection")]
     if fmt != FORMAT_2D:
         return unusable(f"has spatial format {SPATIAL_FORMATS.get(fmt, str(fmt))!r}, not '2D'")
     if units != [UNITS_CM, UNITS_CM]:
         names = " x ".join(UNITS.get(u, f"unit code {u}") for u in units)
         return unusable(f"is calibrated in {names}, not cm x cm")
-    dx, dy = _number(item.get("PhysicalDeltaX")), _number(item.get("PhysicalDeltaY"))
+    dx, dy = finite_number(item.get("PhysicalDeltaX")), finite_number(item.get("PhysicalDeltaY"))
     if not dx or not dy:
         return unusable("has no Physical Delta X/Y")
     # A negative delta is an axis that runs the other way; its size is the same.

@@ -45,7 +45,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.pixels.utils import get_expected_length
 
 from medsam_edge.errors import InputError
-from medsam_edge.runtime.dicom_regions import pixel_calibration_from_dataset
+from medsam_edge.runtime.dicom_regions import finite_number, pixel_calibration_from_dataset
 from medsam_edge.runtime.spacing import PixelCalibration
 
 from .base import Item, Source, to_uint8
@@ -107,11 +107,8 @@ def frame_times(ds: Dataset, count: int) -> tuple[np.ndarray, float | None, str]
 
 
 def _positive(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) and number > 0 else None
+    number = finite_number(value)
+    return number if number is not None and number > 0 else None
 
 
 def window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
@@ -244,7 +241,7 @@ class DicomSource(Source):
             return None
         center = center[0] if isinstance(center, MultiValue) else center
         width = width[0] if isinstance(width, MultiValue) else width
-        center_value, width_value = _finite(center), _positive(width)
+        center_value, width_value = finite_number(center), _positive(width)
         if center_value is None or width_value is None:
             log.debug("%s: unusable window; frames use min-max", self.path)
             return None
@@ -304,11 +301,3 @@ def decoder_failure(exc: Exception) -> str:
     else:
         text = re.sub(r"\s*<[^<>]* at 0x[0-9a-f]+>", "", " ".join(lines)) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _finite(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None
