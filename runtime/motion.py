@@ -222,15 +222,18 @@ class MotionEstimator:
         self.margin = margin
         self._dis = cv2.DISOpticalFlow_create(preset)
 
-    def estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before: list[float] | None = None) -> Motion:
+    def estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before: list[float] | None = None,
+                 negligible: float = NEGLIGIBLE) -> Motion:
         """emb: the embedding's frame; cur: the frame being answered (same original size).
-        before: each prompt region's difference without motion, where already known."""
+        before: each prompt region's difference without motion, where already known.
+        negligible: a motion moving no region corner farther (small-frame pixels) is the
+        identity; 0 where motions are composed (runtime.follow), as small ones add up."""
         t0 = time.perf_counter()
-        motion = self._estimate(emb, cur, prompts, before)
+        motion = self._estimate(emb, cur, prompts, before, negligible)
         motion.ms = (time.perf_counter() - t0) * 1e3
         return motion
 
-    def _estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before) -> Motion:
+    def _estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before, negligible: float) -> Motion:
         hw = cur.original_hw
         regions = [prompt_region(p, hw, self.margin) for p in prompts]
         if emb.original_hw != hw or emb.grey.shape != cur.grey.shape:
@@ -245,13 +248,14 @@ class MotionEstimator:
         flow = self._dis.calc(cur.grey, emb.grey, None)
         fitted = []
         for r, b in zip(regions, before):
-            m, why, beyond = self._fit(flow, emb, cur, r, b)
+            m, why, beyond = self._fit(flow, emb, cur, r, b, negligible)
             if m is None:
                 return Motion([], regions, False, why, beyond=beyond)
             fitted.append(m)
         return Motion(fitted, regions, True, still=all(m.matrix is _IDENTITY for m in fitted))
 
-    def _fit(self, flow: np.ndarray, emb: SmallFrame, cur: SmallFrame, region, before: float | None):
+    def _fit(self, flow: np.ndarray, emb: SmallFrame, cur: SmallFrame, region, before: float | None,
+             negligible: float = NEGLIGIBLE):
         """-> (PromptMotion or None, why not, whether the motion is beyond following)."""
         if before is None:
             return None, "the region is outside the picture", True
@@ -279,8 +283,9 @@ class MotionEstimator:
         if _inside(m.matrix, region, emb.original_hw) < MIN_INSIDE:
             return None, "the region would come from outside the picture", True
         if _largest_move(m.matrix, region) * min(sx, sy) < NEGLIGIBLE:
-            # Less than the flow can resolve: warping would only blur.
-            return PromptMotion(_IDENTITY, before, before, share), "", False
+            # Less than the flow can resolve: warping would only blur, and noise decides
+            # whether it lowers the difference. Kept as fitted where motions are composed.
+            return PromptMotion(_IDENTITY if negligible else m.matrix, before, before, share), "", False
         after = region_difference(emb, cur, region, m.matrix)
         if after is None or after > before:
             return None, "the motion does not explain the change", False

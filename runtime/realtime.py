@@ -8,14 +8,16 @@ the background on the newest frame; nothing queues.
 
 The decoder runs once per (embedding, prompts as mapped into the embedding's frame). Every
 frame in between is answered by warping those low-res logits with the motion from the
-embedding's frame to this one, composed from consecutive-frame motions (runtime.follow):
-a few ms, so the frame rate never waits for the decoder and the encoder gets the cores.
-The decoder runs again only when a new embedding lands, when the prompts change (the
-caller's: always; a tracker's or the motion's: beyond PROMPT_TOLERANCE of their size in
-the embedding's frame), or when the motion cannot be followed (a cut, a probe lift, a
-blank frame between, flow that explains nothing): such a frame is not warped; it waits
-for an embedding it can reach (the newest frames are encoded next), and its answer's
-record says why. Frames passed over while waiting are counted (Stats.passed).
+embedding's frame to this one, composed from consecutive-frame motions and corrected by one
+direct estimate (runtime.follow): a few ms, so the frame rate never waits for the decoder
+and the encoder gets the cores. The decoder runs again when a new embedding lands or a
+fixed box has moved beyond PROMPT_TOLERANCE of its size on the anatomy; that decode runs
+beside the answering thread, which meanwhile answers from the last one. A tracker's box
+counts at the next embedding. The caller's new prompts are decoded at once, never answered
+with old logits. Where the motion cannot be followed (a cut, a probe lift, a blank frame
+between, flow that explains nothing) a frame is not warped; it waits for an embedding it
+can reach (the encoder takes the newest frame taken up next), and its answer's record says
+why. Frames passed over while waiting are counted (Stats.passed).
 
 Each FrameResult says how its masks were made (made: "fresh", "decoded" on a kept
 embedding, "warped"), how old its embedding and its decode are (frames and source ms),
@@ -136,7 +138,7 @@ class RealtimeSession:
                 self._queue.popleft()
                 self.stats.dropped += 1
             self._queue.append(frame)
-            if not is_blank(frame.image):
+            if self.answerer.chain is None and not is_blank(frame.image):
                 self._newest_frame = frame
             self._cond.notify_all()
 
@@ -191,6 +193,13 @@ class RealtimeSession:
                 self.stats.passed += 1
             self._held.append(self.answerer.take(frame))
             self._tried = -1  # a frame not tried yet
+            if self.answerer.chain is not None:
+                # The encoder takes the newest frame of the motion chain, not the newest
+                # submitted: a frame dropped from the queue never joins the chain, and an
+                # embedding of it could be reached from no answered frame.
+                with self._cond:
+                    self._newest_frame = frame
+                    self._cond.notify_all()
 
     def latest(self) -> FrameResult | None:
         """The newest answer so far (poll style), or None."""
@@ -260,6 +269,7 @@ class RealtimeSession:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=30)
+        self.answerer.close()
 
     def __enter__(self) -> "RealtimeSession":
         return self

@@ -2,23 +2,27 @@
 the embedding's frame), warp those logits to every frame after it (runtime.realtime has
 the threads; this is what its answering thread does with each frame).
 
-For each frame: take() finds its prompts and follows it from the frame before (the motion
-chain, runtime.follow); answer() then warps the last decoder answer to it when that still
-fits (same embedding, same prompts version, the prompts mapped into the embedding's frame
-within PROMPT_TOLERANCE of where they were decoded, the motion known), and otherwise runs
-the decoder on the newest embedding the frame can reach (or, failing that, the kept one
-the reuse cache judges closest), saying why. None: no embedding it can reach yet.
+For each frame: take() finds its prompts (a tracker's not yet shown a mask: carried along
+the motion from the frame they were given on) and follows it from the frame before (the
+motion chain, runtime.follow). answer() then warps the last decode to it whenever the
+motion to it is known and the prompts version is the same. Where a new embedding has landed
+or a fixed box has moved beyond PROMPT_TOLERANCE on the anatomy, it also starts a decode
+beside (one at a time), taken up from the next frame on. The decoder runs in this thread
+only where nothing can be warped: the first answer, new prompts, a broken chain; then on
+the kept embedding the reuse cache judges closest, else the newest the frame reaches,
+saying why. None: no embedding it can reach yet.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from medsam_edge.engines.base import ExpiredEmbedding
-from medsam_edge.runtime.follow import EYE, MotionChain, as_motion, homogeneous, moved_share
+from medsam_edge.runtime.follow import EYE, MotionChain, as_motion, homogeneous, moved_share, refine
 from medsam_edge.runtime.frame import Frame
 from medsam_edge.runtime.motion import MotionEstimator, prompt_region
 from medsam_edge.runtime.prompts import Prompt, Prompter
@@ -58,7 +62,19 @@ class Decoded:
     ref: int
     ref_to_emb: list[np.ndarray]
     newest: Kept | None = None  # the newest embedding when it was decoded: a newer one means decode again
+    probe: SmallFrame | None = None  # the frame that asked for it, as the motion sees it
 
+
+
+@dataclass
+class _Background:
+    """A decode running beside the answering thread."""
+
+    newest: Kept | None  # the newest embedding when it was asked for
+    decoded: Decoded | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
 
 
 @dataclass
@@ -87,6 +103,10 @@ class RealtimeAnswerer:
         self.chain = MotionChain(MotionEstimator(), cache.policy.scene_threshold) if motion else None
         self._decoded: Decoded | None = None
         self._broken: str | None = None  # why the last decode's frames went out of reach, until the next
+        self._observed: int | None = None  # the prompts version the tracker last saw a mask for
+        self._origin: tuple | None = None  # (version, frame, its probe) a tracker's unseen prompts were given on
+        self._carried: list[Prompt] | None = None  # those prompts, carried to the last frame taken
+        self._background: _Background | None = None  # a decode running beside, at most one
 
     def blank(self) -> None:
         if self.chain is not None:
@@ -95,15 +115,32 @@ class RealtimeAnswerer:
     def take(self, frame: Frame) -> Taken:
         """The frame's prompts, and its link in the motion chain."""
         prompts = self.prompter.prompts_for(frame)
-        taken = Taken(frame, prompts, self.prompter.version, None, {})
-        if self.chain is not None:
-            t0 = time.perf_counter()
-            taken.probe = SmallFrame.of(frame.image)
-            taken.broken = self.chain.step(frame.index, taken.probe, prompts)
-            taken.timings["motion"] = (time.perf_counter() - t0) * 1e3
-            if taken.broken is not None:
-                self._decoded = None  # its frame is out of reach now
-                self._broken = f"frame {frame.index}: {taken.broken}"
+        version = self.prompter.version
+        taken = Taken(frame, prompts, version, None, {})
+        if self.chain is None:
+            return taken
+        t0 = time.perf_counter()
+        # A tracker's prompts that no answer has shown it yet belong to the frame they
+        # were given on: carried along the chain to this one, as the anatomy moved while the
+        # first embedding was being made (at 60 fps, 20 frames and 30 px on a probe sweep).
+        carry = self.prompter.tracker is not None and self._observed != version
+        taken.probe = SmallFrame.of(frame.image)
+        if carry and (self._origin is None or self._origin[0] != version):
+            self._origin, self._carried = (version, frame.index, taken.probe), None
+        regions = self._carried if carry and self._carried is not None else prompts
+        taken.broken = self.chain.step(frame.index, taken.probe, regions)
+        if carry and taken.broken is None and self._origin[1] != frame.index and \
+                len(self._carried or prompts) == len(prompts):
+            back = [self.chain.between(frame.index, k, self._origin[1]) for k in range(len(prompts))]
+            if all(b is not None for b in back):
+                back = refine(self.chain.estimator, self._origin[2], taken.probe, regions, back)
+                taken.prompts = as_motion([np.linalg.inv(b) for b in back], []).map_prompts(
+                    prompts, frame.image.shape[:2])
+        self._carried = taken.prompts if carry else None
+        taken.timings["motion"] = (time.perf_counter() - t0) * 1e3
+        if taken.broken is not None:
+            self._decoded = None  # its frame is out of reach now
+            self._broken = f"frame {frame.index}: {taken.broken}"
         return taken
 
     def _reach(self, kept: Kept, t: Taken) -> list[np.ndarray] | None:
@@ -116,7 +153,7 @@ class RealtimeAnswerer:
         if self.chain.reaches(e):
             chained = [self.chain.between(index, k, e) for k in range(n)]
             if all(a is not None for a in chained):
-                return chained
+                return refine(self.chain.estimator, kept.probe, t.probe, t.prompts, chained)
         if abs(e - index) <= self.gap and t.probe is not None:
             # Not in the chain (a frame passed over, or one ahead of this): the gap is a
             # frame or two, which a direct estimate follows.
@@ -131,6 +168,7 @@ class RealtimeAnswerer:
         chained = [self.chain.between(t.frame.index, k, d.ref) for k in range(len(t.prompts))]
         if any(a is None for a in chained):
             return None
+        chained = refine(self.chain.estimator, d.probe, t.probe, t.prompts, chained)
         return [r @ a for r, a in zip(d.ref_to_emb, chained)]
 
     def answer(self, t: Taken) -> FrameResult | None:
@@ -139,8 +177,11 @@ class RealtimeAnswerer:
         newest = self.cache.newest(hw)
         if not self.motion:
             return None if newest is None else self._decode(t, newest, newest, [EYE] * len(t.prompts), None)
-        d, why, fallback = self._decoded, t.broken, None
-        landed = newest is not None and (d is None or newest is not d.newest)
+        self._adopt()
+        d, why = self._decoded, t.broken
+        waiting = self._background is not None
+        landed = newest is not None and (d is None or newest is not d.newest) and \
+            not (waiting and self._background.newest is newest)
         reach_newest = self._reach(newest, t) if landed else None
         if d is not None and why is None:
             to_d = self._to_decoded(d, t)
@@ -148,46 +189,98 @@ class RealtimeAnswerer:
                 why = f"the prompts changed (version {t.version})"
             elif to_d is None:
                 why = "the motion to the decoded frame is not known"
-            elif reach_newest is not None:
-                why = f"a new embedding (frame {newest.enc.frame_index})"
             else:
-                motion = as_motion(to_d, [])
-                mapped = motion.map_prompts(t.prompts, hw) if not motion.still else t.prompts
-                share = max((moved_share(a, b, hw) for a, b in zip(d.mapped, mapped)), default=0.0)
-                if share <= PROMPT_TOLERANCE:
-                    return self._result(t, d, to_d, None)
-                why = f"the prompts moved {share:.1%} of their size in the embedding's frame"
-                if self.segmenter.backend.embedding_valid(d.kept.enc.embedding):
-                    fallback = (d.kept, to_d)
+                # The last decode still reaches this frame: it answers now, warped, and a
+                # decode it calls for runs beside (one at a time) and answers from the frame
+                # after it lands, so the frame rate never waits for the decoder.
+                again = None
+                if reach_newest is not None:
+                    again = (newest, reach_newest)
+                elif self.prompter.tracker is None:
+                    # A tracker's box, same version, moved only by masks that are this decode
+                    # warped: in the embedding's frame nothing moved, and redrawing the box
+                    # from them would chase the decoder's own fixed point, a decode a frame.
+                    # Its box counts at the next embedding. A fixed box on moving anatomy does.
+                    motion = as_motion(to_d, [])
+                    mapped = motion.map_prompts(t.prompts, hw) if not motion.still else t.prompts
+                    share = max((moved_share(a, b, hw) for a, b in zip(d.mapped, mapped)), default=0.0)
+                    if share > PROMPT_TOLERANCE and self.segmenter.backend.embedding_valid(d.kept.enc.embedding):
+                        again = (d.kept, to_d)
+                if again is not None and not waiting:
+                    chosen = next(((k, a) for k, a in self._candidates(t, newest, reach_newest, landed, again)
+                                   if a is not None), again)
+                    self._request(t, chosen[0], newest, chosen[1])
+                return self._result(t, d, to_d, None)
         elif d is None and why is None:
             why = self._broken or "the first answer"
-        # The kept embedding whose frame is closest where the prompts are (the reuse cache's
-        # judgement: a heartbeat's phase, a view come back), else the newest it reaches.
-        candidates = []
-        kept = self.cache.kept(hw)
-        if t.probe is not None and t.prompts and kept:
-            choice = self.cache.choose(t.probe, t.prompts, kept, follow=True)
-            if choice.kept is not None and choice.motion is not None:
-                candidates.append((choice.kept, [homogeneous(p.matrix) for p in choice.motion.prompts]))
-        if newest is not None:
-            candidates.append((newest, reach_newest if landed else self._reach(newest, t)))
-        if fallback is not None:
-            candidates.append(fallback)
-        for chosen, to_emb in candidates:
+        for chosen, to_emb in self._candidates(t, newest, reach_newest, landed, None):
             if to_emb is not None:
                 result = self._decode(t, chosen, newest, to_emb, why)
                 if result is not None:
                     return result
         return None
 
-    def _decode(self, t: Taken, kept: Kept, newest: Kept | None, to_emb: list[np.ndarray], why: str | None
-                ) -> FrameResult | None:
-        """Decode this frame's prompts, mapped into the kept embedding's frame; None if it expired."""
-        enc, hw = kept.enc, t.frame.image.shape[:2]
-        seg = self.segmenter
+    def _candidates(self, t: Taken, newest: Kept | None, reach_newest, landed: bool, last) -> list[tuple]:
+        """(kept, transforms or None) to decode on, best first: the kept embedding whose frame
+        is closest where the prompts are (the reuse cache's judgement: a heartbeat's phase, a
+        view come back), else the newest it reaches, else `last` (the last decode's)."""
+        out = []
+        kept = self.cache.kept(t.frame.image.shape[:2])
+        if t.probe is not None and t.prompts and kept:
+            choice = self.cache.choose(t.probe, t.prompts, kept, follow=True)
+            if choice.kept is not None and choice.motion is not None:
+                out.append((choice.kept, [homogeneous(p.matrix) for p in choice.motion.prompts]))
+        if newest is not None:
+            out.append((newest, reach_newest if landed else self._reach(newest, t)))
+        if last is not None:
+            out.append(last)
+        return out
+
+    @property
+    def busy(self) -> bool:
+        """A decode is running beside the answering thread (its answer not taken up yet)."""
+        job = self._background
+        return job is not None and not job.done.is_set()
+
+    def _request(self, t: Taken, kept: Kept, newest: Kept | None, to_emb: list[np.ndarray]) -> None:
+        """Decode this frame's prompts on `kept` in the background."""
+        job = _Background(newest)
+
+        def work() -> None:
+            try:
+                job.decoded = self._decode_only(t, kept, newest, to_emb)
+            except BaseException as e:  # raised in the answering thread at adoption
+                job.error = e
+            finally:
+                job.done.set()
+
+        job.thread = threading.Thread(target=work, name="medsam-decoder", daemon=True)
+        self._background = job
+        job.thread.start()
+
+    def _adopt(self) -> None:
+        """A background decode that finished becomes the one later frames are warped from."""
+        job = self._background
+        if job is None or not job.done.is_set():
+            return
+        self._background = None
+        if job.error is not None:
+            raise job.error
+        if job.decoded is not None:
+            self._decoded = job.decoded
+            self.stats.decoded_beside += 1
+
+    def close(self) -> None:
+        """Let a background decode finish (its answer is dropped)."""
+        job = self._background
+        if job is not None and job.thread is not threading.current_thread():
+            job.thread.join(timeout=30)
+
+    def _decode_only(self, t: Taken, kept: Kept, newest: Kept | None, to_emb: list[np.ndarray]) -> Decoded | None:
+        """This frame's prompts mapped into the kept embedding's frame, decoded; None if it expired."""
+        enc, seg = kept.enc, self.segmenter
         motion = as_motion(to_emb, [])
         mapped = list(t.prompts) if motion.still else motion.map_prompts(t.prompts, enc.original_hw)
-        t0 = time.perf_counter()
         try:
             logits, scores = seg.decode_logits(enc, mapped) if mapped else self._nothing()
             refined = [False] * len(mapped)
@@ -198,9 +291,17 @@ class RealtimeAnswerer:
             # Its slot was taken by an encode that finished since: the next one serves.
             self.stats.reencoded += 1
             return None
+        return Decoded(kept, t.version, mapped, logits, scores, refined, t.frame.index, t.frame.timestamp,
+                       t.frame.index, to_emb, newest, t.probe)
+
+    def _decode(self, t: Taken, kept: Kept, newest: Kept | None, to_emb: list[np.ndarray], why: str | None
+                ) -> FrameResult | None:
+        """Decode this frame's prompts (in this thread) and answer it with them; None if it expired."""
+        t0 = time.perf_counter()
+        d = self._decode_only(t, kept, newest, to_emb)
+        if d is None:
+            return None
         t.timings["decode"] = t.timings.get("decode", 0.0) + (time.perf_counter() - t0) * 1e3
-        d = Decoded(kept, t.version, mapped, logits, scores, refined, t.frame.index, t.frame.timestamp,
-                    t.frame.index, to_emb, newest)
         self._decoded = d if self.motion else None
         self._broken = None
         return self._result(t, d, to_emb, why)
@@ -239,6 +340,7 @@ class RealtimeAnswerer:
             timings["warp"] = (t1 - t0) * 1e3
         timings["postprocess"] = (t2 - t1) * 1e3
         lost = self.prompter.observe(masks, d.scores, frame.image)
+        self._observed = t.version
         timings["total"] = sum(v for k, v in timings.items() if k != "capture_to_mask")
         if frame.captured_at:
             timings["capture_to_mask"] = (time.perf_counter() - frame.captured_at) * 1e3

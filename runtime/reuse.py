@@ -94,13 +94,18 @@ def thumb_difference(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = No
     return float(d[where].mean() if where is not None and where.any() else d.mean()) / 255.0
 
 
-def scene_difference(emb: SmallFrame, cur: SmallFrame) -> float:
+def scene_difference(emb: SmallFrame, cur: SmallFrame, levelled: bool = False) -> float:
     """How differently the grey levels of the image area are spread: the total variation
     distance (0..1) of 16-bin histograms over the embedding frame's image area.
 
     Motion moves anatomy around without changing much how bright the picture is; a probe
     lifted off the skin, a gain or depth change, or a cut to another view does. (A cut to
-    a similar-looking view is caught where the prompts are: the flow explains nothing.)"""
+    a similar-looking view is caught where the prompts are: the flow explains nothing.)
+    levelled: a change of gain alone does not count (following motion from frame to frame
+    through an endoscope's auto-exposure, where an embedding's answer would still change)."""
+    if levelled:
+        area = emb.area()
+        return 0.5 * float(np.abs(emb.spread(area, levelled=True) - cur.spread(area, levelled=True)).sum())
     return 0.5 * float(np.abs(emb.spread() - cur.spread(emb.area())).sum())
 
 

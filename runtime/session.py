@@ -42,6 +42,7 @@ class Stats:
     encoded: int = 0
     reencoded: int = 0  # embeddings that expired under the session and were computed again
     passed: int = 0  # real time: frames passed over while waiting for an embedding they could reach
+    decoded_beside: int = 0  # real time: decodes run beside the answering thread and taken up
     embeddings: Counter = field(default_factory=Counter)
     made: Counter = field(default_factory=Counter)  # FrameResult.made of the frames answered
 
@@ -59,6 +60,7 @@ class Stats:
             "bad_frames_skipped": skipped,
             "dropped": self.dropped,
             "passed_over": self.passed,
+            "decoded_beside": self.decoded_beside,
             "by_made": dict(self.made),
         }
 

@@ -64,16 +64,23 @@ class SmallFrame:
             self._area = image_area(self.grey)
         return self._area
 
-    def spread(self, area: np.ndarray | None = None) -> np.ndarray:
+    def spread(self, area: np.ndarray | None = None, levelled: bool = False) -> np.ndarray:
         """(16,) float: how the grey levels (lightly smoothed against speckle) are spread
-        over `area` (default this small frame's own image area, computed once)."""
+        over `area` (default this small frame's own image area, computed once). levelled:
+        the grey levels scaled first so their mean over the area is mid-grey, so that a
+        change of gain (an endoscope's auto-exposure) does not move them."""
         if self._smooth is None:
             self._smooth = cv2.blur(self.grey, (3, 3))
-        if area is None and self._spread is not None:
+        if area is None and self._spread is not None and not levelled:
             return self._spread
-        h = cv2.calcHist([self._smooth], [0], (self.area() if area is None else area).astype(np.uint8), [16], [0, 256])
+        mask = (self.area() if area is None else area).astype(np.uint8)
+        grey = self._smooth
+        if levelled:
+            mean = float(cv2.mean(grey, mask)[0])
+            grey = np.clip(grey.astype(np.float32) * (128.0 / max(mean, 1.0)), 0, 255)
+        h = cv2.calcHist([grey], [0], mask, [16], [0, 256])
         h = h.ravel() / max(1.0, float(h.sum()))
-        if area is None:
+        if area is None and not levelled:
             self._spread = h
         return h
 

@@ -143,14 +143,21 @@ def test_realtime_submit_never_blocks_and_counts_what_it_drops(tiny_model_dir):
     assert not submitter.is_alive()
     assert session.stats.dropped == 8  # two wait; the eight older ones were dropped, and counted
     gate.set()
-    # Frame 8 cannot be reached from frame 0's embedding (the frames between were dropped):
-    # it waits for frame 9's, encoded next, which the motion from 8 to 9 reaches.
+    # The encoder takes the newest frame taken up (8), not one still waiting (9), which a
+    # newer one could drop: the motion chain then reaches every embedding.
     results = [session.next_result(timeout=60), session.next_result(timeout=60)]
     assert [r.frame.index for r in results] == [8, 9] and session.stats.passed == 0
-    assert {r.embedding_frame for r in results} == {9} and results[0].made == "decoded"
+    assert {r.embedding_frame for r in results} == {8} and results[0].made == "fresh"
     # The box stays where it is while the picture moves 3 px: in frame 9 it lies elsewhere on
-    # the anatomy than frame 8's box did, beyond the tolerance, so frame 9 is decoded too.
-    assert results[1].made == "fresh" and results[1].why.startswith("the prompts moved")
+    # the anatomy than frame 8's box did, beyond the tolerance. Frame 9 is answered at once,
+    # warped, while a decode for its box runs beside; the frame after it is answered from that.
+    assert results[1].made == "warped" and results[1].decode_frame == 8
+    deadline = time.monotonic() + 60
+    while session.answerer.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    session.submit(frames[-1])
+    third = session.next_result(timeout=60)
+    assert third.made == "warped" and third.decode_frame == 9 and session.stats.decoded_beside == 1
     session.close()
 
 

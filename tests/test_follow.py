@@ -1,0 +1,84 @@
+"""Following the anatomy from frame to frame (runtime.follow): consecutive motions composed
+without rounding, corrected by one direct estimate, and a change of gain that is no cut.
+
+Clips are synthetic and move by known amounts (a smooth textured picture with a bright
+object, fresh noise on every frame), so the true transform between any two frames is known.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from medsam_edge.runtime.follow import MotionChain, refine
+from medsam_edge.runtime.prompts import Prompt
+from medsam_edge.runtime.reuse import ReusePolicy, scene_difference
+from medsam_edge.runtime.small_frame import SmallFrame
+
+BOX = [110.0, 80.0, 190.0, 160.0]
+
+
+def moving(n: int, step: tuple[float, float], seed: int = 0, size=(240, 320), gain=None) -> list[np.ndarray]:
+    """n grey frames of one picture, frame i shifted by i * step pixels, fresh noise on each."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    big = cv2.GaussianBlur(rng.integers(0, 255, (h + 200, w + 200)).astype(np.float32), (0, 0), 3)
+    big = cv2.normalize(big, None, 20, 120, cv2.NORM_MINMAX)
+    cv2.ellipse(big, (w // 2 + 100, h // 2 + 100), (35, 28), 0, 0, 360, 220, -1)
+    out = []
+    for i in range(n):
+        m = np.float32([[1, 0, -100 + step[0] * i], [0, 1, -100 + step[1] * i]])
+        img = cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR) * (gain[i] if gain else 1.0)
+        out.append(np.clip(img + rng.normal(0, 2, (h, w)), 0, 255).astype(np.uint8))
+    return out
+
+
+def centre_error(transform: np.ndarray, shift: np.ndarray) -> float:
+    """How far `transform` (later frame -> earlier) puts the box centre from where a pure
+    translation by -shift puts it."""
+    c = np.array([(BOX[0] + BOX[2]) / 2, (BOX[1] + BOX[3]) / 2, 1.0])
+    return float(np.hypot(*((transform @ c)[:2] - (c[:2] - shift))))
+
+
+def test_slow_motion_adds_up_through_the_chain_and_a_direct_estimate_corrects_it():
+    # 0.4 px a frame is 0.2 px of the small frame: each link alone is below what a single
+    # estimate would warp for (runtime.motion.NEGLIGIBLE), yet 60 frames move 27 px.
+    step = np.array([0.4, 0.2])
+    frames = moving(61, tuple(step))
+    probes = [SmallFrame.of(f) for f in frames]
+    prompts = [Prompt.of(BOX)]
+    chain = MotionChain()
+    for i, p in enumerate(probes):
+        assert chain.step(i, p, prompts) is None
+    chained = chain.between(60, 0, 0)
+    truth = 60 * step
+    still = centre_error(np.eye(3), truth)
+    assert still > 25
+    assert centre_error(chained, truth) < 0.25 * still  # links kept as fitted, not rounded to nothing
+    refined = refine(chain.estimator, probes[0], probes[60], prompts, [chained])[0]
+    assert centre_error(refined, truth) < 1.0 and centre_error(refined, truth) <= centre_error(chained, truth)
+
+
+def test_refine_keeps_the_chain_where_the_pictures_do_not_match():
+    a = moving(1, (0, 0))[0]
+    b = np.full((240, 320), 25, np.uint8)
+    b[100:140] = 200  # nothing of `a` in it
+    chained = np.array([[1.0, 0, 3.0], [0, 1.0, -2.0], [0, 0, 1.0]])
+    out = refine(MotionChain().estimator, SmallFrame.of(a), SmallFrame.of(b), [Prompt.of(BOX)], [chained])
+    assert np.allclose(out[0], chained)
+    assert refine(MotionChain().estimator, None, SmallFrame.of(b), [Prompt.of(BOX)], [chained])[0] is chained
+
+
+def test_a_change_of_gain_is_no_cut_for_the_chain_but_another_picture_is():
+    threshold = ReusePolicy().scene_threshold
+    gain = [1.0, 1.1]  # an endoscope's auto-exposure between two frames
+    a, b = (SmallFrame.of(f) for f in moving(2, (0.5, 0.25), gain=gain))
+    assert scene_difference(a, b) > threshold  # as reuse judges it: the embedding's answer would change
+    assert scene_difference(a, b, levelled=True) < threshold / 3
+    chain = MotionChain(scene_threshold=threshold)
+    assert chain.step(0, a, [Prompt.of(BOX)]) is None and chain.step(1, b, [Prompt.of(BOX)]) is None
+    dark = np.full((240, 320), 25, np.uint8)
+    dark[100:140] = 200  # another view: a bright band on black
+    cut = SmallFrame.of(dark)
+    assert scene_difference(b, cut, levelled=True) > threshold
+    assert "picture changed" in chain.step(2, cut, [Prompt.of(BOX)])
