@@ -31,7 +31,7 @@ $(VENV)/.setup-done: pyproject.toml
 
 # Every test (CI): at most 12 min of pytest on an idle 2-core machine (docs/testing.md).
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 # The logic without the slow, integration and fuzz markers: at most 5 min on 2 cores.
 test-fast: setup

@@ -91,7 +91,7 @@ def to_grid(a: np.ndarray, sx: float, sy: float) -> np.ndarray:
     """A transform in frame pixels -> the same transform in the index coordinates of a grid
     with (sx, sy) grid pixels per frame pixel (pixel centres at i + 0.5), for cv2.warpAffine."""
     s = np.diag([sx, sy])
-    lin = s @ a[:, :2] @ np.linalg.inv(s)
+    lin = s @ a[:, :2] @ np.diag([1.0 / sx, 1.0 / sy])
     t = s @ a[:, 2] + lin @ np.array([0.5, 0.5]) - 0.5
     return np.hstack([lin, t[:, None]])
 
@@ -115,7 +115,8 @@ class PromptMotion:
 
     @property
     def scale(self) -> float:
-        return float(math.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))
+        (a, b), (c, d) = self.matrix[0, :2], self.matrix[1, :2]
+        return float(math.sqrt(abs(a * d - b * c)))  # np.linalg.det: BLAS dispatch, contended by the encoder
 
     @property
     def rotation(self) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medsam_edge.engines.base import ExpiredEmbedding
-from medsam_edge.runtime.follow import EYE, MotionChain, as_motion, homogeneous, moved_share, refine
+from medsam_edge.runtime.follow import EYE, MotionChain, as_motion, homogeneous, invert, moved_share, refine
 from medsam_edge.runtime.frame import Frame
 from medsam_edge.runtime.motion import MotionEstimator, prompt_region
 from medsam_edge.runtime.prompts import Prompt, Prompter
@@ -134,7 +134,7 @@ class RealtimeAnswerer:
             back = [self.chain.between(frame.index, k, self._origin[1]) for k in range(len(prompts))]
             if all(b is not None for b in back):
                 back = refine(self.chain.estimator, self._origin[2], taken.probe, regions, back)
-                taken.prompts = as_motion([np.linalg.inv(b) for b in back], []).map_prompts(
+                taken.prompts = as_motion([invert(b) for b in back], []).map_prompts(
                     prompts, frame.image.shape[:2])
         self._carried = taken.prompts if carry else None
         taken.timings["motion"] = (time.perf_counter() - t0) * 1e3

@@ -82,3 +82,12 @@ def test_a_change_of_gain_is_no_cut_for_the_chain_but_another_picture_is():
     cut = SmallFrame.of(dark)
     assert scene_difference(b, cut, levelled=True) > threshold
     assert "picture changed" in chain.step(2, cut, [Prompt.of(BOX)])
+
+
+def test_the_closed_form_inverse_is_the_inverse():
+    from medsam_edge.runtime.follow import invert
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        m = np.vstack([rng.normal(size=(2, 3)) * [1, 1, 40], [0.0, 0.0, 1.0]])
+        assert np.allclose(invert(m) @ m, np.eye(3), atol=1e-9)
