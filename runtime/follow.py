@@ -35,6 +35,10 @@ HISTORY = 300
 # Consecutive frames whose prompt regions differ by at most this (0..1) where the flow
 # found nothing to follow (no texture, noise) have not moved: the link is the identity.
 STEP_STILL = 0.02
+# Between neighbouring frames a beating heart's walls and valves move apart from the
+# chamber: 46-49 % of the flow agrees with one transform where a single estimate wants
+# half; the chain follows the rest (docs/decisions.md#real-time-that-follows).
+LINK_MIN_INLIERS = 0.4
 
 
 def homogeneous(m: np.ndarray) -> np.ndarray:
@@ -132,7 +136,7 @@ class MotionChain:
             return f"the picture changed (scene difference {scene:.2f}: a cut or a probe lift)", []
         if not prompts:
             return None, []
-        motion = self.estimator.estimate(prev.probe, probe, prompts, negligible=0.0)
+        motion = self.estimator.estimate(prev.probe, probe, prompts, negligible=0.0, min_inliers=LINK_MIN_INLIERS)
         if motion.applied:
             return None, [homogeneous(m.matrix) for m in motion.prompts]
         if motion.beyond:

@@ -224,17 +224,19 @@ class MotionEstimator:
         self._dis = cv2.DISOpticalFlow_create(preset)
 
     def estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before: list[float] | None = None,
-                 negligible: float = NEGLIGIBLE) -> Motion:
+                 negligible: float = NEGLIGIBLE, min_inliers: float = MIN_INLIERS) -> Motion:
         """emb: the embedding's frame; cur: the frame being answered (same original size).
         before: each prompt region's difference without motion, where already known.
         negligible: a motion moving no region corner farther (small-frame pixels) is the
-        identity; 0 where motions are composed (runtime.follow), as small ones add up."""
+        identity; 0 where motions are composed (runtime.follow), as small ones add up.
+        min_inliers: the share of the flow the transform must explain."""
         t0 = time.perf_counter()
-        motion = self._estimate(emb, cur, prompts, before, negligible)
+        motion = self._estimate(emb, cur, prompts, before, negligible, min_inliers)
         motion.ms = (time.perf_counter() - t0) * 1e3
         return motion
 
-    def _estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before, negligible: float) -> Motion:
+    def _estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before, negligible: float,
+                  min_inliers: float) -> Motion:
         hw = cur.original_hw
         regions = [prompt_region(p, hw, self.margin) for p in prompts]
         if emb.original_hw != hw or emb.grey.shape != cur.grey.shape:
@@ -249,14 +251,14 @@ class MotionEstimator:
         flow = self._dis.calc(cur.grey, emb.grey, None)
         fitted = []
         for r, b in zip(regions, before):
-            m, why, beyond = self._fit(flow, emb, cur, r, b, negligible)
+            m, why, beyond = self._fit(flow, emb, cur, r, b, negligible, min_inliers)
             if m is None:
                 return Motion([], regions, False, why, beyond=beyond)
             fitted.append(m)
         return Motion(fitted, regions, True, still=all(m.matrix is _IDENTITY for m in fitted))
 
     def _fit(self, flow: np.ndarray, emb: SmallFrame, cur: SmallFrame, region, before: float | None,
-             negligible: float = NEGLIGIBLE):
+             negligible: float = NEGLIGIBLE, min_inliers: float = MIN_INLIERS):
         """-> (PromptMotion or None, why not, whether the motion is beyond following)."""
         if before is None:
             return None, "the region is outside the picture", True
@@ -277,7 +279,7 @@ class MotionEstimator:
             return None, "the flow fits no motion", False
         share = float(inliers.mean())
         m = PromptMotion(a.astype(np.float64), before, before, share)
-        if share < MIN_INLIERS:
+        if share < min_inliers:
             return None, f"the flow is incoherent ({share:.0%} of it agrees)", False
         if not 1 / MAX_SCALE <= m.scale <= MAX_SCALE or abs(m.rotation) > MAX_ROTATION:
             return None, f"implausible motion (scale {m.scale:.2f}, rotation {m.rotation:.0f} deg)", True
