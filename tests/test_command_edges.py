@@ -35,11 +35,12 @@ def _commands(model: str, out: str) -> dict[str, list[str]]:
         "bench": ["bench", model, "--out", out],
         "export": ["export", "--model", "medsam_vit_tiny", "--random-init", "--out", out],
         "calibrate": ["calibrate", model, "--frames", ECHO, "--cache-dir", out],
+        "view": ["view", model, ECHO, "--port", "0", "--record-dir", out],
     }
 
 
 @pytest.mark.fuzz
-@pytest.mark.parametrize("command", ["run", "triton", "bench", "export", "calibrate"])
+@pytest.mark.parametrize("command", ["run", "triton", "bench", "export", "calibrate", "view"])
 def test_every_command_refuses_an_unusable_out_before_working(command, tiny_model_dir, tmp_path):
     for label, out in _bad_outs(tmp_path).items():
         r = cli(*_commands(str(tiny_model_dir.path), out)[command], timeout=120)

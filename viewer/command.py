@@ -14,6 +14,7 @@ import secrets
 import socket
 from pathlib import Path
 
+from medsam_edge.atomic import check_output
 from medsam_edge.errors import InputError
 
 log = logging.getLogger("medsam_edge.view")
@@ -94,6 +95,8 @@ def _check(args) -> None:
         raise InputError(f"--jpeg-quality {args.jpeg_quality}: expected 1 to 100")
     if not args.stale_ms > 0:
         raise InputError(f"--stale-ms {args.stale_ms:g}: expected a positive number of milliseconds")
+    # Recordings go in new folders under it: said now, not when the user presses record.
+    check_output(args.record_dir, "--record-dir")
 
 
 def listen(host: str, port: int) -> socket.socket:
