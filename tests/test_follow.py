@@ -7,8 +7,8 @@ object, fresh noise on every frame), so the true transform between any two frame
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+from moving_clips import moving
 
 from medsam_edge.runtime.follow import MotionChain, refine
 from medsam_edge.runtime.prompts import Prompt
@@ -16,21 +16,6 @@ from medsam_edge.runtime.reuse import ReusePolicy, scene_difference
 from medsam_edge.runtime.small_frame import SmallFrame
 
 BOX = [110.0, 80.0, 190.0, 160.0]
-
-
-def moving(n: int, step: tuple[float, float], seed: int = 0, size=(240, 320), gain=None) -> list[np.ndarray]:
-    """n grey frames of one picture, frame i shifted by i * step pixels, fresh noise on each."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    big = cv2.GaussianBlur(rng.integers(0, 255, (h + 200, w + 200)).astype(np.float32), (0, 0), 3)
-    big = cv2.normalize(big, None, 20, 120, cv2.NORM_MINMAX)
-    cv2.ellipse(big, (w // 2 + 100, h // 2 + 100), (35, 28), 0, 0, 360, 220, -1)
-    out = []
-    for i in range(n):
-        m = np.float32([[1, 0, -100 + step[0] * i], [0, 1, -100 + step[1] * i]])
-        img = cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR) * (gain[i] if gain else 1.0)
-        out.append(np.clip(img + rng.normal(0, 2, (h, w)), 0, 255).astype(np.uint8))
-    return out
 
 
 def centre_error(transform: np.ndarray, shift: np.ndarray) -> float:
@@ -44,7 +29,7 @@ def test_slow_motion_adds_up_through_the_chain_and_a_direct_estimate_corrects_it
     # 0.4 px a frame is 0.2 px of the small frame: each link alone is below what a single
     # estimate would warp for (runtime.motion.NEGLIGIBLE), yet 60 frames move 27 px.
     step = np.array([0.4, 0.2])
-    frames = moving(61, tuple(step))
+    frames = moving(61, tuple(step), rgb=False)
     probes = [SmallFrame.of(f) for f in frames]
     prompts = [Prompt.of(BOX)]
     chain = MotionChain()
@@ -60,7 +45,7 @@ def test_slow_motion_adds_up_through_the_chain_and_a_direct_estimate_corrects_it
 
 
 def test_refine_keeps_the_chain_where_the_pictures_do_not_match():
-    a = moving(1, (0, 0))[0]
+    a = moving(1, (0, 0), rgb=False)[0]
     b = np.full((240, 320), 25, np.uint8)
     b[100:140] = 200  # nothing of `a` in it
     chained = np.array([[1.0, 0, 3.0], [0, 1.0, -2.0], [0, 0, 1.0]])
@@ -72,7 +57,7 @@ def test_refine_keeps_the_chain_where_the_pictures_do_not_match():
 def test_a_change_of_gain_is_no_cut_for_the_chain_but_another_picture_is():
     threshold = ReusePolicy().scene_threshold
     gain = [1.0, 1.1]  # an endoscope's auto-exposure between two frames
-    a, b = (SmallFrame.of(f) for f in moving(2, (0.5, 0.25), gain=gain))
+    a, b = (SmallFrame.of(f) for f in moving(2, (0.5, 0.25), gain=gain, rgb=False))
     assert scene_difference(a, b) > threshold  # as reuse judges it: the embedding's answer would change
     assert scene_difference(a, b, levelled=True) < threshold / 3
     chain = MotionChain(scene_threshold=threshold)

@@ -28,6 +28,7 @@ from medsam_edge.runtime.schedule import PromptSchedule
 from medsam_edge.runtime.segmenter import Segmenter
 from medsam_edge.runtime.session_protocol import ProcessingSession, SubmittingSession
 from medsam_edge.runtime.sources import ArraySource
+from moving_clips import moving
 
 BOX = [110.0, 80.0, 190.0, 160.0]
 OTHER = [40.0, 40.0, 100.0, 110.0]
@@ -36,17 +37,7 @@ MADE = {"fresh", "decoded", "warped"}
 
 def clip(n: int, step=(1.0, 0.5), seed: int = 0, size=(240, 320)) -> np.ndarray:
     """n RGB frames of a textured picture moving `step` pixels a frame, fresh noise on each."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    big = cv2.GaussianBlur(rng.integers(0, 255, (h + 200, w + 200)).astype(np.float32), (0, 0), 3)
-    big = cv2.normalize(big, None, 20, 120, cv2.NORM_MINMAX)
-    cv2.ellipse(big, (w // 2 + 100, h // 2 + 100), (35, 28), 0, 0, 360, 220, -1)
-    out = []
-    for i in range(n):
-        m = np.float32([[1, 0, -100 + step[0] * i], [0, 1, -100 + step[1] * i]])
-        img = cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR) + rng.normal(0, 2, (h, w))
-        out.append(np.repeat(np.clip(img, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2))
-    return np.asarray(out)
+    return moving(n, step, seed, size)
 
 
 class GatedBackend(OnnxruntimeBackend):
