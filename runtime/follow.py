@@ -136,7 +136,7 @@ class MotionChain:
             return f"the picture changed (scene difference {scene:.2f}: a cut or a probe lift)", []
         if not prompts:
             return None, []
-        motion = self.estimator.estimate(prev.probe, probe, prompts, negligible=0.0, min_inliers=LINK_MIN_INLIERS)
+        motion = self.estimator.estimate(prev.probe, probe, prompts, keep_small=True, min_inliers=LINK_MIN_INLIERS)
         if motion.applied:
             return None, [homogeneous(m.matrix) for m in motion.prompts]
         if motion.beyond:
@@ -177,9 +177,9 @@ def refine(estimator: MotionEstimator, ref: SmallFrame | None, cur: SmallFrame |
     correction is refused, the chain stands."""
     if ref is None or cur is None or ref.original_hw != cur.original_hw or ref.grey.shape != cur.grey.shape:
         return chained
+    sx, sy = ref.scale
     out = []
     for p, c in zip(prompts, chained):
-        sx, sy = ref.scale
         grey = cv2.warpAffine(ref.grey, to_grid(c[:2], sx, sy), ref.grey.shape[::-1],
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
         m = estimator.estimate(SmallFrame(grey, ref.original_hw, ref.factor), cur, [p])

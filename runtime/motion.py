@@ -224,18 +224,18 @@ class MotionEstimator:
         self._dis = cv2.DISOpticalFlow_create(preset)
 
     def estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before: list[float] | None = None,
-                 negligible: float = NEGLIGIBLE, min_inliers: float = MIN_INLIERS) -> Motion:
+                 keep_small: bool = False, min_inliers: float = MIN_INLIERS) -> Motion:
         """emb: the embedding's frame; cur: the frame being answered (same original size).
         before: each prompt region's difference without motion, where already known.
-        negligible: a motion moving no region corner farther (small-frame pixels) is the
-        identity; 0 where motions are composed (runtime.follow), as small ones add up.
+        keep_small: a motion under NEGLIGIBLE is kept as fitted, not taken for the identity,
+        where motions are composed (runtime.follow), as small ones add up.
         min_inliers: the share of the flow the transform must explain."""
         t0 = time.perf_counter()
-        motion = self._estimate(emb, cur, prompts, before, negligible, min_inliers)
+        motion = self._estimate(emb, cur, prompts, before, keep_small, min_inliers)
         motion.ms = (time.perf_counter() - t0) * 1e3
         return motion
 
-    def _estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before, negligible: float,
+    def _estimate(self, emb: SmallFrame, cur: SmallFrame, prompts: list[Prompt], before, keep_small: bool,
                   min_inliers: float) -> Motion:
         hw = cur.original_hw
         regions = [prompt_region(p, hw, self.margin) for p in prompts]
@@ -251,14 +251,14 @@ class MotionEstimator:
         flow = self._dis.calc(cur.grey, emb.grey, None)
         fitted = []
         for r, b in zip(regions, before):
-            m, why, beyond = self._fit(flow, emb, cur, r, b, negligible, min_inliers)
+            m, why, beyond = self._fit(flow, emb, cur, r, b, keep_small, min_inliers)
             if m is None:
                 return Motion([], regions, False, why, beyond=beyond)
             fitted.append(m)
         return Motion(fitted, regions, True, still=all(m.matrix is _IDENTITY for m in fitted))
 
     def _fit(self, flow: np.ndarray, emb: SmallFrame, cur: SmallFrame, region, before: float | None,
-             negligible: float = NEGLIGIBLE, min_inliers: float = MIN_INLIERS):
+             keep_small: bool = False, min_inliers: float = MIN_INLIERS):
         """-> (PromptMotion or None, why not, whether the motion is beyond following)."""
         if before is None:
             return None, "the region is outside the picture", True
@@ -288,7 +288,7 @@ class MotionEstimator:
         if _largest_move(m.matrix, region) * min(sx, sy) < NEGLIGIBLE:
             # Less than the flow can resolve: warping would only blur, and noise decides
             # whether it lowers the difference. Kept as fitted where motions are composed.
-            return PromptMotion(_IDENTITY if negligible else m.matrix, before, before, share), "", False
+            return PromptMotion(m.matrix if keep_small else _IDENTITY, before, before, share), "", False
         after = region_difference(emb, cur, region, m.matrix)
         if after is None or after > before:
             return None, "the motion does not explain the change", False
