@@ -10,8 +10,8 @@ two of each of 150 frames and 2,000-frame real-time rows (--long-frames).
 Duration, LiteMedSAM onnxruntime FP32, 2 cores: --quick took 28 min on a machine loaded
 by other jobs (load average 10-15; fresh frames 0.2-0.3 masks/s), estimated 6-7 min idle at
 about 0.8 s a fresh frame; a full run is estimated at about 25 min idle (the ground-truth
-clips 4 x ~4 min: fresh speckle defeats embedding reuse, so "deterministic reuse" costs
-about what "fresh every frame" does; tracking 1.5 min; seven 2,000-frame real-time rows 7.5 min).
+clips 4 x ~3 min: "deterministic reuse" encodes about a quarter of the frames that "fresh every
+frame" does; tracking 1.5 min; seven 2,000-frame real-time rows 7.5 min).
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reuse", choices=("on", "exact", "off"), default="on",
                    help="embedding reuse: on (exact and near repeats), exact (identical frames only), off")
     p.add_argument("--reuse-threshold", type=float, default=ReusePolicy.threshold,
-                   help="near-repeat threshold: mean grey difference in each prompt's region, fraction of full range "
+                   help="near-repeat threshold: change in each prompt's region beyond motion, gain and noise (with "
+                        "--no-motion: mean grey difference), fraction of full range "
                         f"(default {ReusePolicy.threshold})")
     p.add_argument("--reuse-max", type=int, default=ReusePolicy.max_consecutive,
                    help=f"most frames in a row that may reuse one embedding (default {ReusePolicy.max_consecutive})")

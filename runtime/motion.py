@@ -321,11 +321,12 @@ def _inside(a: np.ndarray, region, hw: tuple[int, int]) -> float:
     return float(inter / max(1e-9, (bx1 - bx0) * (by1 - by0)))
 
 
-def region_difference(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray) -> float | None:
-    """Mean absolute grey difference (0..1) over `region` of this frame between this frame
-    and the embedding's frame seen through `matrix`, judged on at most REGION_CELLS cells
-    a side (small regions at the small frame's resolution). None when no cell of the region
-    has a counterpart inside the embedding's picture."""
+def region_cells(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """`region` of this frame and the embedding's frame seen through `matrix`, on at most
+    REGION_CELLS cells a side (small regions at the small frame's resolution): (this
+    frame's cells, the embedding frame's, where the latter has a counterpart inside its
+    picture), float32, float32, bool. None when no cell has one."""
     sx, sy = cur.scale
     c0, r0, c1, r1 = _cells(region, sx, sy, cur.grey.shape)
     if c1 <= c0 or r1 <= r0:
@@ -346,5 +347,16 @@ def region_difference(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarr
     ok = valid > 0.99
     if not ok.any():
         return None
-    return float(np.abs(a[ok] - b[ok] / valid[ok]).mean()) / 255.0
+    b[ok] /= valid[ok]
+    return a, b, ok
 
+
+def region_difference(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray) -> float | None:
+    """Mean absolute grey difference (0..1) over `region` of this frame between this frame
+    and the embedding's frame seen through `matrix` (region_cells). None when no cell of
+    the region has a counterpart inside the embedding's picture."""
+    cells = region_cells(emb, cur, region, matrix)
+    if cells is None:
+        return None
+    a, b, ok = cells
+    return float(np.abs(a[ok] - b[ok]).mean()) / 255.0

@@ -5,14 +5,17 @@
 - near repeat (probe held still, or moving little): judged against the frame the current
   embedding came from (not the previous frame, so slow drift cannot pile up), with a cap
   on how many frames in a row may reuse:
-  - where the prompts are: each prompt's region (its box grown by a margin) must differ
-    from the embedding's frame by at most `threshold`, judged on up to 32x32 cells of the
-    region itself, so a change inside a small box is seen (the difference includes any
-    motion: a reused embedding is only as good as the encoder is shift-equivariant, and
-    it is not exactly). With `motion` on, the answer's prompts and masks then follow the
-    motion the optical flow finds there (runtime.motion); a motion the flow finds but
-    cannot follow (off the picture, too large a zoom or turn) means a fresh embedding,
-    and finding no motion in a change that small means none to apply;
+  - where the prompts are: each prompt's region (its box grown by a margin) is judged
+    on up to 32x32 cells of the region itself, so a change inside a small box is seen.
+    With `motion` on (the default), the optical flow finds how the anatomy moved since
+    the embedding's frame (runtime.motion) and the change left after that motion, a small
+    gain change and the noise drawn afresh on every frame must be at most `threshold`
+    (runtime.change); the answer's prompts and masks then follow that motion. A motion
+    the flow finds but cannot follow (off the picture, too large a zoom or turn) means a
+    fresh embedding; finding none to follow, the change is judged as the frames stand.
+    With `motion` off, the plain difference must be at most `threshold` (it includes any
+    motion: a reused embedding is then only as good as the encoder is shift-equivariant,
+    and it is not exactly);
   - the whole picture, for cuts and probe lifts: how the grey levels of the image area
     (the fan or the scope's circle, without the text, clocks and traces around it:
     motion.image_area) are spread must change by at most `scene_threshold`;
@@ -34,6 +37,7 @@ import cv2
 import numpy as np
 
 from medsam_edge.engines.base import Backend, max_kept_embeddings
+from medsam_edge.runtime.change import region_change
 from medsam_edge.runtime.motion import MARGIN, Motion, MotionEstimator, identity, prompt_region, region_difference
 from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.result import EXACT, FRESH, NEAR
@@ -49,8 +53,9 @@ CANDIDATES = 3
 class ReusePolicy:
     """When a near repeat may reuse the last embedding (differences are fractions of 0..255).
 
-    threshold: most mean absolute difference over any prompt's region (after motion
-        compensation when `motion`); without prompts, over the whole frame's thumbnail.
+    threshold: most change over any prompt's region: with `motion`, beyond the motion,
+        gain and noise (runtime.change); without, the mean absolute difference; without
+        prompts, the mean absolute difference of the whole frame's thumbnails.
     scene_threshold: most change in how the image area's grey levels are spread
         (scene_difference, 0..1), for cuts and probe lifts.
     max_consecutive: most frames in a row answered from kept embeddings.
@@ -130,6 +135,7 @@ class ReuseChoice:
     region: float | None = None  # the largest prompt-region difference
     scene: float | None = None
     regions: list[float] | None = None  # each prompt region's difference
+    change: float | None = None  # the largest change beyond motion, gain and noise (runtime.change)
 
 
 @dataclass
@@ -247,24 +253,32 @@ class EmbeddingCache:
     def choose(self, probe: SmallFrame, prompts: list[Prompt], kept: list[Kept], follow: bool = False
                ) -> ReuseChoice:
         """Which kept embedding, if any, may answer this frame (its probe and prompts): the
-        closest where the prompts are, if close enough, and not when compensation is on
-        and the flow finds a motion it cannot follow. follow: the answer will be warped by
-        the motion (real time), so a motion that is not applied refuses too."""
+        closest where the prompts are, if the change there is under the threshold.
+        With compensation on, the change is judged after the motion the flow finds, beyond
+        gain and noise (runtime.change); a motion the flow finds but cannot follow refuses.
+        follow: the answer will be warped by the motion (real time), so a motion that is not
+        applied refuses too. Without compensation, the plain difference is judged."""
         p = self.policy
         best = closest(kept, probe, prompts, p.margin, p.scene_threshold)
-        if best.kept is None or best.region > p.threshold:
-            return ReuseChoice(None, note=best.note if best.kept is None else "", region=best.region,
-                               scene=best.scene)
-        if self.estimator is not None:
-            best.motion = m = self.estimator.estimate(best.kept.probe, probe, prompts, best.regions)
-            if not m.applied and (m.beyond or follow):
-                # The anatomy moved in a way no transform follows (off the picture, a zoom or
-                # turn too large): encode afresh rather than answer where it no longer is.
-                return ReuseChoice(None, m, f"fresh: {m.why}", best.region, best.scene)
-            if not m.applied:
-                # No motion to follow in a change under the threshold (noise, a looping
-                # cine's coding): the embedding answers as it is, as without compensation.
-                best.note = f"motion not compensated: {m.why}"
+        if best.kept is None:
+            return ReuseChoice(None, note=best.note, scene=best.scene)
+        if self.estimator is None:
+            return best if best.region <= p.threshold else ReuseChoice(None, region=best.region, scene=best.scene)
+        m = self.estimator.estimate(best.kept.probe, probe, prompts, best.regions)
+        if not m.applied and (m.beyond or follow):
+            # The anatomy moved in a way no transform follows (off the picture, a zoom or
+            # turn too large): encode afresh rather than answer where it no longer is.
+            return ReuseChoice(None, m, f"fresh: {m.why}", best.region, best.scene)
+        matrices = [q.matrix for q in m.prompts] if m.applied else [identity()] * len(m.regions)
+        changes = [region_change(best.kept.probe, probe, r, a) for r, a in zip(m.regions, matrices)]
+        if any(c is None for c in changes) or max(changes) > p.threshold:
+            return ReuseChoice(None, None, "", best.region, best.scene, best.regions,
+                               None if any(c is None for c in changes) else max(changes))
+        best.motion, best.change = m, max(changes)
+        if not m.applied:
+            # No motion to follow (noise, a looping cine's coding, flow that explains
+            # nothing): the embedding answers as it is, as without compensation.
+            best.note = f"motion not compensated: {m.why}"
         return best
 
     def _valid(self, enc: Encoded) -> bool:
