@@ -128,7 +128,8 @@ def test_truth_run_report_and_markdown(tiny_model_dir, data_dir, tmp_path, capsy
         assert 1 <= r["answered"] <= 6 and r["answered"] + r["dropped"] == 6
     (seq,) = report["tracking"]
     assert [r["prompt"] for r in seq["rows"]] == ["track from the first frame's box", "truth box of each frame",
-                                                  "previous frame's truth box"]
+                                                  "previous frame's truth box",
+                                                  "previous frame's truth box, carried by the motion"]
     assert all(r["frames"] == 3 for r in seq["rows"])
     rts = report["realtime_rows"]  # no shared videos here: the ground-truth clip at 30 and 60 fps
     assert [r["fps"] for r in rts] == [30.0, 60.0]
@@ -194,3 +195,22 @@ def test_answers_read_how_masks_were_made_where_the_runtime_says():
     b = answer_of(Later(frame=frame, prompts=[], masks=mask, scores=np.ones(1, np.float32), reuse="newest",
                         staleness=3, lost=[True]))
     assert (b.made, b.decode_age_frames, b.embedding_age_ms, b.decode_age_ms, b.lost) == ("warped", 2, 100.0, 66.7, True)
+
+
+def test_a_box_is_carried_the_way_the_picture_moved():
+    """The tracking bench's carried-box bound moves the previous frame's box by the motion
+    found between the frames, in the direction the picture moved (not back)."""
+    from medsam_edge.bench.tracking import carry
+    from medsam_edge.runtime.motion import MotionEstimator
+    from medsam_edge.runtime.small_frame import SmallFrame
+
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur((rng.random((240, 320)) * 255).astype(np.uint8), (0, 0), 3)
+    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX)
+    before = np.dstack([texture] * 3)
+    now = np.roll(before, (4, 10), axis=(0, 1))  # 10 px right, 4 px down
+    box = np.array([100, 80, 180, 150], np.float32)
+    moved = carry(MotionEstimator(), SmallFrame.of(before), SmallFrame.of(now), box)
+    assert np.allclose(moved - box, [10, 4, 10, 4], atol=1.5), moved
+    same = carry(MotionEstimator(), SmallFrame.of(before), SmallFrame.of(before), box)
+    assert np.array_equal(same, box)
