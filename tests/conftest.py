@@ -32,6 +32,16 @@ def tiny_model_dir(tmp_path_factory):
     return export_model("medsam_vit_tiny", out, random_init=True, seed=0, quiet=True)
 
 
+@pytest.fixture
+def md(tiny_model_dir, tmp_path):
+    """A private copy of the tiny model directory, for tests that write into it (engine sets,
+    compiled caches, rewritten ONNX files)."""
+    from medsam_edge.manifest import load_model_dir
+
+    shutil.copytree(tiny_model_dir.path, tmp_path / "m")
+    return load_model_dir(tmp_path / "m")
+
+
 @pytest.fixture(scope="session")
 def lite_model_dir(tmp_path_factory):
     from medsam_edge.export.exporter import export_model

@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+def bundled(name: str) -> str:
+    """The path of a file bundled with pydicom (never downloaded)."""
+    path = get_testdata_file(name, download=False)  # never reach for the network
+    assert path is not None, f"{name} is not bundled with this pydicom"
+    return str(path)
+
 
 SECRET_NAME = "Doe^Secretia"
 SECRET_ID = "PID-SECRET-4711"

@@ -37,11 +37,6 @@ DICOM = "pydicom:examples_ybr_color.dcm"
 LOOSE = {"fp16": {"mean": 0.9, "worst": 0.5}}
 
 
-@pytest.fixture
-def md(tiny_model_dir, tmp_path):
-    shutil.copytree(tiny_model_dir.path, tmp_path / "m")
-    return load_model_dir(tmp_path / "m")
-
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):

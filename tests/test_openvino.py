@@ -30,12 +30,6 @@ NO_BF16 = "this CPU has no BF16 arithmetic (OpenVINO lists no BF16 capability: n
 CACHE = ("engines", "openvino_cache")
 
 
-@pytest.fixture
-def md(tiny_model_dir, tmp_path):
-    """A private copy: these tests write compiled caches and rewrite ONNX files."""
-    shutil.copytree(tiny_model_dir.path, tmp_path / "m")
-    return load_model_dir(tmp_path / "m")
-
 
 def _inputs(seed: int = 1):
     x = np.random.default_rng(seed).random((1, 3, 1024, 1024), dtype=np.float32)
