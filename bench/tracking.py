@@ -72,16 +72,16 @@ def track_sequence(predictor, frames: list[np.ndarray], truths: list[np.ndarray]
     track_s = time.perf_counter() - t0
     by_truth, by_previous, by_carried = {}, {}, {}
     previous = box_of(truths[first])
-    estimator, probe = MotionEstimator(), SmallFrame.of(frames[first])
+    estimator, small = MotionEstimator(), SmallFrame.of(frames[first])
     for i in range(first, len(frames)):
         box = box_of(truths[i])
-        before, probe = probe, SmallFrame.of(frames[i])
+        before, small = small, SmallFrame.of(frames[i])
         predictor.set_image(frames[i])
         if box is not None:
             by_truth[i] = predictor.predict(boxes=box[None])[0][0]
         if previous is not None:
             by_previous[i] = predictor.predict(boxes=previous[None])[0][0]
-            carried = carry(estimator, before, probe, previous) if i > first else previous
+            carried = carry(estimator, before, small, previous) if i > first else previous
             by_carried[i] = by_previous[i] if carried is previous else predictor.predict(boxes=carried[None])[0][0]
         previous = box if box is not None else previous
 

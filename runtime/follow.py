@@ -59,12 +59,12 @@ def invert(m: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Link:
-    """One answered frame: its probe, its prompts' regions, and per region the transform
+    """One answered frame: its small frame, its prompts' regions, and per region the transform
     from this frame to the chain's first frame (None: not known, a prompt that appeared
     where no region of the frame before was)."""
 
     index: int
-    probe: SmallFrame | None
+    small: SmallFrame | None
     regions: list[tuple[float, float, float, float]]
     to_origin: list[np.ndarray | None]
 
@@ -96,53 +96,53 @@ class MotionChain:
         """A blank frame (probe lifted) came: what follows is not followed from before it."""
         self._blank_since = True
 
-    def step(self, index: int, probe: SmallFrame, prompts: list[Prompt]) -> str | None:
+    def step(self, index: int, small: SmallFrame, prompts: list[Prompt]) -> str | None:
         """Add the frame; returns why the chain broke here (None: followed from the last link)."""
-        regions = [prompt_region(p, probe.original_hw, self.estimator.margin) for p in prompts]
+        regions = [prompt_region(p, small.original_hw, self.estimator.margin) for p in prompts]
         why = None
         prev = self.links[-1] if self.links else None
         moves: list[np.ndarray | None] = []
         if prev is not None:
-            why, moves = self._follow(prev, probe, prompts, regions)
+            why, moves = self._follow(prev, small, prompts, regions)
         if prev is None or why is not None:
             self.links.clear()
             self._by_index.clear()
-            link = Link(index, probe, regions, [EYE] * len(regions))
+            link = Link(index, small, regions, [EYE] * len(regions))
         else:
             to_origin = []
             for k, (r, m) in enumerate(zip(regions, moves)):
                 s = _slot(prev, k, r, len(regions))
                 base = None if s is None else prev.to_origin[s]
                 to_origin.append(None if base is None else base @ m)
-            link = Link(index, probe, regions, to_origin)
+            link = Link(index, small, regions, to_origin)
         if len(self.links) == self.links.maxlen:
             self._by_index.pop(self.links[0].index, None)
         self.links.append(link)
         self._by_index[index] = link
         if len(self.links) > 1:
-            self.links[-2].probe = None  # only the newest link's picture is compared with the next
+            self.links[-2].small = None  # only the newest link's picture is compared with the next
         self._blank_since = False
         return why
 
-    def _follow(self, prev: Link, probe: SmallFrame, prompts, regions) -> tuple[str | None, list]:
+    def _follow(self, prev: Link, small: SmallFrame, prompts, regions) -> tuple[str | None, list]:
         from medsam_edge.runtime.reuse import scene_difference
 
         if self._blank_since:
             return "a blank frame came between (probe lifted)", []
-        if prev.probe.original_hw != probe.original_hw:
+        if prev.small.original_hw != small.original_hw:
             return "the frame size changed", []
-        scene = scene_difference(prev.probe, probe, levelled=True)
+        scene = scene_difference(prev.small, small, levelled=True)
         if scene > self.scene_threshold:
             return f"the picture changed (scene difference {scene:.2f}: a cut or a probe lift)", []
         if not prompts:
             return None, []
-        motion = self.estimator.estimate(prev.probe, probe, prompts, keep_small=True, min_inliers=LINK_MIN_INLIERS)
+        motion = self.estimator.estimate(prev.small, small, prompts, keep_small=True, min_inliers=LINK_MIN_INLIERS)
         if motion.applied:
             return None, [homogeneous(m.matrix) for m in motion.prompts]
         if motion.beyond:
             return f"motion not followed: {motion.why}", []
         # The flow found nothing to follow: fine where nothing changed, a break where it did.
-        diffs = [region_difference(prev.probe, probe, r, identity()) for r in regions]
+        diffs = [region_difference(prev.small, small, r, identity()) for r in regions]
         if all(d is not None and d <= STEP_STILL for d in diffs):
             return None, [EYE] * len(regions)
         return f"motion not followed: {motion.why}", []

@@ -243,7 +243,7 @@ class RealtimeSession:
                     frame = last = self._newest_frame
                 enc = self.segmenter.encode(frame.image, frame.index)
                 enc.timestamp = frame.timestamp
-                self.cache.store(frame.image, enc, probe=SmallFrame.of(frame.image))
+                self.cache.store(frame.image, enc, small=SmallFrame.of(frame.image))
                 with self._cond:
                     self._generation += 1
                     self.stats.encoded += 1

@@ -44,7 +44,7 @@ PROMPT_TOLERANCE = 0.01
 class Decoded:
     """One decoder call's answer, warped to every frame that follows until replaced.
 
-    kept: the embedding (and its frame's probe); version: the prompts version decoded;
+    kept: the embedding (and its frame's small copy); version: the prompts version decoded;
     mapped: the prompts as decoded, in the embedding's frame; logits (N, 1, 256, 256),
     scores, refined: the decoder's answer there. frame / timestamp: the frame that asked
     for it. ref / ref_to_emb: a frame of the motion chain and, per prompt, the transform
@@ -62,7 +62,7 @@ class Decoded:
     ref: int
     ref_to_emb: list[np.ndarray]
     newest: Kept | None = None  # the newest embedding when it was decoded: a newer one means decode again
-    probe: SmallFrame | None = None  # the frame that asked for it, as the motion sees it
+    small: SmallFrame | None = None  # the frame that asked for it, as the motion sees it
 
 
 
@@ -84,7 +84,7 @@ class Taken:
     frame: Frame
     prompts: list[Prompt]
     version: int
-    probe: SmallFrame | None
+    small: SmallFrame | None
     timings: dict
     broken: str | None = None  # why the motion chain broke at this frame
 
@@ -104,7 +104,7 @@ class RealtimeAnswerer:
         self._decoded: Decoded | None = None
         self._broken: str | None = None  # why the last decode's frames went out of reach, until the next
         self._observed: int | None = None  # the prompts version the tracker last saw a mask for
-        self._origin: tuple | None = None  # (version, frame, its probe) a tracker's unseen prompts were given on
+        self._origin: tuple | None = None  # (version, frame, its small frame) a tracker's unseen prompts were given on
         self._carried: list[Prompt] | None = None  # those prompts, carried to the last frame taken
         self._background: _Background | None = None  # a decode running beside, at most one
 
@@ -124,16 +124,16 @@ class RealtimeAnswerer:
         # were given on: carried along the chain to this one, as the anatomy moved while the
         # first embedding was being made (at 60 fps, 20 frames and 30 px on a probe sweep).
         carry = self.prompter.tracker is not None and self._observed != version
-        taken.probe = SmallFrame.of(frame.image)
+        taken.small = SmallFrame.of(frame.image)
         if carry and (self._origin is None or self._origin[0] != version):
-            self._origin, self._carried = (version, frame.index, taken.probe), None
+            self._origin, self._carried = (version, frame.index, taken.small), None
         regions = self._carried if carry and self._carried is not None else prompts
-        taken.broken = self.chain.step(frame.index, taken.probe, regions)
+        taken.broken = self.chain.step(frame.index, taken.small, regions)
         if carry and taken.broken is None and self._origin[1] != frame.index and \
                 len(self._carried or prompts) == len(prompts):
             back = [self.chain.between(frame.index, k, self._origin[1]) for k in range(len(prompts))]
             if all(b is not None for b in back):
-                back = refine(self.chain.estimator, self._origin[2], taken.probe, regions, back)
+                back = refine(self.chain.estimator, self._origin[2], taken.small, regions, back)
                 taken.prompts = as_motion([invert(b) for b in back], []).map_prompts(
                     prompts, frame.image.shape[:2])
         self._carried = taken.prompts if carry else None
@@ -153,11 +153,11 @@ class RealtimeAnswerer:
         if self.chain.reaches(e):
             chained = [self.chain.between(index, k, e) for k in range(n)]
             if all(a is not None for a in chained):
-                return refine(self.chain.estimator, kept.probe, t.probe, t.prompts, chained)
-        if abs(e - index) <= self.gap and t.probe is not None:
+                return refine(self.chain.estimator, kept.small, t.small, t.prompts, chained)
+        if abs(e - index) <= self.gap and t.small is not None:
             # Not in the chain (a frame passed over, or one ahead of this): the gap is a
             # frame or two, which a direct estimate follows.
-            m = self.chain.estimator.estimate(kept.probe, t.probe, t.prompts)
+            m = self.chain.estimator.estimate(kept.small, t.small, t.prompts)
             if m.applied:
                 return [homogeneous(p.matrix) for p in m.prompts]
         return None
@@ -168,7 +168,7 @@ class RealtimeAnswerer:
         chained = [self.chain.between(t.frame.index, k, d.ref) for k in range(len(t.prompts))]
         if any(a is None for a in chained):
             return None
-        chained = refine(self.chain.estimator, d.probe, t.probe, t.prompts, chained)
+        chained = refine(self.chain.estimator, d.small, t.small, t.prompts, chained)
         return [r @ a for r, a in zip(d.ref_to_emb, chained)]
 
     def answer(self, t: Taken) -> FrameResult | None:
@@ -226,8 +226,8 @@ class RealtimeAnswerer:
         view come back), else the newest it reaches, else `last` (the last decode's)."""
         out = []
         kept = self.cache.kept(t.frame.image.shape[:2])
-        if t.probe is not None and t.prompts and kept:
-            choice = self.cache.choose(t.probe, t.prompts, kept, follow=True)
+        if t.small is not None and t.prompts and kept:
+            choice = self.cache.choose(t.small, t.prompts, kept, follow=True)
             if choice.kept is not None and choice.motion is not None:
                 out.append((choice.kept, [homogeneous(p.matrix) for p in choice.motion.prompts]))
         if newest is not None:
@@ -292,7 +292,7 @@ class RealtimeAnswerer:
             self.stats.reencoded += 1
             return None
         return Decoded(kept, t.version, mapped, logits, scores, refined, t.frame.index, t.frame.timestamp,
-                       t.frame.index, to_emb, newest, t.probe)
+                       t.frame.index, to_emb, newest, t.small)
 
     def _decode(self, t: Taken, kept: Kept, newest: Kept | None, to_emb: list[np.ndarray], why: str | None
                 ) -> FrameResult | None:

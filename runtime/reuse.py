@@ -119,7 +119,7 @@ class Kept:
     """A fresh embedding kept for near repeats, with what its frame looked like."""
 
     enc: Encoded
-    probe: SmallFrame
+    small: SmallFrame
     thumb: np.ndarray | None = None  # (32, 32) float32 grey of the whole frame, for lookups without prompts
 
 
@@ -143,7 +143,7 @@ class Lookup:
     """The cache's answer for one frame. enc: the embedding to use, or None (encode it,
     then hand this Lookup to store()); kind: result.EXACT, NEAR or FRESH; motion: for a
     near repeat, from the embedding's frame to this one; note: for the frame's record.
-    digest, probe, thumb: what the lookup computed of the frame, so store() does not
+    digest, small, thumb: what the lookup computed of the frame, so store() does not
     compute it again."""
 
     enc: Encoded | None
@@ -151,27 +151,27 @@ class Lookup:
     motion: Motion | None = None
     note: str = ""
     digest: bytes | None = None
-    probe: SmallFrame | None = None
+    small: SmallFrame | None = None
     thumb: np.ndarray | None = None
 
 
-def closest(kept: list[Kept], probe: SmallFrame, prompts: list[Prompt], margin: float = MARGIN,
+def closest(kept: list[Kept], small: SmallFrame, prompts: list[Prompt], margin: float = MARGIN,
             scene_threshold: float | None = None) -> ReuseChoice:
     """The kept embedding (kept: newest last, all of the frame's size) whose frame is
     closest to this one where the prompts are, judged among the newest and the
     CANDIDATES - 1 others whose whole frames look most like this one (a looping cine, a
     heartbeat, a probe back where it was). Candidates whose picture changed beyond
     scene_threshold are passed over. ReuseChoice.kept is None when none qualifies."""
-    ranked = sorted(kept[:-1], key=lambda k: thumb_difference(probe.thumb, k.probe.thumb))[:CANDIDATES - 1]
-    regions = [prompt_region(q, probe.original_hw, margin) for q in prompts]
+    ranked = sorted(kept[:-1], key=lambda k: thumb_difference(small.thumb, k.small.thumb))[:CANDIDATES - 1]
+    regions = [prompt_region(q, small.original_hw, margin) for q in prompts]
     best = ReuseChoice(None)
     for k in [kept[-1], *ranked]:
-        scene = None if scene_threshold is None else scene_difference(k.probe, probe)
+        scene = None if scene_threshold is None else scene_difference(k.small, small)
         if scene is not None and scene > scene_threshold:
             if best.kept is None and best.scene is None:
                 best = ReuseChoice(None, note=f"fresh: the picture changed (scene difference {scene:.2f})", scene=scene)
             continue
-        diffs = [region_difference(k.probe, probe, r, identity()) for r in regions]
+        diffs = [region_difference(k.small, small, r, identity()) for r in regions]
         if any(d is None for d in diffs):
             continue
         worst = max(diffs)
@@ -232,8 +232,8 @@ class EmbeddingCache:
                 self._consecutive += 1
                 out.enc, out.kind = newest.enc, NEAR
             return out
-        out.probe = SmallFrame.of(image)
-        choice = self.choose(out.probe, prompts, kept)
+        out.small = SmallFrame.of(image)
+        choice = self.choose(out.small, prompts, kept)
         out.note = choice.note
         if choice.kept is not None:
             self._consecutive += 1
@@ -250,27 +250,27 @@ class EmbeddingCache:
         kept = self.kept(hw)
         return kept[-1] if kept else None
 
-    def choose(self, probe: SmallFrame, prompts: list[Prompt], kept: list[Kept], follow: bool = False
+    def choose(self, small: SmallFrame, prompts: list[Prompt], kept: list[Kept], follow: bool = False
                ) -> ReuseChoice:
-        """Which kept embedding, if any, may answer this frame (its probe and prompts): the
+        """Which kept embedding, if any, may answer this frame (its small frame and prompts): the
         closest where the prompts are, if the change there is under the threshold.
         With compensation on, the change is judged after the motion the flow finds, beyond
         gain and noise (runtime.change); a motion the flow finds but cannot follow refuses.
         follow: the answer will be warped by the motion (real time), so a motion that is not
         applied refuses too. Without compensation, the plain difference is judged."""
         p = self.policy
-        best = closest(kept, probe, prompts, p.margin, p.scene_threshold)
+        best = closest(kept, small, prompts, p.margin, p.scene_threshold)
         if best.kept is None:
             return ReuseChoice(None, note=best.note, scene=best.scene)
         if self.estimator is None:
             return best if best.region <= p.threshold else ReuseChoice(None, region=best.region, scene=best.scene)
-        m = self.estimator.estimate(best.kept.probe, probe, prompts, best.regions)
+        m = self.estimator.estimate(best.kept.small, small, prompts, best.regions)
         if not m.applied and (m.beyond or follow):
             # The anatomy moved in a way no transform follows (off the picture, a zoom or
             # turn too large): encode afresh rather than answer where it no longer is.
             return ReuseChoice(None, m, f"fresh: {m.why}", best.region, best.scene)
         matrices = [q.matrix for q in m.prompts] if m.applied else [identity()] * len(m.regions)
-        changes = [region_change(best.kept.probe, probe, r, a) for r, a in zip(m.regions, matrices)]
+        changes = [region_change(best.kept.small, small, r, a) for r, a in zip(m.regions, matrices)]
         if any(c is None for c in changes) or max(changes) > p.threshold:
             return ReuseChoice(None, None, "", best.region, best.scene, best.regions,
                                None if any(c is None for c in changes) else max(changes))
@@ -285,13 +285,13 @@ class EmbeddingCache:
         return self.backend is None or self.backend.embedding_valid(enc.embedding)
 
     def store(self, image: np.ndarray, enc: Encoded, looked: Lookup | None = None,
-              probe: SmallFrame | None = None) -> Kept:
+              small: SmallFrame | None = None) -> Kept:
         """Remember a fresh embedding of `image` (looked: its lookup, whose digest and
-        probe are reused); returns what is kept of it."""
+        small frame are reused); returns what is kept of it."""
         p = self.policy
         looked = looked or Lookup(None, FRESH)
         self._consecutive = 0
-        kept = Kept(enc, probe or looked.probe or SmallFrame.of(image),
+        kept = Kept(enc, small or looked.small or SmallFrame.of(image),
                     looked.thumb if looked.thumb is not None else thumbnail(image))
         with self._lock:
             if p.exact and self.capacity:

@@ -244,7 +244,7 @@ def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
         chain = rt.answerer.chain
         assert rt.encoded == KEPT + 4
         assert len(chain.links) <= HISTORY and len(rt.cache.kept()) <= KEPT
-        assert sum(link.probe is not None for link in chain.links) <= 1  # old links keep no pictures
+        assert sum(link.small is not None for link in chain.links) <= 1  # old links keep no pictures
     finally:
         backend.gate.set()
         rt.close()
