@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +38,17 @@ LOOSE = {"fp16": {"mean": 0.9, "worst": 0.5}}
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory):
-    """The tiny model after `calibrate --precision bf16` (the plan search and the report)."""
+def calibrated(tiny_model_dir, tmp_path_factory):
+    """A copy of the tiny model after `calibrate --precision bf16` (the plan search and the report)."""
     if not HAS_BF16:
         pytest.skip(NO_BF16)
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_calibration import _pictures
 
     from medsam_edge.calibration.run import FrameOptions, Options, SearchOptions, calibrate
-    from medsam_edge.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("bf16")
     _pictures(root / "img", None, 8)
-    export_model("medsam_vit_tiny", root / "tiny", random_init=True, parity=False, quiet=True)
+    shutil.copytree(tiny_model_dir.path, root / "tiny")
     opts = Options(precisions=("bf16",), frames=FrameOptions(count=8, holdout=0.3, cache_dir=str(root / "cache")),
                    search=SearchOptions(search_frames=2), latency_rounds=0, quiet=True, targets=LOOSE)
     calibrate(load_model_dir(root / "tiny"), [str(root / "img"), DICOM], opts)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
 from medsam_edge.runtime.follow import HISTORY
@@ -222,6 +223,7 @@ def _count(*types) -> dict:
     return counts
 
 
+@pytest.mark.slow  # 2,000 frames answered one by one: 12 s on 2 cores
 def test_memory_stays_bounded_over_2000_frames(tiny_model_dir):
     """2,000 frames pushed and answered: the motion chain, the kept embeddings and the
     decoder answers the session holds stop growing once full."""
