@@ -42,7 +42,7 @@ def calibrated(tiny_model_dir, tmp_path_factory):
     """A copy of the tiny model after `calibrate --precision bf16` (the plan search and the report)."""
     if not HAS_BF16:
         pytest.skip(NO_BF16)
-    from test_calibration import _pictures
+    from lesions import lesion_pictures as _pictures
 
     from medsam_edge.calibration.run import FrameOptions, Options, SearchOptions, calibrate
 
