@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,7 @@ import pytest
 from medsam_edge.atomic import json_text, write_json
 from medsam_edge.errors import InputError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from robust_helpers import ECHO, ECHO_BOX, cli, one_line_error  # noqa: E402
+from robust_helpers import ECHO, ECHO_BOX, cli, one_line_error
 
 
 def _bad_outs(tmp_path: Path) -> dict[str, str]:

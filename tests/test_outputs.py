@@ -29,7 +29,7 @@ from robust_helpers import (
     video_frames,
     wait_for_lines,
 )
-from test_sinks import make_result
+from frame_results import make_result
 
 MIB = 1 << 20
 

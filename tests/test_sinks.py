@@ -15,10 +15,7 @@ import numpy as np
 import pytest
 
 from medsam_edge.errors import InputError
-from medsam_edge.runtime.frame import Frame
-from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.result import FrameResult
-from medsam_edge.runtime.segmenter import Encoded
 from medsam_edge.runtime.sinks import (
     JsonlSink,
     MaskNpzSink,
@@ -29,24 +26,7 @@ from medsam_edge.runtime.sinks import (
     open_sinks,
 )
 
-H, W = 96, 128
-GREY = 100
-
-
-def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-
-
-def make_result(index: int, h: int = H, w: int = W, disks=((48, 40, 20),), reuse: str = "fresh",
-                staleness: int = 0) -> FrameResult:
-    """A grey frame with one mask and box per (cy, cx, r) in `disks`."""
-    masks = np.stack([disk(h, w, cy, cx, r) for cy, cx, r in disks]) if disks else np.zeros((0, h, w), bool)
-    prompts = [Prompt.of(box=[cx - r - 4, cy - r - 4, cx + r + 4, cy + r + 4]) for cy, cx, r in disks]
-    frame = Frame(np.full((h, w, 3), GREY, np.uint8), index=index, timestamp=index / 10, source="synthetic")
-    return FrameResult(frame=frame, prompts=prompts, masks=masks, scores=np.linspace(0.9, 0.8, len(masks)),
-                       reuse=reuse, embedding=Encoded(None, (h, w), (h, w), index - staleness), staleness=staleness,
-                       lost=[False] * len(masks), latency_ms={"decode": 1.5, "total": 3.25}, backend="test")
+from frame_results import GREY, H, W, disk, make_result
 
 
 def read_video(path: Path) -> list[np.ndarray]:
@@ -224,7 +204,7 @@ def test_killed_process_leaves_only_partial_names(tmp_path):
     out = tmp_path / "run"
     script = textwrap.dedent(f"""
         import os, sys
-        from test_sinks import make_result
+        from frame_results import make_result
         from medsam_edge.runtime.sinks import open_sinks
         s = open_sinks({str(out)!r}, video=True, masks=sys.argv[1], jsonl=True, fps=10)
         for i in range(2):
@@ -232,7 +212,7 @@ def test_killed_process_leaves_only_partial_names(tmp_path):
         os._exit(9)  # no close, no cleanup: as if killed
     """)
     for masks, extra in (("npz", set()), ("png", {".masks.partial"})):
-        # The child finds this module as pytest does (pyproject's pythonpath = ["tests"]).
+        # The child finds the helper as pytest does (pyproject's pythonpath = ["tests"]).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(Path(__file__).parent),
                                                                           os.environ.get("PYTHONPATH"))))}
         proc = subprocess.run([sys.executable, "-c", script, masks], capture_output=True, text=True, timeout=120,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ import pytest
 from medsam_edge.errors import InputError
 from medsam_edge.runtime.sources import open_source
 from medsam_edge.runtime.sources.video import VideoSource
-sys.path.insert(0, str(Path(__file__).parent))
-from robust_helpers import check_outputs, cli, start_cli  # noqa: E402
+from robust_helpers import check_outputs, cli, start_cli
 
 FRAMES = 20
 
