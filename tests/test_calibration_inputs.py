@@ -24,12 +24,10 @@ from conftest import DICOM
 from lesions import lesion_pictures as _pictures
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir, tmp_path_factory) -> Path:
-    """A copy of the session's tiny export: the bad-input test checks nothing is written into it."""
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    shutil.copytree(tiny_model_dir.path, out)
-    return out
+@pytest.fixture
+def tiny(md) -> Path:
+    """A private copy of the tiny export (conftest's md): the bad-input test checks nothing is written into it."""
+    return md.path
 
 
 @pytest.fixture(scope="module")

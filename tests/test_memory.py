@@ -79,18 +79,10 @@ def test_many_prompts_on_one_frame_cost_bounded_memory(tiny_model_dir):
 
 
 def test_cpu_decoder_calls_hold_at_most_cpu_prompts(tiny_model_dir):
-    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
-    from medsam_edge.runtime.segmenter import CPU_DECODER_BATCH, Segmenter
+    from counting import counting_segmenter
+    from medsam_edge.runtime.segmenter import CPU_DECODER_BATCH
 
-    calls = []
-
-    class Counting(OnnxruntimeBackend):
-        def decode(self, embedding, coords, labels):
-            calls.append(len(coords))
-            return super().decode(embedding, coords, labels)
-
-    md = tiny_model_dir
-    seg = Segmenter(Counting(md.onnx("encoder"), md.onnx("decoder")), md.preprocess)
+    seg, calls = counting_segmenter(tiny_model_dir)
     enc = seg.encode(__import__("numpy").full((64, 64, 3), 100, "uint8"))
     masks, _, _ = seg.decode(enc, [[5, 5, 40, 40]] * (2 * CPU_DECODER_BATCH + 1))
     assert calls == [CPU_DECODER_BATCH, CPU_DECODER_BATCH, 1] and len(masks) == 2 * CPU_DECODER_BATCH + 1

@@ -262,19 +262,9 @@ def test_blank_frames_are_counted_not_segmented(tiny_model_dir):
 
 
 def test_several_boxes_decode_in_one_call(tiny_model_dir):
-    from medsam_edge.engines.onnxruntime_backend import OnnxruntimeBackend
+    from counting import counting_segmenter
 
-    calls = []
-
-    class Counting(OnnxruntimeBackend):
-        def decode(self, embedding, coords, labels):
-            calls.append(len(coords))
-            return super().decode(embedding, coords, labels)
-
-    from medsam_edge.runtime.segmenter import Segmenter
-
-    md = tiny_model_dir
-    seg = Segmenter(Counting(md.onnx("encoder"), md.onnx("decoder")), md.preprocess)
+    seg, calls = counting_segmenter(tiny_model_dir)
     prompter = Prompter(PromptSchedule.constant([[10, 10, 60, 60], [100, 100, 200, 200], [5, 5, 300, 230]]), None)
     results = list(Stream(Session(seg, prompter), ArraySource(_moving_frames(2, 5.0))))
     assert calls == [3, 3]
