@@ -1,5 +1,5 @@
-"""Real-time rows over long runs (2,000 frames by default) on every shared moving clip and on
-ground-truth clips: what share of the frames after the first answer were answered, how many
+"""Real-time rows over long runs (2,000 frames by default) on the shared moving clips (the
+standard three, or every one) and on ground-truth clips: what share of the frames after the first answer were answered, how many
 were dropped, capture-to-mask p50/p99 by tenths of the run (flat or growing), embeddings
 per second, how the answers were made and how old their embeddings were, and Dice against
 the truth where the truth is known.
@@ -100,11 +100,12 @@ def truth_row(predictor, clip: Clip, n: int, fps: float) -> dict:
     return row(played, clip.name, truth_at=lambda p: clip.truths[p], matrix_at=clip.matrix, position=position)
 
 
-def run(predictor, data: Path, clips: list[Clip], n: int, say=lambda s: None) -> list[dict]:
-    """Every standard shared clip at its own rate (30 fps where it has none), then the first
-    ground-truth clip of each kind at 30 and 60 fps."""
+def run(predictor, data: Path, clips: list[Clip], n: int, say=lambda s: None, every: bool = False) -> list[dict]:
+    """The standard shared clips (every shared moving clip with `every`) at their own rate
+    (30 fps where a clip has none), then the first ground-truth clip of each kind at 30 and
+    60 fps."""
     rows = []
-    for rel in STANDARD_CLIPS:
+    for rel in (reuse.SHARED_CLIPS if every else STANDARD_CLIPS):
         path = data / rel
         box = reuse.SHARED_CLIPS.get(rel)
         if not path.is_file() or box is None:

@@ -118,6 +118,7 @@ def test_truth_run_report_and_markdown(tiny_model_dir, data_dir, tmp_path, capsy
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["machine"]["cpu_flags"] is not None and "load_average" in report["machine"]
+    assert report["settings"]["every_clip"] is True  # a full run (no --quick) plays every shared clip
 
     (clip,) = report["truth_clips"]
     modes = [r["mode"] for r in clip["rows"]]
