@@ -152,7 +152,7 @@ class Predictor:
     # -- streams ---------------------------------------------------------------------------
     def session(self, prompts=None, prompts_file=None, track: bool = False, reuse=None, realtime: bool = False,
                 refine: bool = False, track_centroid: bool = False, on_result=None, keep_logits: bool = False,
-                image_format: str = "RGB", queue_size: int = 2, source: str = "session", motion: bool = True):
+                image_format: str = "RGB", queue_size: int = 2, description: str = "session", motion: bool = True):
         """A push session over this predictor's backend (runtime.session.Session, or
         runtime.realtime.RealtimeSession with realtime=True).
 
@@ -163,7 +163,9 @@ class Predictor:
         deterministic mode only); refine: a second decoder pass with each mask's centroid;
         on_result: real-time mode's callback (runs in the session's answering thread);
         motion: compensate the motion between a reused embedding's frame and the frame
-        answered (runtime.motion; False: masks as the embedding's frame shows them).
+        answered (runtime.motion; False: masks as the embedding's frame shows them);
+        description: what the frames come from, in words, for each result's frame.source
+        (stream() passes its source's description).
         """
         from medsam_edge.runtime.schedule import PromptSchedule
         from medsam_edge.runtime.tracker import PromptTracker
@@ -177,13 +179,13 @@ class Predictor:
         prompter = Prompter(schedule, PromptTracker(centroid=track_centroid) if track else None)
         self._mode(realtime)
         if realtime:
-            return RealtimeSession(self.segmenter, prompter, refine, keep_logits, on_result, queue_size, source,
+            return RealtimeSession(self.segmenter, prompter, refine, keep_logits, on_result, queue_size, description,
                                    image_format, motion=motion)
         if on_result is not None:
             raise InputError("on_result is for real-time sessions; a deterministic session returns each result")
         policy = reuse_policy(reuse)
         policy = policy if motion else replace(policy, motion=False)
-        return Session(self.segmenter, prompter, policy, refine, keep_logits, source, image_format)
+        return Session(self.segmenter, prompter, policy, refine, keep_logits, description, image_format)
 
     def stream(self, source, prompts=None, prompts_file=None, track: bool = False, reuse=None,
                realtime: bool | None = None, refine: bool = False, track_centroid: bool = False,
@@ -199,7 +201,7 @@ class Predictor:
         try:
             live = realtime if realtime is not None else bool(getattr(src, "is_live", False))
             session = self.session(prompts, prompts_file, track, reuse, live, refine, track_centroid,
-                                   source=getattr(src, "description", "stream"), motion=motion)
+                                   description=getattr(src, "description", "stream"), motion=motion)
         except BaseException:
             if owns:
                 src.close()

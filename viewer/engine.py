@@ -64,7 +64,7 @@ class Engine:
         self._closed = False
         self._threads: list[threading.Thread] = []
         self.session = predictor.session(realtime=True, on_result=self._on_result, track=track,
-                                         source=getattr(source, "description", "viewer"))
+                                         description=getattr(source, "description", "viewer"))
         self._hand(objects.version)
 
     # -- lifecycle -------------------------------------------------------------------------------
