@@ -1,8 +1,8 @@
 """Real-time rows over long runs (2,000 frames by default) on the shared moving clips (the
-standard three, or every one) and on ground-truth clips: what share of the frames after the first answer were answered, how many
-were dropped, capture-to-mask p50/p99 by tenths of the run (flat or growing), embeddings
-per second, how the answers were made and how old their embeddings were, and Dice against
-the truth where the truth is known.
+standard three, or every one) and on ground-truth clips: what share of the frames after the
+first answer were answered, how many were dropped, capture-to-mask p50/p99 by tenths of the
+run (flat or growing), embeddings per second, how the answers were made and how old their
+embeddings were, and Dice against the truth where the truth is known.
 
 Real clips are read into memory once (at most MAX_CLIP_FRAMES) and played forward and
 backward (no cut at the loop, so motion stays followable); ground-truth clips likewise.

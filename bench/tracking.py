@@ -28,8 +28,8 @@ import numpy as np
 from medsam_edge.bench.clips import box_of
 from medsam_edge.bench.truth import summary
 from medsam_edge.metrics import dice
-from medsam_edge.runtime.follow import LINK_MIN_INLIERS, homogeneous, invert
-from medsam_edge.runtime.motion import MotionEstimator, apply
+from medsam_edge.runtime.follow import LINK_MIN_INLIERS, as_motion, homogeneous, invert
+from medsam_edge.runtime.motion import MotionEstimator
 from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.small_frame import SmallFrame
 
@@ -109,12 +109,8 @@ def carry(estimator: MotionEstimator, before: SmallFrame, now: SmallFrame, box: 
     if not motion.applied or motion.still:
         return box
     # The estimate maps points of `now` to `before`; the box goes the other way.
-    forward = invert(homogeneous(motion.prompts[0].matrix))[:2]
-    x0, y0, x1, y1 = box
-    c = apply(forward, [[x0, y0], [x1, y0], [x0, y1], [x1, y1]])
-    h, w = now.original_hw
-    return np.array([max(0.0, c[:, 0].min()), max(0.0, c[:, 1].min()), min(float(w), c[:, 0].max()),
-                     min(float(h), c[:, 1].max())], np.float32)
+    forward = as_motion([invert(homogeneous(motion.prompts[0].matrix))], [])
+    return forward.map_prompts([Prompt.of(box)], now.original_hw)[0].box
 
 
 def run(predictor, data: Path, say=lambda s: None) -> list[dict]:

@@ -271,10 +271,10 @@ class EmbeddingCache:
             return ReuseChoice(None, m, f"fresh: {m.why}", best.region, best.scene)
         matrices = [q.matrix for q in m.prompts] if m.applied else [identity()] * len(m.regions)
         changes = [region_change(best.kept.small, small, r, a) for r, a in zip(m.regions, matrices)]
-        if any(c is None for c in changes) or max(changes) > p.threshold:
-            return ReuseChoice(None, None, "", best.region, best.scene, best.regions,
-                               None if any(c is None for c in changes) else max(changes))
-        best.motion, best.change = m, max(changes)
+        worst = None if any(c is None for c in changes) else max(changes)
+        if worst is None or worst > p.threshold:
+            return ReuseChoice(None, None, "", best.region, best.scene, best.regions, worst)
+        best.motion, best.change = m, worst
         if not m.applied:
             # No motion to follow (noise, a looping cine's coding, flow that explains
             # nothing): the embedding answers as it is, as without compensation.
