@@ -23,13 +23,11 @@ import math
 import cv2
 import numpy as np
 
-from medsam_edge.runtime.motion import region_cells
+from medsam_edge.runtime.motion import level, region_cells
 from medsam_edge.runtime.small_frame import SmallFrame
 
 # Smoothing of the difference, in cells (a region is judged on at most 32 x 32).
 SIGMA = 2.0
-# Gain differences up to this factor are levelled: auto-exposure flicker is a few percent.
-MAX_GAIN = 1.1
 # Immerkaer's noise estimator: a mask that cancels planes and ramps, so smooth change does
 # not read as noise (J. Immerkaer, "Fast noise variance estimation", CVIU 64(2), 1996).
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -54,8 +52,7 @@ def region_change(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray) 
     if cells is None:
         return None
     a, b, ok = cells
-    mean_b = float(b[ok].mean())
-    gain = min(MAX_GAIN, max(1 / MAX_GAIN, float(a[ok].mean()) / mean_b)) if mean_b > 1.0 else 1.0
+    gain = level(a[ok], b[ok])
     d = np.where(ok, a - gain * b, 0.0).astype(np.float32)
     weight = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), SIGMA, borderType=cv2.BORDER_CONSTANT)
     smooth = cv2.GaussianBlur(d, (0, 0), SIGMA, borderType=cv2.BORDER_CONSTANT)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from medsam_edge.runtime.motion import Motion, MotionEstimator, PromptMotion, prompt_region, region_difference
+from medsam_edge.runtime.change import region_change
+from medsam_edge.runtime.motion import Motion, MotionEstimator, PromptMotion, prompt_region
 from medsam_edge.runtime.motion import identity, to_grid
 from medsam_edge.runtime.prompts import Prompt
 from medsam_edge.runtime.small_frame import SmallFrame
@@ -32,9 +33,12 @@ from medsam_edge.runtime.small_frame import SmallFrame
 # Links kept: 10 s at 30 fps, longer than an encode takes, so every embedding that lands
 # finds its frame in the chain; beyond it, a direct estimate is tried.
 HISTORY = 300
-# Consecutive frames whose prompt regions differ by at most this (0..1) where the flow
-# found nothing to follow (no texture, noise) have not moved: the link is the identity.
-STEP_STILL = 0.02
+# Where the flow finds no motion that explains the change between consecutive frames (no
+# texture; lung sliding under a still pleura; speckle), a region that changed by at most
+# this beyond gain and noise (runtime.change, 0..1) has not moved: the link is the identity.
+# Beyond it (B-lines flashing, something come into view) the chain breaks
+# (docs/decisions.md#links-where-two-motions-meet).
+LINK_CHANGE = 0.012
 # Between neighbouring frames a beating heart's walls and valves move apart from the
 # chamber: 46-49 % of the flow agrees with one transform where a single estimate wants
 # half; the chain follows the rest (docs/decisions.md#real-time-that-follows).
@@ -141,11 +145,14 @@ class MotionChain:
             return None, [homogeneous(m.matrix) for m in motion.prompts]
         if motion.beyond:
             return f"motion not followed: {motion.why}", []
-        # The flow found nothing to follow: fine where nothing changed, a break where it did.
-        diffs = [region_difference(prev.small, small, r, identity()) for r in regions]
-        if all(d is not None and d <= STEP_STILL for d in diffs):
+        # The flow found nothing to follow, or nothing that explains the change: fine where
+        # nothing changed beyond gain and noise, a break where it did.
+        changes = [region_change(prev.small, small, r, identity()) for r in regions]
+        if all(c is not None and c <= LINK_CHANGE for c in changes):
             return None, [EYE] * len(regions)
-        return f"motion not followed: {motion.why}", []
+        worst = max((c for c in changes if c is not None), default=None)
+        said = "" if worst is None else f"; changed {worst:.3f} beyond gain and noise"
+        return f"motion not followed: {motion.why}{said}", []
 
     def reaches(self, index: int) -> bool:
         return index in self._by_index

@@ -54,6 +54,7 @@ MAX_SCALE = 1.3  # most zoom between the two frames (and 1 / MAX_SCALE)
 MAX_ROTATION = 20.0  # degrees
 MIN_INSIDE = 0.9  # share of a region that must map inside the embedding's picture
 MIN_TEXTURE = 2.0  # grey-level spread a region needs for its flow to mean anything
+MAX_GAIN = 1.1  # brightness changes up to this factor are exposure (auto-exposure, a gain knob)
 # The shorter side DIS flow is asked about, in small-frame pixels. OpenCV 4.11's DIS (FAST preset)
 # refuses pictures under 12 px both ways and crashes the process (SIGSEGV) on wide, short
 # ones: 8-14 px high from 40 px wide, 16-30 px high from 80 px wide; none at 32 px and more
@@ -289,8 +290,11 @@ class MotionEstimator:
             # Less than the flow can resolve: warping would only blur, and noise decides
             # whether it lowers the difference. Kept as fitted where motions are composed.
             return PromptMotion(m.matrix if keep_small else _IDENTITY, before, before, share), "", False
-        after = region_difference(emb, cur, region, m.matrix)
-        if after is None or after > before:
+        # Judged with a small gain change levelled on both sides: an endoscope's auto-exposure
+        # flicker (a few percent) outweighs a sub-pixel motion's share of the difference,
+        # and noise then decided whether the right motion "explained" anything.
+        after = region_difference(emb, cur, region, m.matrix, levelled=True)
+        if after is None or after > region_difference(emb, cur, region, _IDENTITY, levelled=True):
             return None, "the motion does not explain the change", False
         m.residual = after
         return m, "", False
@@ -351,12 +355,23 @@ def region_cells(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray
     return a, b, ok
 
 
-def region_difference(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray) -> float | None:
+def level(a: np.ndarray, b: np.ndarray) -> float:
+    """The gain (1 / MAX_GAIN .. MAX_GAIN) that brings `b`'s mean to `a`'s: a larger change of
+    brightness is a change of the picture, not exposure."""
+    mean_b = float(b.mean()) if b.size else 0.0
+    return min(MAX_GAIN, max(1 / MAX_GAIN, float(a.mean()) / mean_b)) if mean_b > 1.0 else 1.0
+
+
+def region_difference(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray,
+                      levelled: bool = False) -> float | None:
     """Mean absolute grey difference (0..1) over `region` of this frame between this frame
-    and the embedding's frame seen through `matrix` (region_cells). None when no cell of
-    the region has a counterpart inside the embedding's picture."""
+    and the embedding's frame seen through `matrix` (region_cells), with a gain change of up
+    to MAX_GAIN levelled where `levelled`. None when no cell of the region has a counterpart
+    inside the embedding's picture."""
     cells = region_cells(emb, cur, region, matrix)
     if cells is None:
         return None
     a, b, ok = cells
-    return float(np.abs(a[ok] - b[ok]).mean()) / 255.0
+    a, b = a[ok], b[ok]
+    gain = level(a, b) if levelled else 1.0
+    return float(np.abs(a - gain * b).mean()) / 255.0

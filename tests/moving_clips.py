@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 
 
-def moving(n: int, step=(1.0, 0.5), seed: int = 0, size=(240, 320), gain=None, rgb: bool = True) -> np.ndarray:
-    """(n, H, W, 3) uint8 RGB frames, or (n, H, W) grey with rgb False."""
+def moving(n: int, step=(1.0, 0.5), seed: int = 0, size=(240, 320), gain=None, rgb: bool = True,
+           noise: float = 2.0) -> np.ndarray:
+    """(n, H, W, 3) uint8 RGB frames, or (n, H, W) grey with rgb False; noise: its std, grey levels."""
     rng = np.random.default_rng(seed)
     h, w = size
     big = cv2.GaussianBlur(rng.integers(0, 255, (h + 200, w + 200)).astype(np.float32), (0, 0), 3)
@@ -19,6 +20,6 @@ def moving(n: int, step=(1.0, 0.5), seed: int = 0, size=(240, 320), gain=None, r
     for i in range(n):
         m = np.float32([[1, 0, -100 + step[0] * i], [0, 1, -100 + step[1] * i]])
         img = cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR) * (gain[i] if gain else 1.0)
-        grey = np.clip(img + rng.normal(0, 2, (h, w)), 0, 255).astype(np.uint8)
+        grey = np.clip(img + rng.normal(0, noise, (h, w)), 0, 255).astype(np.uint8)
         out.append(np.repeat(grey[:, :, None], 3, axis=2) if rgb else grey)
     return np.asarray(out)
