@@ -358,7 +358,7 @@ def region_cells(emb: SmallFrame, cur: SmallFrame, region, matrix: np.ndarray
 def level(a: np.ndarray, b: np.ndarray) -> float:
     """The gain (1 / MAX_GAIN .. MAX_GAIN) that brings `b`'s mean to `a`'s: a larger change of
     brightness is a change of the picture, not exposure."""
-    mean_b = float(b.mean()) if b.size else 0.0
+    mean_b = float(b.mean())
     return min(MAX_GAIN, max(1 / MAX_GAIN, float(a.mean()) / mean_b)) if mean_b > 1.0 else 1.0
 
 
