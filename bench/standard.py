@@ -56,8 +56,9 @@ def scenarios(args) -> list[tuple[str, list[str]]]:
             # minutes) unless --long-frames is given.
             frames = args.long_frames or (None if args.quick else LONG_FRAMES)
             longer = ["--long-frames", str(frames)] if frames else []
+            every = ["--every-clip"] if args.every_clip else []
             out.append(("truth", ["-m", "medsam_edge.bench.truth_run", str(args.lite), "--data", str(args.data),
-                                  *quick, *longer, "--out", str(args.out / "truth")]))
+                                  *quick, *longer, *every, "--out", str(args.out / "truth")]))
     if args.vitb:
         for k in runs:
             out.append((f"vitb_run{k}", ["bench", str(args.vitb), "--frames", d(BUSI), d(ECHO), *quick,
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long-frames", type=int,
                     help=f"frames of each long real-time run (default {LONG_FRAMES}; the ground-truth step's "
                          "real-time rows take it too, with --quick only when given)")
+    ap.add_argument("--every-clip", action="store_true",
+                    help="the ground-truth step's real-time rows on every shared moving clip, also with --quick "
+                         "(a full run has them anyway)")
     ap.add_argument("--no-truth", dest="truth", action="store_false",
                     help="skip the ground-truth step (bench/truth_run.py)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each comparison command (default 2)")

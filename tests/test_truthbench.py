@@ -159,10 +159,13 @@ def test_standard_runs_the_truth_step_unless_told_not_to():
     from medsam_edge.bench import standard
 
     args = Namespace(lite=Path("m"), vitb=None, data=Path("d"), quick=False, repeat=1, out=Path("o"),
-                     long_frames=2000, truth=True)
+                     long_frames=2000, truth=True, every_clip=False)
     steps = dict(standard.scenarios(args))
     assert steps["truth"][:3] == ["-m", "medsam_edge.bench.truth_run", "m"]
-    assert "2000" in steps["truth"] and "--quick" not in steps["truth"]
+    assert "2000" in steps["truth"] and "--quick" not in steps["truth"] and "--every-clip" not in steps["truth"]
+    # --quick keeps truth_run's standard three real-time clips unless every clip is asked for.
+    args.quick, args.every_clip = True, True
+    assert {"--quick", "--every-clip"} <= set(dict(standard.scenarios(args))["truth"])
     args.truth = False
     assert "truth" not in dict(standard.scenarios(args))
 
