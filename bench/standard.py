@@ -19,7 +19,9 @@ Duration on the 2-core development CPU, measured (2026-11-23): --quick about 10.
 with FP32, Q/DQ INT8 and dynamic INT8 146-151 s a run). A full run is estimated at about
 45 min from the reports' `estimate_full_s` (LiteMedSAM rows 9-10 min a run, streams 6 min,
 ViT-B rows 10 min a run). The ground-truth step adds about 6-7 min to --quick and 25 min to a
-full run (estimates for an idle machine: bench/truth_run.py).
+full run (estimates for an idle machine: bench/truth_run.py). `--quick --long-frames 2000
+--every-clip --repeat 1` with ViT-B took 24.4 min (2026-12-06, Xeon with AMX; the ground-truth
+step 16 min: nine shared clips and four ground-truth rows of 2,000 frames in real time).
 """
 
 from __future__ import annotations
