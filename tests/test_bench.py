@@ -53,6 +53,12 @@ def _moving_disc_clip(path: Path) -> None:
     writer.release()
 
 
+# The tests that read bench_run's report: one `medsam-edge bench` run of every row, with
+# failures injected, streams and a long run (25 s of setup on 2 cores): a long CLI suite,
+# so not in make test-fast.
+BENCH_CLI = pytest.mark.integration
+
+
 @pytest.fixture(scope="module")
 def bench_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
@@ -76,6 +82,7 @@ def bench_run(tiny_model_dir, tmp_path_factory):
     return rc, json.loads((out / "report.json").read_text()), out
 
 
+@BENCH_CLI
 def test_report_has_every_row_and_failures_do_not_stop_the_others(bench_run):
     rc, rep, out = bench_run
     rows = {r["name"]: r for r in rep["rows"]}
@@ -93,6 +100,7 @@ def test_report_has_every_row_and_failures_do_not_stop_the_others(bench_run):
     assert "onnxruntime-cpu-int8 | failed" in md and "Gather" in md
 
 
+@BENCH_CLI
 def test_ratios_are_paired_against_the_reference_of_the_same_run(bench_run):
     _, rep, _ = bench_run
     rows = {r["name"]: r for r in rep["rows"]}
@@ -120,6 +128,7 @@ def test_ratios_are_paired_against_the_reference_of_the_same_run(bench_run):
         assert floor["encode_x_floor"] == pytest.approx(lat["encode"]["p50"] / floor["encode_floor_ms"], rel=0.01)
 
 
+@BENCH_CLI
 def test_fidelity_columns_against_the_reference(bench_run, tiny_model_dir):
     """The report's Dice and cosine equal what independent code computes on the same frames:
     export.reference's predictor (the oracle) against the runtime's Predictor."""
@@ -157,6 +166,7 @@ def test_fidelity_columns_against_the_reference(bench_run, tiny_model_dir):
     assert rep["thresholds"] == fidelity.THRESHOLDS  # the report records the thresholds its flags used
 
 
+@BENCH_CLI
 def test_streaming_and_long_run_are_reported(bench_run):
     _, rep, out = bench_run
     (st,) = rep["streaming"]
@@ -174,6 +184,7 @@ def test_streaming_and_long_run_are_reported(bench_run):
     assert (out / "report.md").read_text().count("Long real-time run") == 1
 
 
+@BENCH_CLI
 def test_benchmarks_md_is_generated_from_the_report(bench_run, tmp_path):
     from medsam_edge.bench import benchmarks_md
 
@@ -222,6 +233,7 @@ def test_an_empty_frames_folder_is_one_line_exit_2(tiny_model_dir, tmp_path, cap
     assert rep["status"] == "error" and rep["errors"]
 
 
+@BENCH_CLI
 def test_repeatability_compares_two_runs_of_the_same_command(bench_run):
     import copy
 
@@ -247,6 +259,7 @@ def test_repeatability_compares_two_runs_of_the_same_command(bench_run):
     assert benchmarks_md.repeatability([rep, other]) == []
 
 
+@BENCH_CLI
 def test_realtime_streaming_splits_threads(bench_run):
     _, rep, _ = bench_run
     (st,) = rep["streaming"]
