@@ -107,7 +107,8 @@ def apply(a: np.ndarray, xy: np.ndarray) -> np.ndarray:
 class PromptMotion:
     """One prompt's motion. matrix: 2x3, a point of this frame -> the embedding's frame.
     residual / residual_before: mean absolute grey difference over the prompt's region
-    (0..1) with and without the transform."""
+    (0..1) with and without the transform; with a gain change up to MAX_GAIN levelled where
+    the transform was judged against no motion, plain where nothing moved enough to judge."""
 
     matrix: np.ndarray
     residual: float
@@ -294,9 +295,10 @@ class MotionEstimator:
         # flicker (a few percent) outweighs a sub-pixel motion's share of the difference,
         # and noise then decided whether the right motion "explained" anything.
         after = region_difference(emb, cur, region, m.matrix, levelled=True)
-        if after is None or after > region_difference(emb, cur, region, _IDENTITY, levelled=True):
+        unmoved = region_difference(emb, cur, region, _IDENTITY, levelled=True)
+        if after is None or after > unmoved:
             return None, "the motion does not explain the change", False
-        m.residual = after
+        m.residual, m.residual_before = after, unmoved
         return m, "", False
 
 
