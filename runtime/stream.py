@@ -17,6 +17,9 @@ from medsam_edge.runtime.result import FrameResult
 from medsam_edge.runtime.session_protocol import AnySession, ProcessingSession, SubmittingSession
 
 
+CAPTURE_JOIN_S = 5.0  # a live source that blocks longer than this in one read is closed under it
+
+
 class Stream:
     """Iterate for FrameResults; close() (or leaving a with block, or breaking out of the
     loop) stops the session's threads and closes the source if this stream opened it.
@@ -38,6 +41,7 @@ class Stream:
         self.frames_read = 0
         self.ended_early = False  # the caller stopped iterating before the source ran out
         self._error: BaseException | None = None
+        self._capture_thread: threading.Thread | None = None
 
     @property
     def stats(self):
@@ -71,13 +75,14 @@ class Stream:
     def _realtime(self) -> Iterator[FrameResult]:
         session: SubmittingSession = self.session
         capture = threading.Thread(target=self._capture, name="medsam-capture", daemon=True)
+        self._capture_thread = capture
         capture.start()
         while True:
             result = session.next_result()
             if result is None:
                 break
             yield result
-        capture.join(timeout=5)
+        capture.join(timeout=CAPTURE_JOIN_S)
         if self._error is not None:
             raise self._error
 
@@ -96,12 +101,19 @@ class Stream:
                 self.frames_read += 1
                 session.submit(frame)
         except BaseException as e:  # surfaced in the consumer's thread
-            self._error = e
+            if not session.closed:  # a submit racing the caller's close() is not an error
+                self._error = e
         finally:
             session.end()
 
     def close(self) -> None:
         self.session.close()
+        capture = self._capture_thread
+        if capture is not None and capture is not threading.current_thread():
+            # The capture thread may be inside the source's read: closing a cv2.VideoCapture
+            # under it is unsafe, and the caller is promised no thread outlives close().
+            # A closed session makes it return after the read under way (one frame period).
+            capture.join(timeout=CAPTURE_JOIN_S)
         if self.owns_source and hasattr(self.source, "close"):
             self.source.close()
 

@@ -308,13 +308,19 @@ def test_predictor_stream_with_a_prompts_file_and_tracking_closes_its_source(lit
 
 
 class LiveArray(ArraySource):
-    """A live source: frames come at its rate, as a probe delivers them (not all at once)."""
+    """A live source: frames come at its rate, as a probe delivers them (not all at once).
+    Once `stall` is set, a read takes a second (a probe that stops delivering)."""
 
     is_live = True
 
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.stall = threading.Event()
+
     def __iter__(self):
         for frame in super().__iter__():
-            time.sleep(1.0 / self.fps)
+            if self.stall.wait(1.0 / self.fps):  # set during this read: it lasts a second more
+                time.sleep(1.0)
             yield frame
 
 
@@ -330,6 +336,7 @@ def test_a_live_source_streams_in_real_time_and_early_exit_stops_everything(tiny
     for r in stream:
         got.append(r)
         if len(got) == 3:
+            src.stall.set()  # the capture thread is inside a read when the loop stops
             break
     assert len(got) == 3 and stream.ended_early
     stream.close()
