@@ -148,6 +148,9 @@ def test_truth_run_report_and_markdown(tiny_model_dir, data_dir, tmp_path, capsy
     assert f"{fresh['dice_mean']:.4f}" in md
     assert "| seq01 | truth box of each frame | 3 |" in md
     assert "target (issue 24)" in md
+    rt30 = clip["rows"][2]  # the target row says which Dice is real time and which the ceiling
+    assert (f"real-time 30 fps Dice vs truth within 0.03 of the ceiling | gap {rt30['dice_gap_to_ceiling']:.4f} "
+            f"(real time {rt30['dice_mean']:.4f}, ceiling {fresh['dice_mean']:.4f})") in md
     page = benchmarks_md.render([report], "test")
     assert "## Targets of issue 24" in page and "ground truth, tracking and real-time rows" in page
 
