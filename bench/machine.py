@@ -73,3 +73,29 @@ def _gpu() -> str | None:
 
 def load_now() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+# The load average cannot tell this run's own threads (a real-time stream keeps three busy on
+# two cores) from another job's. CPU time can: the machine's busy time (/proc/stat) less this
+# process's own (children count once waited for) is what everything else took.
+def cpu_clock() -> dict | None:
+    """The machine's busy and total CPU seconds since boot and this process's own; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = ticks[3] + ticks[4]
+    t = os.times()
+    return {"busy_s": (sum(ticks) - idle) / hz, "total_s": sum(ticks) / hz,
+            "own_s": t.user + t.system + t.children_user + t.children_system}
+
+
+def others_share(start: dict | None, end: dict | None = None) -> float | None:
+    """Share of all the machine's CPU time between two cpu_clock() readings that other processes used."""
+    end = end if end is not None else cpu_clock()
+    if not start or not end or end["total_s"] <= start["total_s"]:
+        return None
+    others = (end["busy_s"] - start["busy_s"]) - (end["own_s"] - start["own_s"])
+    return round(min(1.0, max(0.0, others / (end["total_s"] - start["total_s"]))), 3)

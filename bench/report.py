@@ -74,6 +74,36 @@ def _ratio(a, b) -> float | None:
 
 # -- Markdown ----------------------------------------------------------------------------
 
+# Above this share of the machine's CPU going to other processes, absolute times are not this
+# run's alone (an idle 2-core machine measured 0.2 %; one other busy process, about 48 %).
+CONTENTION_SHARE = 0.05
+
+
+def load_text(report: dict) -> str:
+    """The load a run saw: the load average at both ends and, where measured, other processes' CPU share."""
+    mach = report.get("machine") or {}
+    text = f"load average at start {mach.get('load_average')}, at end {report.get('load_average_end')}"
+    share = report.get("cpu_used_by_others")
+    return text if share is None else f"{text}; other processes used {share:.1%} of the CPU during the run"
+
+
+def contention_note(report: dict) -> str | None:
+    """Why absolute times may be inflated, or None when nothing else ran."""
+    share = report.get("cpu_used_by_others")
+    if share is not None:
+        if share <= CONTENTION_SHARE:
+            return None
+        return (f"other processes used {share:.1%} of the CPU during this run, so absolute times are inflated; "
+                "ratios are paired within rounds")
+    # Reports from before the CPU-time figure: the load average counts this run's own threads too.
+    mach = report.get("machine") or {}
+    busy = [x[0] for x in (mach.get("load_average"), report.get("load_average_end")) if x]
+    if busy and mach.get("cores") and max(busy) > 1.5 * mach["cores"]:
+        return (f"the 1-minute load average reached {max(busy)} on {mach['cores']} cores, this run's own threads "
+                "included: another job may have competed for the CPU; ratios are paired within rounds")
+    return None
+
+
 def markdown(report: dict, heading: str = "##") -> str:
     m = report.get("model") or {}
     s = report.get("settings") or {}
@@ -84,17 +114,14 @@ def markdown(report: dict, heading: str = "##") -> str:
              f"- command: `{report.get('command', '')}`",
              f"- date: {mach.get('date', '?')}; status: {report.get('status')}; wall time {report.get('wall_s', '?')} s",
              f"- machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('memory_gb', '?')} GB, "
-             f"GPU: {mach.get('gpu') or 'none'}; load average at start {mach.get('load_average')}, "
-             f"at end {report.get('load_average_end')}",
+             f"GPU: {mach.get('gpu') or 'none'}; {load_text(report)}",
              f"- CPU flags: {' '.join(mach.get('cpu_flags') or []) or 'not recorded'}",
              f"- frames: {s.get('frames', 0)} ({', '.join(s.get('sources', []))}), {s.get('runs')} run(s) each after "
              f"{s.get('warmup')} warm-up; rows run round-robin per frame in one process" if s.get("frames") else
              "- no backend comparison in this run (streaming only)"]
-    busy = [x[0] for x in (mach.get("load_average"), report.get("load_average_end")) if x]
-    # This run's own threads count in the load; well above the core count means another job ran too.
-    if busy and mach.get("cores") and max(busy) > 1.5 * mach["cores"]:
-        lines.append(f"- note: the 1-minute load average reached {max(busy)} on {mach['cores']} cores: other processes "
-                     "competed for the CPU, so absolute times are inflated; ratios are paired within rounds")
+    note = contention_note(report)
+    if note:
+        lines.append(f"- note: {note}")
     lines += [f"- error: {e}" for e in report.get("errors", [])]
     rows = report.get("rows", [])
     if rows:

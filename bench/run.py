@@ -33,6 +33,7 @@ def run(args) -> int:
                  "out": str(args.out),
                  "errors": [], "thresholds": dict(fidelity.THRESHOLDS), "rows": [], "streaming": []}
     t0 = time.perf_counter()
+    clock = machine.cpu_clock()
     comparison = None
     try:
         wanted = rows.parse(args.backends)  # before anything slow: a typo fails at once
@@ -89,6 +90,7 @@ def run(args) -> int:
             _summarize_rows(rep, comparison, None)
         rep["wall_s"] = round(time.perf_counter() - t0, 1)
         rep["load_average_end"] = machine.load_now()
+        rep["cpu_used_by_others"] = machine.others_share(clock)
         rep["process_peak_rss_mb"] = process_peak_rss_mb()
         _write(rep, Path(args.out), quiet=rep["status"] in ("error", "interrupted"))
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medsam_edge.bench.report import contention_note, load_text
+
 # Issue 24's targets.
 ANSWERED_30, ANSWERED_60 = 0.99, 0.95
 P99_MS = 50.0
@@ -31,14 +33,15 @@ def header(report: dict, heading: str) -> list[str]:
     m = report.get("model") or {}
     mach = report.get("machine") or {}
     s = report.get("settings") or {}
+    note = contention_note(report)
     return [f"{heading} {m.get('model_id', '?')}: ground truth, tracking and real-time rows", "",
             f"- command: `{report.get('command', '')}`",
             f"- date: {mach.get('date', '?')}; wall time {report.get('wall_s', '?')} s; backend {_backend(report.get('backend'))}",
             f"- machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores, {mach.get('memory_gb', '?')} GB; "
-            f"load average at start {mach.get('load_average')}, at end {report.get('load_average_end')}",
+            f"{load_text(report)}",
             f"- CPU flags: {' '.join(mach.get('cpu_flags') or []) or 'not recorded'}",
             f"- ground-truth clips: {s.get('per_set')} per image set, {s.get('clip_frames')} frames each; real-time "
-            f"rows {s.get('long_frames')} frames each"]
+            f"rows {s.get('long_frames')} frames each"] + ([f"- note: {note}"] if note else [])
 
 
 def target_rows(report: dict) -> list[str]:

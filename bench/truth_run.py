@@ -45,7 +45,7 @@ def measure(predictor, data: Path, per_set: int, clip_frames: int, long_frames: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medsam_edge.bench.machine import describe, load_now
+    from medsam_edge.bench.machine import cpu_clock, describe, load_now, others_share
     from medsam_edge.runtime import Predictor
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     long_frames = args.long_frames or (300 if args.quick else 2000)
     machine = describe()
     t0 = time.perf_counter()
+    clock = cpu_clock()
     options = {"backend": args.backend, **({"precision": args.precision} if args.precision else {})}
     try:
         with Predictor(args.model_dir, **options) as p:
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                            "every_clip": every_clip},
               "command": shlex.join(["python", "-m", "medsam_edge.bench.truth_run", *(argv or sys.argv[1:])]),
               "out": str(args.out), "machine": machine, **result, "status": "ok",
-              "wall_s": round(time.perf_counter() - t0, 1), "load_average_end": load_now()}
+              "wall_s": round(time.perf_counter() - t0, 1), "load_average_end": load_now(),
+              "cpu_used_by_others": others_share(clock)}
     write_json(args.out / "report.json", report)
     from medsam_edge.bench.truth_md import render
 

@@ -193,6 +193,8 @@ def test_benchmarks_md_is_generated_from_the_report(bench_run, tmp_path):
     assert benchmarks_md.main([str(out / "report.json"), "--out", str(dest)]) == 0
     text = dest.read_text()
     assert rep["command"] in text and rep["machine"]["date"] in text and "## Targets" in text
+    assert 0.0 <= rep["cpu_used_by_others"] <= 1.0
+    assert f"other processes used {rep['cpu_used_by_others']:.1%} of the CPU during the run" in text
 
 
 def test_unknown_backend_is_one_line_exit_2(tiny_model_dir, tmp_path, capsys):
@@ -304,3 +306,51 @@ def test_reference_stability_measures_how_the_fresh_masks_change_by_themselves()
     f = reference_stability(flicker, (1, 2))
     # Frames two apart give the same answer; neighbours differ by as much as two radii do.
     assert f["2"]["mean"] == 1.0 and f["1"]["below"] == 1.0 and f["1"]["mean"] == pytest.approx(2 * 100 / (100 + 196), abs=0.02)
+
+
+def _stat_cpus() -> int:
+    return sum(1 for line in Path("/proc/stat").read_text().splitlines() if line[:3] == "cpu" and line[3].isdigit())
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="CPU time by process needs Linux's /proc/stat")
+def test_cpu_used_by_others_counts_another_process_and_not_this_ones_threads():
+    import subprocess
+    import sys
+    import time
+
+    from medsam_edge.bench.machine import cpu_clock, others_share
+
+    start = cpu_clock()
+    t = time.process_time()
+    while time.process_time() - t < 0.5:  # this process's own work is its own, not another job's
+        pass
+    mine = cpu_clock()
+    assert mine["own_s"] - start["own_s"] >= 0.5
+    assert mine["busy_s"] - start["busy_s"] >= 0.45  # the machine saw it as busy time
+    # Another process spinning through the whole window takes about one of the machine's CPUs.
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)
+        start = cpu_clock()
+        time.sleep(1.5)
+        share = others_share(start)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert share is not None and share >= 0.6 / _stat_cpus()
+    assert others_share(None) is None and others_share(start, start) is None
+
+
+def test_the_load_note_blames_other_processes_only_when_they_used_the_cpu():
+    from medsam_edge.bench.report import CONTENTION_SHARE, contention_note, load_text
+
+    busy_self = {"machine": {"cores": 2, "load_average": [3.7, 2.1, 1.0]}, "load_average_end": [3.4, 3.2, 2.4]}
+    assert contention_note({**busy_self, "cpu_used_by_others": 0.004}) is None  # its own threads made the load
+    assert "other processes used 30.0% of the CPU" in contention_note({**busy_self, "cpu_used_by_others": 0.3})
+    assert contention_note({**busy_self, "cpu_used_by_others": CONTENTION_SHARE}) is None
+    # A report from before the CPU-time figure has only the load, which counts the run's own threads.
+    old = contention_note(busy_self)
+    assert "own threads included" in old and "may have competed" in old
+    assert contention_note({"machine": {"cores": 2, "load_average": [0.6, 0.7, 0.5]}, "load_average_end": [1.5]}) is None
+    assert load_text({**busy_self, "cpu_used_by_others": 0.012}).endswith("other processes used 1.2% of the CPU during the run")
+    assert "other processes" not in load_text(busy_self)

@@ -144,6 +144,7 @@ def test_truth_run_report_and_markdown(tiny_model_dir, data_dir, tmp_path, capsy
 
     md = truth_md.render(report)
     assert "CPU flags:" in md and "load average" in md
+    assert f"other processes used {report['cpu_used_by_others']:.1%} of the CPU during the run" in md
     assert "| busi:b0 | fresh every frame | 6 / 6 |" in md
     assert f"{fresh['dice_mean']:.4f}" in md
     assert "| seq01 | truth box of each frame | 3 |" in md
