@@ -71,8 +71,9 @@ def _gpu() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def load_now() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+def end_of_run(clock: dict | None) -> dict:
+    """What a report records of the load when its run ends; `clock` is cpu_clock() at its start."""
+    return {"load_average_end": [round(x, 2) for x in os.getloadavg()], "cpu_used_by_others": others_share(clock)}
 
 
 # The load average cannot tell this run's own threads (a real-time stream keeps three busy on

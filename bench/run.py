@@ -89,8 +89,7 @@ def run(args) -> int:
         if comparison is not None and not rep["rows"]:
             _summarize_rows(rep, comparison, None)
         rep["wall_s"] = round(time.perf_counter() - t0, 1)
-        rep["load_average_end"] = machine.load_now()
-        rep["cpu_used_by_others"] = machine.others_share(clock)
+        rep.update(machine.end_of_run(clock))
         rep["process_peak_rss_mb"] = process_peak_rss_mb()
         _write(rep, Path(args.out), quiet=rep["status"] in ("error", "interrupted"))
 

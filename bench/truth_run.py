@@ -45,7 +45,7 @@ def measure(predictor, data: Path, per_set: int, clip_frames: int, long_frames: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medsam_edge.bench.machine import cpu_clock, describe, load_now, others_share
+    from medsam_edge.bench.machine import cpu_clock, describe, end_of_run
     from medsam_edge.runtime import Predictor
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                            "every_clip": every_clip},
               "command": shlex.join(["python", "-m", "medsam_edge.bench.truth_run", *(argv or sys.argv[1:])]),
               "out": str(args.out), "machine": machine, **result, "status": "ok",
-              "wall_s": round(time.perf_counter() - t0, 1), "load_average_end": load_now(),
-              "cpu_used_by_others": others_share(clock)}
+              "wall_s": round(time.perf_counter() - t0, 1), **end_of_run(clock)}
     write_json(args.out / "report.json", report)
     from medsam_edge.bench.truth_md import render
 
